@@ -1,0 +1,22 @@
+// Which device type and dispatch key mean "lazy" in this process, and the
+// device that values are computed on when they are needed early.
+#pragma once
+
+#include <c10/core/Device.h>
+#include <c10/core/DispatchKey.h>
+
+namespace lazyinit {
+
+// DeviceType::Lazy on torch < 2.9, PrivateUse1 where that is named "lazy".
+c10::DeviceType lazy_device_type();
+c10::DispatchKey lazy_dispatch_key();
+c10::Device lazy_device();
+bool is_lazy_device(const c10::Device& device);
+void set_lazy_device_type(c10::DeviceType type);
+
+// Device for early materialization and the default target of materialize()
+// for storages created now (LazyInitContext(default_device=...)). CPU unless set.
+c10::Device default_device();
+void set_default_device(c10::Device device);
+
+}  // namespace lazyinit

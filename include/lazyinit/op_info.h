@@ -1,0 +1,33 @@
+// What the recorder needs to know about an operator, read once from its
+// schema: which arguments it writes, which outputs alias which arguments,
+// where its device/dtype/generator arguments are, and whether it draws
+// random numbers.
+#pragma once
+
+#include <ATen/core/dispatch/Dispatcher.h>
+
+#include <vector>
+
+namespace lazyinit {
+
+struct OpInfo {
+  enum class ReturnKind { kFresh, kView, kMutated };
+  struct Return {
+    ReturnKind kind = ReturnKind::kFresh;
+    int64_t arg = -1;  // the aliased argument for kView / kMutated
+    bool is_list = false;
+  };
+
+  std::vector<size_t> written_args;  // Tensor(a!) arguments
+  std::vector<Return> returns;
+  std::vector<size_t> device_args;   // Device / Device? arguments
+  int64_t dtype_arg = -1;            // ScalarType? dtype of factories
+  int64_t generator_arg = -1;        // Generator? argument
+  bool random = false;
+  bool has_tensor_args = false;
+  bool returns_non_tensor = false;   // e.g. item(): needs values
+};
+
+const OpInfo& op_info(const c10::OperatorHandle& op);
+
+}  // namespace lazyinit

@@ -1,0 +1,53 @@
+// Replay: evaluates a lazy storage at a version on a device.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/core/Device.h>
+
+#include <lazyinit/graph.h>
+
+#include <vector>
+
+namespace lazyinit {
+
+class Replayer {
+ public:
+  explicit Replayer(c10::Device device) : device_(device) {}
+
+  c10::Device device() const { return device_; }
+
+  // Flat tensor over the whole storage holding its value at `version`.
+  // The result may be shared with a cache: callers must not modify it.
+  at::Tensor value(LazyStorage& storage, int64_t version);
+  // A real tensor for a node argument.
+  at::Tensor resolve(const TensorRef& ref, const at::Tensor& self_base);
+  // The node's boxed arguments with tensors resolved (scratch: written
+  // tensors are fresh buffers of the same geometry).
+  std::vector<c10::IValue> prepare(Node& node, const at::Tensor& self_base, bool scratch);
+  // Calls the op, with the generator positioned for random nodes.
+  void invoke(Node& node, std::vector<c10::IValue>& stack);
+  // Runs `node` with its tensor arguments resolved; `self_base` stands for
+  // kSelf (may be undefined for creation nodes). Returns the op's outputs.
+  std::vector<c10::IValue> run(Node& node, const at::Tensor& self_base);
+  // Like run(), but mutated arguments are scratch tensors: used to advance
+  // a generator through a random node whose result is not wanted.
+  void run_scratch(Node& node);
+
+ private:
+  at::Tensor run_creation(LazyStorage& storage);
+  c10::Device device_;
+};
+
+// Materializes every impl of `storage` in place on `device`.
+void materialize_storage(LazyStorage& storage, c10::Device device);
+// Computes the current value of `storage` on the default device and caches
+// it (early materialization); the storage stays lazy.
+at::Tensor early_value(LazyStorage& storage);
+
+// Materializes the tensor in place (all views of its storage). No-op for
+// tensors that are not pending.
+void materialize_tensor(const at::Tensor& t, c10::optional<c10::Device> device);
+// Settles generators once a batch of materializations is done.
+void finish_materialization();
+
+}  // namespace lazyinit

@@ -1,0 +1,76 @@
+// The exactness contract for random ops (DESIGN.md, "RNG").
+//
+// Eager construction draws from a generator op by op. Recording draws
+// nothing, so each random node remembers its index in a chain: the run of
+// random ops recorded since the generator was last seen in a known state.
+// The generator state before node k is found by replaying nodes 0..k-1 (for
+// real, or into scratch tensors of the same geometry when materialized out
+// of order); states are cached, so each node's draws run at most twice.
+#pragma once
+
+#include <ATen/core/Generator.h>
+#include <ATen/core/Tensor.h>
+
+#include <lazyinit/graph.h>
+
+#include <functional>
+#include <memory>
+#include <unordered_map>
+#include <vector>
+
+namespace lazyinit {
+
+struct RngChain {
+  explicit RngChain(at::Generator generator);
+
+  at::Generator generator;
+  // states[k]: generator state before node k (undefined while unknown).
+  std::vector<at::Tensor> states;
+  std::vector<std::weak_ptr<Node>> nodes;
+  // Nodes whose owner died before replay, kept to replay their draws.
+  std::unordered_map<int64_t, NodePtr> dead;
+  // State the generator is left in while the chain is pending: recording a
+  // node advances it by one draw, so a reseed, even to the same seed, shows.
+  at::Tensor tagged_state;
+  int64_t unknown = 0;       // nodes whose state after is not known yet
+  int64_t dead_unknown = 0;  // of those, nodes whose owner died unreplayed
+  bool applied = false;      // the generator was set to the final state
+
+  int64_t size() const { return static_cast<int64_t>(nodes.size()); }
+};
+
+// Returns the chain a random node recorded now belongs to and appends it.
+void rng_record(const NodePtr& node, const c10::optional<at::Generator>& explicit_gen);
+
+// Runs `call` with the generator in the state before `node`, then records
+// the state after it. Replays earlier nodes into scratch where needed.
+class Replayer;
+void rng_run(Node& node, Replayer& replayer, const std::function<void()>& call);
+
+// Catches the chain up to its end and puts the generator where eager would
+// be, before a random op runs for real during recording.
+void rng_catch_up(const c10::optional<at::Generator>& explicit_gen, Replayer& replayer);
+
+// After materialization: where every pending random node of the current
+// chains has been replayed (or died), leave the generator where eager would.
+void rng_settle();
+
+// Saves the generator states before a replay and restores them after, so a
+// partial materialization leaves the generators as recording left them.
+class GeneratorStateGuard {
+ public:
+  GeneratorStateGuard();
+  ~GeneratorStateGuard();
+  GeneratorStateGuard(const GeneratorStateGuard&) = delete;
+  GeneratorStateGuard& operator=(const GeneratorStateGuard&) = delete;
+  void release() { active_ = false; }
+
+ private:
+  at::Generator generator_;
+  at::Tensor state_;
+  bool active_ = true;
+};
+
+bool is_random_op(const c10::FunctionSchema& schema);
+
+}  // namespace lazyinit

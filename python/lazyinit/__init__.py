@@ -1,0 +1,47 @@
+"""lazyinit: a "lazy" device for PyTorch.
+
+Build a model on the lazy device and no parameter memory is allocated:
+factories and init ops are recorded. Later, :func:`materialize` replays the
+records onto a real device, producing exactly the values eager construction
+with the same seed would have produced::
+
+    import torch, lazyinit
+    torch.manual_seed(0)
+    with lazyinit.LazyInitContext():
+        model = MyTransformer(cfg)          # allocates nothing
+    lazyinit.materialize(model, "cpu")      # in place; same values as eager
+"""
+from __future__ import annotations
+
+import torch
+
+from . import _C
+from ._registration import register as _register
+
+_register()
+
+from ._context import LazyInitContext  # noqa: E402
+from ._materialize import (  # noqa: E402
+    LazyStats,
+    discard,
+    is_lazy,
+    live_graph_nodes,
+    materialize,
+    replay_count,
+    stats,
+)
+
+#: The device type lazy tensors report ("lazy", or "privateuseone"'s rename).
+device_type: str = _C._lazy_device_type()
+
+__all__ = [
+    "LazyInitContext",
+    "LazyStats",
+    "discard",
+    "device_type",
+    "is_lazy",
+    "live_graph_nodes",
+    "materialize",
+    "replay_count",
+    "stats",
+]

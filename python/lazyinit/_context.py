@@ -1,0 +1,180 @@
+"""LazyInitContext: build models on the lazy device with unchanged code."""
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable, Dict, Optional, Union
+
+import torch
+from torch.overrides import TorchFunctionMode
+
+from . import _C
+from ._materialize import materialize
+
+DeviceLike = Union[str, int, torch.device]
+
+# Functions that create tensors and take a device argument (the list torch
+# 2.x's `with torch.device(...)` uses), where present in this torch.
+_FACTORY_NAMES = [
+    "empty", "empty_strided", "empty_quantized", "zeros", "ones", "full",
+    "rand", "randn", "randint", "randperm", "arange", "range", "linspace",
+    "logspace", "eye", "tensor", "as_tensor", "asarray", "scalar_tensor",
+    "tril_indices", "triu_indices", "bartlett_window", "blackman_window",
+    "hamming_window", "hann_window", "kaiser_window", "sparse_coo_tensor",
+    "empty_permuted", "vander", "normal", "from_file",
+]
+
+# Legacy typed constructors: torch.FloatTensor(2, 3), torch.LongTensor([1]).
+_LEGACY_DTYPES: Dict[str, torch.dtype] = {
+    "FloatTensor": torch.float32, "DoubleTensor": torch.float64,
+    "HalfTensor": torch.float16, "BFloat16Tensor": torch.bfloat16,
+    "ByteTensor": torch.uint8, "CharTensor": torch.int8,
+    "ShortTensor": torch.int16, "IntTensor": torch.int32,
+    "LongTensor": torch.int64, "BoolTensor": torch.bool,
+}
+
+_active = threading.local()
+
+
+def _factories() -> set:
+    found = set()
+    for name in _FACTORY_NAMES:
+        fn = getattr(torch, name, None)
+        if fn is not None:
+            found.add(fn)
+    return found
+
+
+class _LazyFactoryMode(TorchFunctionMode):
+    """Puts factories that were given no device on the lazy device."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._factories = _factories()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
+        kwargs = dict(kwargs or {})
+        if func in self._factories and kwargs.get("device") is None:
+            # torch.normal(mean_tensor, std_tensor) follows its inputs.
+            if not any(isinstance(a, torch.Tensor) for a in args):
+                kwargs["device"] = "lazy"
+        return func(*args, **kwargs)
+
+
+def _legacy_size_args(args: tuple) -> bool:
+    return all(isinstance(a, int) for a in args) or (
+        len(args) == 1 and isinstance(args[0], torch.Size))
+
+
+def _legacy_new(dtype: Optional[torch.dtype]) -> Callable[..., torch.Tensor]:
+    def new(*args: Any, **kwargs: Any) -> torch.Tensor:
+        device = kwargs.pop("device", None) or "lazy"
+        kw: Dict[str, Any] = {"device": device}
+        if dtype is not None:
+            kw["dtype"] = dtype
+        if not args:
+            return torch.empty(0, **kw)
+        if len(args) == 1 and isinstance(args[0], torch.Tensor):
+            return args[0] if dtype is None else args[0].to(dtype)
+        if _legacy_size_args(args):
+            return torch.empty(*args, **kw)
+        if len(args) == 1:
+            return torch.tensor(args[0], **kw)
+        raise TypeError(f"lazyinit: unsupported legacy constructor arguments {args!r}")
+    return new
+
+
+class _LegacyMeta(type):
+    """Stands in for torch.FloatTensor & co.: calls build lazy tensors,
+    isinstance() still answers as the original type would."""
+
+    def __instancecheck__(cls, obj: Any) -> bool:
+        return isinstance(obj, cls._original)  # type: ignore[attr-defined]
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return cls._new(*args, **kwargs)  # type: ignore[attr-defined]
+
+
+class LazyInitContext:
+    """Context in which tensors are created on the lazy device.
+
+    Inside it, factories called without ``device=`` (``torch.empty``,
+    ``torch.randn``, ``nn.Linear(...)``, the legacy ``torch.Tensor(3, 4)`` and
+    ``torch.FloatTensor`` constructors, ...) record instead of allocating.
+    A drop-in for ColossalAI's ``colossalai.lazy.LazyInitContext``.
+
+    Args:
+        default_device: where tensors created in this context are
+            materialized by default, and where values needed early
+            (``item()``, ``nonzero()`` ...) are computed. ``None`` means CPU.
+    """
+
+    def __init__(self, default_device: Optional[DeviceLike] = None) -> None:
+        if isinstance(default_device, int):
+            default_device = torch.device("cuda", default_device)
+        self.default_device = torch.device(default_device or "cpu")
+        if self.default_device.type == _C._lazy_device_type() or self.default_device.type == "meta":
+            raise ValueError(
+                "lazyinit: default_device is where lazy tensors get their values; "
+                f"use a device that holds data such as 'cpu' or 'cuda', not {self.default_device}")
+        self._mode: Optional[_LazyFactoryMode] = None
+        self._saved: Dict[str, Any] = {}
+        self._saved_device = "cpu"
+
+    def __enter__(self) -> "LazyInitContext":
+        if getattr(_active, "context", None) is not None:
+            raise RuntimeError(
+                "lazyinit: a LazyInitContext is already active in this thread; "
+                "contexts cannot be nested or re-entered. Exit the outer one first.")
+        _active.context = self
+        self._saved_device = _C._default_device()
+        _C._set_default_device(str(self.default_device))
+        self._patch_legacy_constructors()
+        self._mode = _LazyFactoryMode()
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            if self._mode is not None:
+                self._mode.__exit__(*exc)
+                self._mode = None
+        finally:
+            self._restore_legacy_constructors()
+            _C._set_default_device(self._saved_device)
+            _active.context = None
+
+    def _patch_legacy_constructors(self) -> None:
+        self._saved = {name: getattr(torch, name) for name in _LEGACY_DTYPES}
+        for name, dtype in _LEGACY_DTYPES.items():
+            stand_in = _LegacyMeta(name, (), {"_original": self._saved[name],
+                                               "_new": staticmethod(_legacy_new(dtype))})
+            setattr(torch, name, stand_in)
+        # torch.Tensor(...) itself: its type must stay intact, so only the
+        # constructor is swapped, and only for torch.Tensor proper.
+        base_new = torch._C._TensorBase.__new__
+        untyped = _legacy_new(None)
+
+        def tensor_new(cls: type, *args: Any, **kwargs: Any) -> torch.Tensor:
+            if cls is torch.Tensor:
+                return untyped(*args, **kwargs)
+            return base_new(cls, *args, **kwargs)
+
+        self._saved["__new__"] = torch.Tensor.__dict__.get("__new__")
+        torch.Tensor.__new__ = tensor_new  # type: ignore[assignment]
+
+    def _restore_legacy_constructors(self) -> None:
+        original_new = self._saved.pop("__new__", None)
+        if original_new is None:
+            if "__new__" in torch.Tensor.__dict__:
+                del torch.Tensor.__new__
+        else:
+            torch.Tensor.__new__ = original_new  # type: ignore[assignment]
+        for name, value in self._saved.items():
+            setattr(torch, name, value)
+        self._saved = {}
+
+    @staticmethod
+    def materialize(module: torch.nn.Module, verbose: bool = False) -> torch.nn.Module:
+        """Materializes ``module`` in place on each tensor's default device
+        (ColossalAI-compatible signature). Returns ``module``."""
+        return materialize(module, progress=verbose)

@@ -1,0 +1,145 @@
+"""Materialization and inspection of lazy tensors and modules."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterator, List, Optional, Tuple, TypeVar, Union
+
+import torch
+
+from . import _C
+
+T = TypeVar("T", torch.Tensor, torch.nn.Module)
+DeviceLike = Union[str, int, torch.device, None]
+
+_LAZY, _MATERIALIZED = 1, 2
+_PROGRESS_MIN_BYTES = 1 << 30
+
+
+def _device_str(device: DeviceLike) -> Optional[str]:
+    if device is None:
+        return None
+    if isinstance(device, int):
+        device = torch.device("cuda", device)
+    return str(torch.device(device))
+
+
+def _module_tensors(module: torch.nn.Module) -> Iterator[Tuple[str, torch.Tensor, bool]]:
+    """(name, tensor, is_parameter) for every parameter and buffer, once each
+    (tied tensors are reported under their first name)."""
+    seen = set()
+    for name, p in module.named_parameters(remove_duplicate=False):
+        if id(p) not in seen:
+            seen.add(id(p))
+            yield name, p, True
+    for name, b in module.named_buffers(remove_duplicate=False):
+        if b is not None and id(b) not in seen:
+            seen.add(id(b))
+            yield name, b, False
+
+
+def is_lazy(obj: Union[torch.Tensor, torch.nn.Module]) -> bool:
+    """True if the tensor (or any parameter/buffer of the module) still
+    awaits materialization."""
+    if isinstance(obj, torch.nn.Module):
+        return any(_C._tensor_state(t) == _LAZY for _, t, _ in _module_tensors(obj))
+    return _C._tensor_state(obj) == _LAZY
+
+
+def _progress_bar(total: int, enabled: Optional[bool]):
+    if enabled is False or (enabled is None and total < _PROGRESS_MIN_BYTES):
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:  # progress is a nicety, not a requirement
+        return None
+    return tqdm(total=total, unit="B", unit_scale=True, desc="materialize")
+
+
+def materialize(obj: T, device: DeviceLike = None, progress: Optional[bool] = None) -> T:
+    """Replays lazy tensors onto ``device``, in place, and returns ``obj``.
+
+    ``obj`` is a tensor or a module (all its parameters and buffers). Every
+    tensor object stays the same object: Parameters, tied weights and
+    optimizer references remain valid. ``device=None`` uses the
+    ``default_device`` of the LazyInitContext each tensor was created in
+    (CPU if none). Values equal eager construction with the same seed, in
+    any materialization order. ``progress`` shows a progress bar (default:
+    when more than 1 GiB is materialized).
+    """
+    target = _device_str(device)
+    if isinstance(obj, torch.Tensor):
+        _C._materialize(obj, target)
+        _C._finish()
+        return obj
+    pending: List[torch.Tensor] = [
+        t for _, t, _ in _module_tensors(obj) if _C._tensor_state(t) == _LAZY]
+    bar = _progress_bar(sum(t.numel() * t.element_size() for t in pending), progress)
+    try:
+        for t in pending:
+            _C._materialize(t, target)
+            if bar is not None:
+                bar.update(t.numel() * t.element_size())
+    finally:
+        if bar is not None:
+            bar.close()
+    _C._finish()
+    return obj
+
+
+@dataclasses.dataclass
+class LazyStats:
+    """Counts of a module's tensors (tied tensors once) by state.
+
+    ``lazy``: still awaiting materialization; ``materialized``: real now;
+    ``early``: whose values had to be computed before materialization (an op
+    needed them), whether or not they have been materialized since.
+    """
+
+    parameters_lazy: int = 0
+    parameters_materialized: int = 0
+    parameters_early: int = 0
+    buffers_lazy: int = 0
+    buffers_materialized: int = 0
+    buffers_early: int = 0
+    elements_lazy: int = 0
+    elements_materialized: int = 0
+    elements_early: int = 0
+
+
+def stats(module: torch.nn.Module) -> LazyStats:
+    """How many parameters, buffers and elements of ``module`` are still lazy,
+    materialized, and were early-materialized."""
+    s = LazyStats()
+    for _, t, is_param in _module_tensors(module):
+        kind = "parameters" if is_param else "buffers"
+        state = _C._tensor_state(t)
+        n = t.numel()
+        if state == _LAZY:
+            setattr(s, kind + "_lazy", getattr(s, kind + "_lazy") + 1)
+            s.elements_lazy += n
+        else:  # materialized by lazyinit, or created real
+            setattr(s, kind + "_materialized", getattr(s, kind + "_materialized") + 1)
+            s.elements_materialized += n
+        if state != 0 and _C._was_early(t):
+            setattr(s, kind + "_early", getattr(s, kind + "_early") + 1)
+            s.elements_early += n
+    return s
+
+
+def replay_count(tensor: torch.Tensor) -> int:
+    """How many times the tensor's storage has been replayed (a test aid)."""
+    return _C._replay_count(tensor)
+
+
+def live_graph_nodes() -> int:
+    """Recorded nodes still held in this process (0 once every lazy tensor
+    has been materialized or freed)."""
+    return _C._live_nodes()
+
+
+def discard(obj: Union[torch.Tensor, torch.nn.Module]) -> None:
+    """Frees the recorded graph of lazy tensors without materializing them.
+    Using such a tensor afterwards raises an error."""
+    tensors = [t for _, t, _ in _module_tensors(obj)] if isinstance(obj, torch.nn.Module) else [obj]
+    for t in tensors:
+        _C._discard(t)

@@ -1,0 +1,92 @@
+"""Python-level behaviour of lazy tensors that does not go through the
+dispatcher: printing, ``tolist()``, ``numpy()``, and a guard against
+torch._lazy's TorchScript backend claiming the same dispatch key."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from . import _C
+
+_installed = False
+
+
+def _is_pending(t: Any) -> bool:
+    return isinstance(t, torch.Tensor) and _C._tensor_state(t) == 1
+
+
+def _lazy_repr(t: torch.Tensor) -> str:
+    parts = [f"device='{t.device}'", f"size={tuple(t.shape)}"]
+    if t.dtype != torch.get_default_dtype():
+        parts.append(f"dtype={t.dtype}")
+    if t.requires_grad:
+        parts.append("requires_grad=True")
+    prefix = "Parameter containing:\n" if isinstance(t, torch.nn.Parameter) else ""
+    return prefix + "tensor(..., " + ", ".join(parts) + ")"
+
+
+def install() -> None:
+    """Installs the patches once."""
+    global _installed
+    if _installed:
+        return
+    _installed = True
+    import torch._tensor_str as tensor_str
+
+    original_str = tensor_str._str
+
+    def _str(self: torch.Tensor, *args: Any, **kwargs: Any) -> str:
+        # Printing must not materialize: show the shape, not the values.
+        if _is_pending(self):
+            return _lazy_repr(self)
+        return original_str(self, *args, **kwargs)
+
+    tensor_str._str = _str
+    original_param_repr = torch.nn.Parameter.__repr__
+
+    def _param_repr(self: torch.nn.Parameter) -> str:
+        if _is_pending(self):
+            return _lazy_repr(self)
+        return original_param_repr(self)
+
+    torch.nn.Parameter.__repr__ = _param_repr  # type: ignore[assignment]
+
+    original_tolist = torch.Tensor.tolist
+    original_numpy = torch.Tensor.numpy
+
+    def tolist(self: torch.Tensor) -> Any:
+        """Values of a lazy tensor are computed early; the tensor stays lazy."""
+        if _is_pending(self):
+            return _C._value_copy(self).tolist()
+        return original_tolist(self)
+
+    def numpy(self: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        """A lazy tensor's values are computed early into a new array."""
+        if _is_pending(self):
+            return _C._value_copy(self).numpy(*args, **kwargs)
+        return original_numpy(self, *args, **kwargs)
+
+    torch.Tensor.tolist = tolist  # type: ignore[assignment]
+    torch.Tensor.numpy = numpy  # type: ignore[assignment]
+
+    _guard_torch_lazy()
+
+
+def _guard_torch_lazy() -> None:
+    if _C._lazy_device_type() != "lazy":
+        return
+    try:
+        import torch._lazy.ts_backend as ts_backend
+    except ImportError:
+        return
+    original_init = ts_backend.init
+
+    def init(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError(
+            "lazyinit owns the 'lazy' device in this process, so torch._lazy's "
+            "TorchScript backend cannot be initialized. Use torch._lazy in a "
+            "process that does not import lazyinit.")
+
+    init.__wrapped__ = original_init  # type: ignore[attr-defined]
+    ts_backend.init = init

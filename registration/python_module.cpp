@@ -1,0 +1,112 @@
+// lazyinit._C: the Python binding. Wiring only; the logic is in src/.
+#include <lazyinit/device.h>
+#include <lazyinit/graph.h>
+#include <lazyinit/lazy_tensor_impl.h>
+#include <lazyinit/registration.h>
+#include <lazyinit/replay.h>
+
+#include <ATen/ops/as_strided.h>
+#include <torch/csrc/utils/pybind.h>
+#include <torch/python.h>
+
+#include <string>
+
+namespace py = pybind11;
+
+namespace lazyinit {
+namespace {
+
+// 0: not a lazyinit tensor, 1: lazy, 2: materialized by lazyinit.
+int tensor_state(const at::Tensor& t) {
+  auto* impl = get_lazy_impl(t);
+  if (impl == nullptr) {
+    return 0;
+  }
+  return impl->is_pending() ? 1 : 2;
+}
+
+bool was_early(const at::Tensor& t) {
+  auto* impl = get_lazy_impl(t);
+  if (impl == nullptr) {
+    return false;
+  }
+  return impl->is_pending() ? impl->lazy_storage()->early : impl->was_early();
+}
+
+LazyStorage& pending_storage(const at::Tensor& t) {
+  auto* impl = get_pending_impl(t);
+  TORCH_CHECK(impl != nullptr, "lazyinit: expected a lazy tensor");
+  return *impl->lazy_storage();
+}
+
+// A real copy of the current value, computed on the default device; the
+// tensor stays lazy (used for printing values, tolist() and numpy()).
+at::Tensor value_copy(const at::Tensor& t) {
+  std::lock_guard<std::recursive_mutex> lock(graph_mutex());
+  auto* impl = get_pending_impl(t);
+  TORCH_CHECK(impl != nullptr, "lazyinit: expected a lazy tensor");
+  at::Tensor base = early_value(*impl->lazy_storage());
+  return at::as_strided(base, impl->sizes(), impl->strides(), impl->storage_offset())
+      .clone();
+}
+
+void discard(const at::Tensor& t) {
+  std::lock_guard<std::recursive_mutex> lock(graph_mutex());
+  auto* impl = get_pending_impl(t);
+  if (impl == nullptr) {
+    return;
+  }
+  auto& storage = *impl->lazy_storage();
+  storage.tape.clear();
+  storage.cached = at::Tensor();
+  storage.state = StorageState::kDiscarded;
+}
+
+}  // namespace
+}  // namespace lazyinit
+
+PYBIND11_MODULE(_C, m) {
+  using namespace lazyinit;
+  m.doc() = "lazyinit's C++ core: the lazy device backend.";
+  m.def("_register", &register_backend,
+        "Registers the lazy backend with the dispatcher (idempotent).");
+  m.def("_lazy_device_type", [] {
+    return std::string(c10::DeviceTypeName(lazy_device_type(), /*lower_case=*/true));
+  });
+  m.def("_set_default_device", [](const std::string& device) {
+    set_default_device(c10::Device(device));
+  });
+  m.def("_default_device", [] { return default_device().str(); });
+  m.def("_tensor_state", &tensor_state);
+  m.def("_was_early", &was_early);
+  m.def("_home_device", [](const at::Tensor& t) {
+    return pending_storage(t).home_device.str();
+  });
+  m.def(
+      "_materialize",
+      [](const at::Tensor& t, c10::optional<std::string> device) {
+        py::gil_scoped_release no_gil;
+        c10::optional<c10::Device> target;
+        if (device.has_value()) {
+          target = c10::Device(*device);
+        }
+        materialize_tensor(t, target);
+      },
+      py::arg("tensor"), py::arg("device") = py::none());
+  m.def("_finish", [] {
+    py::gil_scoped_release no_gil;
+    finish_materialization();
+  });
+  m.def("_value_copy", [](const at::Tensor& t) {
+    py::gil_scoped_release no_gil;
+    return value_copy(t);
+  });
+  m.def("_replay_count", [](const at::Tensor& t) {
+    auto* impl = get_lazy_impl(t);
+    TORCH_CHECK(impl != nullptr, "lazyinit: expected a lazyinit tensor");
+    return impl->is_pending() ? impl->lazy_storage()->replay_count : impl->replays();
+  });
+  m.def("_storage_id", [](const at::Tensor& t) { return pending_storage(t).id; });
+  m.def("_live_nodes", &live_node_count);
+  m.def("_discard", &discard);
+}

@@ -1,0 +1,172 @@
+// Registers the recorder on the dispatch key that "lazy" maps to.
+//
+// * A boxed fallback catches every op without a kernel for that key.
+// * CompositeExplicitAutograd kernels would otherwise win over a fallback
+//   and decompose ops (ones -> empty + fill_, randn -> empty + normal_);
+//   the recorder is registered explicitly for those, so the tape holds the
+//   op the model called and the Meta kernel still infers shapes.
+// * Tensor.to(device) materializes in place (see to_kernel).
+#include <lazyinit/compat.h>
+#include <lazyinit/device.h>
+#include <lazyinit/lazy_tensor_impl.h>
+#include <lazyinit/recorder.h>
+#include <lazyinit/registration.h>
+#include <lazyinit/replay.h>
+
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <c10/util/Exception.h>
+#include <torch/library.h>
+
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+
+namespace lazyinit {
+namespace {
+
+// Ops whose recording would give wrong values; they fail with a message.
+const std::set<std::string>& unsupported_ops() {
+  static const std::set<std::string> names = {
+      "set_",           // rebinds storage: not a value of the tape
+      "_cudnn_rnn_flatten_weight",
+  };
+  return names;
+}
+
+void recorder_kernel(
+    const c10::OperatorHandle& op,
+    c10::DispatchKeySet,
+    torch::jit::Stack* stack) {
+  record_op(op, stack);
+}
+
+void unsupported_kernel(
+    const c10::OperatorHandle& op,
+    c10::DispatchKeySet,
+    torch::jit::Stack*) {
+  TORCH_CHECK(
+      false, "lazyinit: ", op.schema().operator_name(),
+      " cannot be recorded on lazy tensors. Materialize the tensors it "
+      "uses first (lazyinit.materialize(t) or t.to(\"cpu\")), or call it "
+      "outside LazyInitContext.");
+}
+
+// Tensor.to(): to a real device, the tensor turns real in place (so
+// Module.to() keeps every Parameter object and tie) and to() then sees a
+// tensor already there; otherwise the usual composite implementation runs
+// (returning self, or recording _to_copy).
+void to_kernel(
+    const c10::OperatorHandle& op,
+    c10::DispatchKeySet,
+    torch::jit::Stack* stack) {
+  const auto& schema = op.schema();
+  const size_t num_args = schema.arguments().size();
+  auto args = torch::jit::last(*stack, num_args);
+  const at::Tensor& self = args[0].toTensor();
+  c10::optional<c10::Device> target;
+  const auto& overload = schema.overload_name();
+  if (overload == "device") {
+    target = args[1].toDevice();
+  } else if (overload == "dtype_layout" && args[3].isDevice()) {
+    target = args[3].toDevice();
+  } else if (overload == "other") {
+    target = args[1].toTensor().device();
+  }
+  if (target.has_value() && !is_lazy_device(*target) &&
+      get_pending_impl(self) != nullptr) {
+    materialize_tensor(self, *target);
+    op.callBoxed(stack);
+    return;
+  }
+  // The CPU entry of a CompositeImplicitAutograd op is its math kernel.
+  op.redispatchBoxed(c10::DispatchKeySet(c10::DispatchKey::CPU), stack);
+}
+
+c10::DispatchKey pick_key() {
+  if (compat::try_rename_privateuse1_to_lazy() &&
+      c10::Device("lazy").type() == c10::DeviceType::PrivateUse1) {
+    return c10::DispatchKey::PrivateUse1;
+  }
+  return c10::DispatchKey::Lazy;
+}
+
+void check_lazy_key_free(c10::DispatchKey key) {
+  if (key != c10::DispatchKey::Lazy) {
+    return;
+  }
+  auto op = c10::Dispatcher::singleton().findSchemaOrThrow("aten::empty", "memory_format");
+  TORCH_CHECK(
+      !op.hasKernelForDispatchKey(c10::DispatchKey::Lazy),
+      "lazyinit: the Lazy dispatch key is already taken, by torch._lazy's "
+      "TorchScript backend (torch._lazy.ts_backend.init() was called). Both "
+      "cannot own the \"lazy\" device in one process: import lazyinit in a "
+      "process that does not use torch._lazy.");
+}
+
+bool is_composite_explicit(const c10::OperatorHandle& op) {
+  return op.hasKernelForDispatchKey(c10::DispatchKey::CompositeExplicitAutograd) ||
+      op.hasKernelForDispatchKey(
+             c10::DispatchKey::CompositeExplicitAutogradNonFunctional);
+}
+
+std::string qualified(const c10::OperatorName& name) {
+  return name.overload_name.empty() ? name.name
+                                    : name.name + "." + name.overload_name;
+}
+
+void register_kernels(torch::Library& lib, torch::Library& fallback, c10::DispatchKey key) {
+  auto& dispatcher = c10::Dispatcher::singleton();
+  for (const char* overload : {"dtype_layout", "device", "dtype", "other"}) {
+    lib.impl(
+        (std::string("to.") + overload).c_str(),
+        torch::CppFunction::makeFromBoxedFunction<&to_kernel>());
+  }
+  for (const auto& name : dispatcher.getAllOpNames()) {
+    if (name.name.rfind("aten::", 0) != 0) {
+      continue;
+    }
+    auto op = dispatcher.findOp(name);
+    if (!op.has_value() || op->hasKernelForDispatchKey(key)) {
+      continue;
+    }
+    const std::string bare = name.name.substr(6);
+    std::string local = qualified(c10::OperatorName(bare, name.overload_name));
+    if (unsupported_ops().count(bare)) {
+      lib.impl(
+          local.c_str(),
+          torch::CppFunction::makeFromBoxedFunction<&unsupported_kernel>());
+    } else if (is_composite_explicit(*op)) {
+      lib.impl(
+          local.c_str(),
+          torch::CppFunction::makeFromBoxedFunction<&recorder_kernel>());
+    }
+  }
+  fallback.fallback(torch::CppFunction::makeFromBoxedFunction<&recorder_kernel>());
+}
+
+}  // namespace
+
+void register_backend() {
+  static std::once_flag once;
+  static std::unique_ptr<torch::Library> lib;
+  static std::unique_ptr<torch::Library> fallback;
+  std::call_once(once, [] {
+    const c10::DispatchKey key = pick_key();
+    check_lazy_key_free(key);
+    set_lazy_device_type(
+        key == c10::DispatchKey::PrivateUse1 ? c10::DeviceType::PrivateUse1
+                                             : c10::DeviceType::Lazy);
+    lib = std::make_unique<torch::Library>(
+        torch::Library::IMPL, "aten", key, __FILE__, __LINE__);
+    fallback = std::make_unique<torch::Library>(
+        torch::Library::IMPL, "_", key, __FILE__, __LINE__);
+    register_kernels(*lib, *fallback, key);
+    register_device_guard();
+    if (key == c10::DispatchKey::PrivateUse1) {
+      register_privateuse1_hooks();
+    }
+  });
+}
+
+}  // namespace lazyinit

@@ -1,0 +1,54 @@
+#include <lazyinit/device.h>
+
+#include <c10/core/DispatchKeySet.h>
+#include <c10/util/Exception.h>
+
+#include <atomic>
+
+namespace lazyinit {
+namespace {
+
+std::atomic<c10::DeviceType> g_lazy_type{c10::DeviceType::Lazy};
+
+c10::Device& default_device_slot() {
+  static c10::Device device(c10::DeviceType::CPU);
+  return device;
+}
+
+}  // namespace
+
+c10::DeviceType lazy_device_type() {
+  return g_lazy_type.load();
+}
+
+c10::DispatchKey lazy_dispatch_key() {
+  return lazy_device_type() == c10::DeviceType::PrivateUse1
+      ? c10::DispatchKey::PrivateUse1
+      : c10::DispatchKey::Lazy;
+}
+
+c10::Device lazy_device() {
+  return c10::Device(lazy_device_type());
+}
+
+bool is_lazy_device(const c10::Device& device) {
+  return device.type() == lazy_device_type();
+}
+
+void set_lazy_device_type(c10::DeviceType type) {
+  g_lazy_type.store(type);
+}
+
+c10::Device default_device() {
+  return default_device_slot();
+}
+
+void set_default_device(c10::Device device) {
+  TORCH_CHECK(
+      !is_lazy_device(device),
+      "lazyinit: the default device is where lazy tensors get their values "
+      "(e.g. \"cpu\" or \"cuda\"); it cannot be the lazy device itself.");
+  default_device_slot() = device;
+}
+
+}  // namespace lazyinit

@@ -1,0 +1,139 @@
+#include <lazyinit/graph.h>
+
+#include <lazyinit/lazy_tensor_impl.h>
+#include <lazyinit/rng.h>
+
+#include <c10/util/Exception.h>
+
+namespace lazyinit {
+namespace {
+
+std::atomic<int64_t> g_live_nodes{0};
+std::atomic<int64_t> g_next_storage_id{0};
+
+}  // namespace
+
+Geometry Geometry::of(const at::Tensor& t) {
+  Geometry g;
+  g.sizes = t.sizes().vec();
+  g.strides = t.strides().vec();
+  g.offset = t.storage_offset();
+  return g;
+}
+
+int64_t Geometry::extent() const {
+  int64_t last = offset;
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    if (sizes[i] == 0) {
+      return 0;
+    }
+    last += (sizes[i] - 1) * strides[i];
+  }
+  return last + 1;
+}
+
+Node::Node() {
+  ++g_live_nodes;
+}
+
+Node::~Node() {
+  --g_live_nodes;
+}
+
+int64_t live_node_count() {
+  return g_live_nodes.load();
+}
+
+std::recursive_mutex& graph_mutex() {
+  static std::recursive_mutex mutex;
+  return mutex;
+}
+
+LazyStorage::LazyStorage(
+    int64_t nbytes_,
+    caffe2::TypeMeta dtype_,
+    c10::Device home_device_)
+    : id(g_next_storage_id++),
+      nbytes(nbytes_),
+      dtype(dtype_),
+      home_device(home_device_) {}
+
+LazyStorage::~LazyStorage() {
+  // Random nodes that die unreplayed still drew numbers in eager mode: tell
+  // their chains, so the generator can be settled by replaying them into
+  // scratch (see rng_settle).
+  if (state != StorageState::kLazy) {
+    return;
+  }
+  for (auto& entry : tape) {
+    Node& node = *entry.node;
+    if (!node.is_random() || node.owner_dead || entry.node.use_count() > 1) {
+      continue;
+    }
+    auto& chain = *node.chain;
+    if (!chain.states[node.rng_index + 1].defined()) {
+      node.owner_dead = true;
+      ++chain.dead_unknown;
+      chain.dead[node.rng_index] = entry.node;
+    }
+  }
+}
+
+void LazyStorage::add_impl(LazyTensorImpl* impl) {
+  // Drop expired entries now and then so the list stays short.
+  if (impls.size() >= 8 && (impls.size() & (impls.size() - 1)) == 0) {
+    std::vector<c10::weak_intrusive_ptr<c10::TensorImpl>> alive;
+    for (auto& w : impls) {
+      if (!w.expired()) {
+        alive.push_back(w);
+      }
+    }
+    impls = std::move(alive);
+  }
+  impls.emplace_back(c10::intrusive_ptr<c10::TensorImpl>::unsafe_reclaim_from_nonowning(
+      static_cast<c10::TensorImpl*>(impl)));
+}
+
+void LazyStorage::append(NodePtr node) {
+  freeze_for_readers();
+  tape.push_back(Entry{std::move(node), 0});
+  ++version;
+  cached = at::Tensor();
+  cached_version = -1;
+}
+
+void LazyStorage::freeze_for_readers() {
+  std::vector<std::shared_ptr<Node>> readers;
+  for (auto& w : current_readers) {
+    if (auto n = w.lock()) {
+      readers.push_back(std::move(n));
+    }
+  }
+  current_readers.clear();
+  if (readers.empty()) {
+    return;
+  }
+  auto frozen = c10::make_intrusive<LazyStorage>(nbytes, dtype, home_device);
+  frozen->creation_geometry = creation_geometry;
+  frozen->tape = tape;
+  frozen->version = version;
+  frozen->early = early;
+  for (auto& reader : readers) {
+    for (auto& slot : reader->tensors) {
+      if (slot.ref.kind == TensorRef::Kind::kLazy &&
+          slot.ref.storage.get() == this && slot.ref.version == version) {
+        slot.ref.storage = frozen;
+      }
+    }
+  }
+}
+
+void LazyStorage::check_usable() const {
+  TORCH_CHECK(
+      state != StorageState::kDiscarded,
+      "lazyinit: this lazy tensor's recorded graph was freed by "
+      "lazyinit.discard(); it has no value any more. Build the model again "
+      "(or materialize it before discarding).");
+}
+
+}  // namespace lazyinit

@@ -1,0 +1,124 @@
+#include <lazyinit/op_info.h>
+
+#include <lazyinit/rng.h>
+
+#include <ATen/core/function_schema.h>
+#include <ATen/core/jit_type.h>
+
+#include <mutex>
+#include <string>
+#include <unordered_map>
+
+namespace lazyinit {
+namespace {
+
+bool is_device_type(const c10::TypePtr& type) {
+  auto t = type;
+  if (auto opt = t->cast<c10::OptionalType>()) {
+    t = opt->getElementType();
+  }
+  return t->kind() == c10::TypeKind::DeviceObjType;
+}
+
+bool is_generator_type(const c10::TypePtr& type) {
+  auto t = type;
+  if (auto opt = t->cast<c10::OptionalType>()) {
+    t = opt->getElementType();
+  }
+  return t->kind() == c10::TypeKind::GeneratorType;
+}
+
+bool is_tensor_like(const c10::TypePtr& type) {
+  auto t = type;
+  if (auto opt = t->cast<c10::OptionalType>()) {
+    t = opt->getElementType();
+  }
+  if (auto list = t->cast<c10::ListType>()) {
+    return is_tensor_like(list->getElementType());
+  }
+  return t->kind() == c10::TypeKind::TensorType;
+}
+
+// Alias sets of an argument or return, including those of list elements
+// (`Tensor(a)[]`).
+std::vector<c10::Symbol> alias_sets(const c10::Argument& arg) {
+  std::vector<c10::Symbol> sets;
+  const c10::AliasInfo* info = arg.alias_info();
+  if (info == nullptr) {
+    return sets;
+  }
+  for (const auto& s : info->beforeSets()) {
+    sets.push_back(s);
+  }
+  for (const auto& contained : info->containedTypes()) {
+    for (const auto& s : contained.beforeSets()) {
+      sets.push_back(s);
+    }
+  }
+  return sets;
+}
+
+bool is_write(const c10::Argument& arg) {
+  const c10::AliasInfo* info = arg.alias_info();
+  return info != nullptr && info->isWrite();
+}
+
+OpInfo analyze(const c10::OperatorHandle& op) {
+  const auto& schema = op.schema();
+  OpInfo info;
+  const auto& args = schema.arguments();
+  for (size_t i = 0; i < args.size(); ++i) {
+    const auto& arg = args[i];
+    if (is_device_type(arg.type())) {
+      info.device_args.push_back(i);
+    } else if (is_generator_type(arg.type())) {
+      info.generator_arg = static_cast<int64_t>(i);
+    } else if (arg.name() == "dtype") {
+      info.dtype_arg = static_cast<int64_t>(i);
+    }
+    if (is_tensor_like(arg.type())) {
+      info.has_tensor_args = true;
+    }
+    if (is_write(arg)) {
+      info.written_args.push_back(i);
+    }
+  }
+  for (const auto& ret : schema.returns()) {
+    OpInfo::Return r;
+    r.is_list = ret.type()->kind() == c10::TypeKind::ListType;
+    if (!is_tensor_like(ret.type())) {
+      info.returns_non_tensor = true;
+    }
+    for (const auto& set : alias_sets(ret)) {
+      for (size_t i = 0; i < args.size() && r.arg < 0; ++i) {
+        for (const auto& arg_set : alias_sets(args[i])) {
+          if (arg_set == set) {
+            r.arg = static_cast<int64_t>(i);
+            r.kind = is_write(args[i]) ? OpInfo::ReturnKind::kMutated
+                                       : OpInfo::ReturnKind::kView;
+          }
+        }
+      }
+    }
+    info.returns.push_back(r);
+  }
+  info.random = is_random_op(schema);
+  return info;
+}
+
+}  // namespace
+
+const OpInfo& op_info(const c10::OperatorHandle& op) {
+  static std::mutex mutex;
+  static std::unordered_map<const void*, std::unique_ptr<OpInfo>> cache;
+  // The schema object lives as long as the operator registration.
+  const void* key = &op.schema();
+  std::lock_guard<std::mutex> lock(mutex);
+  auto it = cache.find(key);
+  if (it == cache.end()) {
+    it = cache.emplace(key, std::make_unique<OpInfo>(analyze(op))).first;
+  }
+  return *it->second;
+}
+
+}  // namespace lazyinit

@@ -1,0 +1,273 @@
+#include <lazyinit/replay.h>
+
+#include <lazyinit/device.h>
+#include <lazyinit/lazy_tensor_impl.h>
+#include <lazyinit/rng.h>
+#include <lazyinit/tensor_args.h>
+
+#include <ATen/core/grad_mode.h>
+#include <ATen/ops/as_strided.h>
+#include <ATen/ops/empty.h>
+#include <c10/core/impl/DeviceGuardImplInterface.h>
+#include <c10/util/Exception.h>
+
+namespace lazyinit {
+namespace {
+
+// Marks a storage as being replayed, so nodes that read it at the version
+// being built use the buffer under construction instead of replaying it
+// again (e.g. `x[0, 0] = -x[0, 0]`).
+class InProgress {
+ public:
+  InProgress(LazyStorage& storage, const at::Tensor& base)
+      : storage_(storage),
+        saved_(storage.in_progress),
+        saved_version_(storage.in_progress_version) {
+    storage_.in_progress = base;
+  }
+  ~InProgress() {
+    storage_.in_progress = saved_;
+    storage_.in_progress_version = saved_version_;
+  }
+  InProgress(const InProgress&) = delete;
+  InProgress& operator=(const InProgress&) = delete;
+
+ private:
+  LazyStorage& storage_;
+  at::Tensor saved_;
+  int64_t saved_version_;
+};
+
+at::Tensor on_device(const at::Tensor& t, c10::Device device) {
+  return t.device() == device ? t : t.to(device);
+}
+
+at::Tensor flat_view(const at::Tensor& t, int64_t numel) {
+  return at::as_strided(t, {numel}, {1}, 0);
+}
+
+void check_target_device(c10::Device device) {
+  TORCH_CHECK(
+      !is_lazy_device(device) && device.type() != c10::DeviceType::Meta,
+      "lazyinit: cannot materialize onto '", device.str(),
+      "': pick a device that holds data, such as \"cpu\" or \"cuda\".");
+  if (device.is_cpu()) {
+    return;
+  }
+  TORCH_CHECK(
+      c10::impl::hasDeviceGuardImpl(device.type()),
+      "lazyinit: cannot materialize onto '", device.str(), "': this build of "
+      "torch has no ", c10::DeviceTypeName(device.type()), " support. Use "
+      "device=\"cpu\" or a torch built with it.");
+  const auto count = c10::impl::getDeviceGuardImpl(device.type())->deviceCount();
+  TORCH_CHECK(
+      count > 0 && (!device.has_index() || device.index() < count),
+      "lazyinit: cannot materialize onto '", device.str(), "': ", count,
+      " device(s) of that type are available.");
+}
+
+}  // namespace
+
+at::Tensor Replayer::resolve(const TensorRef& ref, const at::Tensor& self_base) {
+  switch (ref.kind) {
+    case TensorRef::Kind::kSelf: {
+      TORCH_INTERNAL_ASSERT(self_base.defined());
+      const auto& g = ref.geometry;
+      return at::as_strided(self_base, g.sizes, g.strides, g.offset);
+    }
+    case TensorRef::Kind::kLazy: {
+      const auto& g = ref.geometry;
+      return at::as_strided(
+          value(*ref.storage, ref.version), g.sizes, g.strides, g.offset);
+    }
+    case TensorRef::Kind::kReal:
+      TORCH_CHECK(
+          ref.version < 0 || ref.real._version() == static_cast<uint32_t>(ref.version),
+          "lazyinit: a real tensor that was used while recording lazy "
+          "tensors has been modified in place since, so replaying would give "
+          "other values than eager construction. Materialize the lazy "
+          "tensors before modifying it, or pass a copy (t.clone()).");
+      return ref.real;
+  }
+  TORCH_INTERNAL_ASSERT(false, "unknown TensorRef kind");
+}
+
+std::vector<c10::IValue> Replayer::prepare(
+    Node& node,
+    const at::Tensor& self_base,
+    bool scratch) {
+  std::vector<c10::IValue> stack = node.args;
+  copy_tensor_lists(stack);
+  at::Tensor base = self_base;
+  if (scratch && node.self_slot >= 0) {
+    // Values do not matter for a draw-only run, only the geometry the
+    // kernel sees (it picks its code path, and so its draws, by it).
+    base = at::empty(
+        {node.self_numel},
+        at::TensorOptions().dtype(node.self_dtype).device(device_));
+  }
+  for (const auto& slot : node.tensors) {
+    set_tensor(stack, slot.arg, slot.element, resolve(slot.ref, base));
+  }
+  for (size_t i : node.device_args) {
+    stack[i] = c10::IValue(device_);
+  }
+  return stack;
+}
+
+void Replayer::invoke(Node& node, std::vector<c10::IValue>& stack) {
+  at::NoGradGuard no_grad;
+  if (node.is_random()) {
+    rng_run(node, *this, [&] { node.op->callBoxed(&stack); });
+  } else {
+    node.op->callBoxed(&stack);
+  }
+}
+
+std::vector<c10::IValue> Replayer::run(Node& node, const at::Tensor& self_base) {
+  auto stack = prepare(node, self_base, /*scratch=*/false);
+  invoke(node, stack);
+  return stack;
+}
+
+void Replayer::run_scratch(Node& node) {
+  auto stack = prepare(node, at::Tensor(), /*scratch=*/true);
+  invoke(node, stack);
+}
+
+at::Tensor Replayer::run_creation(LazyStorage& storage) {
+  const auto& entry = storage.tape.front();
+  Node& node = *entry.node;
+  if (node.is_constant()) {
+    return on_device(node.constant, device_);
+  }
+  auto outputs = run(node, at::Tensor());
+  TORCH_INTERNAL_ASSERT(entry.output < static_cast<int64_t>(outputs.size()));
+  const auto& out_value = outputs[entry.output];
+  at::Tensor out = entry.element < 0
+      ? out_value.toTensor()
+      : out_value.toTensorList().get(entry.element);
+  const auto& g = storage.creation_geometry;
+  if (Geometry::of(out) == g &&
+      static_cast<int64_t>(out.storage().nbytes()) >= storage.nbytes) {
+    return flat_view(out, storage.numel());
+  }
+  // The real kernel laid its result out differently from the Meta kernel:
+  // copy it into the layout the lazy views were recorded against.
+  auto flat = at::empty({storage.numel()}, out.options());
+  at::as_strided(flat, g.sizes, g.strides, g.offset).copy_(out);
+  return flat;
+}
+
+at::Tensor Replayer::value(LazyStorage& storage, int64_t version) {
+  storage.check_usable();
+  TORCH_INTERNAL_ASSERT(version >= 0 && version <= storage.version);
+  if (storage.in_progress.defined() && storage.in_progress_version == version) {
+    return storage.in_progress;
+  }
+  if (storage.cached.defined() && storage.cached_version == version) {
+    return on_device(storage.cached, device_);
+  }
+  TORCH_INTERNAL_ASSERT(
+      storage.state == StorageState::kLazy,
+      "lazyinit: a materialized storage was asked for an older version");
+
+  // Start from the newest constant or cached value at or before `version`.
+  int64_t start = 0;
+  at::Tensor base;
+  for (int64_t k = version; k >= 0; --k) {
+    if (storage.tape[k].node->is_constant()) {
+      start = k;
+      base = storage.tape[k].node->constant;
+      break;
+    }
+    if (storage.cached.defined() && storage.cached_version == k) {
+      start = k;
+      base = storage.cached;
+      break;
+    }
+  }
+  if (base.defined()) {
+    base = on_device(base, device_);
+    if (start < version) {
+      base = base.clone();  // constants and caches are read-only
+    }
+  } else {
+    base = run_creation(storage);
+  }
+  {
+    InProgress guard(storage, base);
+    for (int64_t k = start + 1; k <= version; ++k) {
+      storage.in_progress_version = k - 1;
+      run(*storage.tape[k].node, base);
+    }
+  }
+  ++storage.replay_count;
+  if (version == storage.version) {
+    storage.cached = base;
+    storage.cached_version = version;
+  }
+  return base;
+}
+
+void materialize_storage(LazyStorage& storage, c10::Device device) {
+  storage.check_usable();
+  if (storage.state == StorageState::kMaterialized) {
+    return;
+  }
+  check_target_device(device);
+  Replayer replayer(device);
+  at::Tensor base = replayer.value(storage, storage.version);
+  // Readers that have not been replayed yet keep reading this version
+  // through a frozen copy of the tape, not through the real tensor, which
+  // the user may modify from now on.
+  storage.freeze_for_readers();
+  storage.cached = at::Tensor();
+  storage.tape.clear();
+  if (base.storage().use_count() > 1) {
+    base = base.clone();  // still shared with a constant somewhere
+  }
+  for (auto& weak : storage.impls) {
+    auto locked = weak.lock();
+    auto* impl = static_cast<LazyTensorImpl*>(locked.get());
+    if (impl == nullptr || impl->lazy_storage().get() != &storage) {
+      continue;
+    }
+    impl->become(
+        at::as_strided(base, impl->sizes(), impl->strides(), impl->storage_offset()),
+        storage.early, storage.replay_count);
+  }
+  storage.impls.clear();
+  storage.state = StorageState::kMaterialized;
+  storage.cached = base;
+  storage.cached_version = storage.version;
+}
+
+at::Tensor early_value(LazyStorage& storage) {
+  GeneratorStateGuard guard;
+  Replayer replayer(default_device());
+  at::Tensor value = replayer.value(storage, storage.version);
+  storage.early = true;
+  return value;
+}
+
+void materialize_tensor(const at::Tensor& t, c10::optional<c10::Device> device) {
+  std::lock_guard<std::recursive_mutex> lock(graph_mutex());
+  auto* impl = get_pending_impl(t);
+  if (impl == nullptr) {
+    return;
+  }
+  LazyStoragePtr storage = impl->lazy_storage();
+  {
+    GeneratorStateGuard guard;
+    materialize_storage(*storage, device.value_or(storage->home_device));
+  }
+  rng_settle();
+}
+
+void finish_materialization() {
+  std::lock_guard<std::recursive_mutex> lock(graph_mutex());
+  rng_settle();
+}
+
+}  // namespace lazyinit

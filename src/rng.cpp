@@ -1,0 +1,201 @@
+#include <lazyinit/rng.h>
+
+#include <lazyinit/replay.h>
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/core/function_schema.h>
+#include <c10/util/Exception.h>
+
+#include <cstring>
+#include <mutex>
+#include <set>
+#include <string>
+#include <unordered_map>
+
+namespace lazyinit {
+namespace {
+
+// Random ops whose schema has no Generator argument.
+const std::set<std::string>& random_op_names() {
+  static const std::set<std::string> names = {
+      "aten::rand", "aten::randn", "aten::randint", "aten::randperm",
+      "aten::rand_like", "aten::randn_like", "aten::randint_like",
+      "aten::native_dropout", "aten::dropout", "aten::dropout_",
+      "aten::feature_dropout", "aten::alpha_dropout", "aten::rrelu",
+      "aten::rrelu_", "aten::bernoulli", "aten::multinomial",
+  };
+  return names;
+}
+
+at::Tensor get_state(at::Generator& gen) {
+  std::lock_guard<std::mutex> lock(gen.mutex());
+  return gen.get_state();
+}
+
+void set_state(at::Generator& gen, const at::Tensor& state) {
+  std::lock_guard<std::mutex> lock(gen.mutex());
+  gen.set_state(state);
+}
+
+bool same_state(const at::Tensor& a, const at::Tensor& b) {
+  return a.defined() && b.defined() && a.nbytes() == b.nbytes() &&
+      std::memcmp(a.data_ptr(), b.data_ptr(), a.nbytes()) == 0;
+}
+
+at::Generator generator_for(const c10::optional<at::Generator>& explicit_gen) {
+  if (explicit_gen.has_value() && explicit_gen->defined()) {
+    return *explicit_gen;
+  }
+  return at::detail::getDefaultCPUGenerator();
+}
+
+// The chain currently being extended, per generator.
+std::unordered_map<c10::GeneratorImpl*, std::shared_ptr<RngChain>>& current_chains() {
+  static std::unordered_map<c10::GeneratorImpl*, std::shared_ptr<RngChain>> chains;
+  return chains;
+}
+
+void record_state_after(RngChain& chain, Node& node, at::Tensor state) {
+  auto& slot = chain.states[node.rng_index + 1];
+  if (slot.defined()) {
+    return;
+  }
+  slot = std::move(state);
+  --chain.unknown;
+  if (node.owner_dead) {
+    --chain.dead_unknown;
+  }
+}
+
+// Replays chain nodes [first known .. index) into scratch so states[index]
+// becomes known.
+void ensure_state(RngChain& chain, int64_t index, Replayer& replayer) {
+  int64_t known = index;
+  while (!chain.states[known].defined()) {
+    --known;
+  }
+  for (int64_t i = known; i < index; ++i) {
+    if (chain.states[i + 1].defined()) {
+      continue;
+    }
+    auto node = chain.nodes[i].lock();
+    if (!node) {
+      auto it = chain.dead.find(i);
+      TORCH_INTERNAL_ASSERT(it != chain.dead.end(), "random node ", i, " was lost");
+      node = it->second;
+    }
+    auto stack = replayer.prepare(*node, at::Tensor(), /*scratch=*/true);
+    at::NoGradGuard no_grad;
+    set_state(chain.generator, chain.states[i]);
+    node->op->callBoxed(&stack);
+    record_state_after(chain, *node, get_state(chain.generator));
+    chain.dead.erase(i);
+  }
+}
+
+void check_cpu(const RngChain& chain, const Replayer& replayer) {
+  TORCH_CHECK(
+      replayer.device().is_cpu() && chain.generator.device().is_cpu(),
+      "lazyinit: exact replay of random ops recorded with the CPU generator "
+      "is implemented for CPU targets; materialize on \"cpu\" (CUDA targets "
+      "need the CUDA replay support).");
+}
+
+}  // namespace
+
+RngChain::RngChain(at::Generator gen) : generator(std::move(gen)) {}
+
+bool is_random_op(const c10::FunctionSchema& schema) {
+  for (const auto& arg : schema.arguments()) {
+    auto t = arg.type();
+    if (auto opt = t->cast<c10::OptionalType>()) {
+      t = opt->getElementType();
+    }
+    if (t->kind() == c10::TypeKind::GeneratorType) {
+      return true;
+    }
+  }
+  return random_op_names().count(schema.name()) > 0;
+}
+
+void rng_record(const NodePtr& node, const c10::optional<at::Generator>& explicit_gen) {
+  at::Generator gen = generator_for(explicit_gen);
+  TORCH_CHECK(
+      gen.device().is_cpu(),
+      "lazyinit: recording random ops that draw from a ", gen.device().str(),
+      " generator is not supported yet; use the default generator or a CPU "
+      "torch.Generator.");
+  auto& chain = current_chains()[gen.unsafeGetGeneratorImpl()];
+  at::Tensor state = get_state(gen);
+  if (!chain || chain->applied || !same_state(state, chain->tagged_state)) {
+    // First random op since the generator was seeded, set or used: a new
+    // chain starts at its current state.
+    chain = std::make_shared<RngChain>(gen);
+    chain->states.push_back(state);
+  }
+  node->chain = chain;
+  node->rng_index = chain->size();
+  chain->nodes.push_back(node);
+  chain->states.emplace_back();
+  ++chain->unknown;
+  {
+    // One draw marks the generator, so a reseed (even to the same seed)
+    // or a real draw before the next recorded op starts a new chain.
+    std::lock_guard<std::mutex> lock(gen.mutex());
+    at::check_generator<at::CPUGeneratorImpl>(gen)->random();
+  }
+  chain->tagged_state = get_state(gen);
+}
+
+void rng_run(Node& node, Replayer& replayer, const std::function<void()>& call) {
+  RngChain& chain = *node.chain;
+  check_cpu(chain, replayer);
+  ensure_state(chain, node.rng_index, replayer);
+  set_state(chain.generator, chain.states[node.rng_index]);
+  call();
+  record_state_after(chain, node, get_state(chain.generator));
+}
+
+void rng_catch_up(const c10::optional<at::Generator>& explicit_gen, Replayer& replayer) {
+  at::Generator gen = generator_for(explicit_gen);
+  auto it = current_chains().find(gen.unsafeGetGeneratorImpl());
+  if (it == current_chains().end()) {
+    return;
+  }
+  RngChain& chain = *it->second;
+  if (chain.applied || !same_state(get_state(gen), chain.tagged_state)) {
+    return;  // the generator was set since; eager would draw from there too
+  }
+  check_cpu(chain, replayer);
+  ensure_state(chain, chain.size(), replayer);
+  set_state(gen, chain.states.back());
+  chain.applied = true;
+}
+
+void rng_settle() {
+  for (auto& kv : current_chains()) {
+    RngChain& chain = *kv.second;
+    if (chain.applied || chain.unknown != chain.dead_unknown) {
+      continue;  // some live random tensor is still lazy
+    }
+    if (!same_state(get_state(chain.generator), chain.tagged_state)) {
+      continue;
+    }
+    Replayer cpu(c10::Device(c10::kCPU));
+    ensure_state(chain, chain.size(), cpu);
+    set_state(chain.generator, chain.states.back());
+    chain.applied = true;
+  }
+}
+
+GeneratorStateGuard::GeneratorStateGuard()
+    : generator_(at::detail::getDefaultCPUGenerator()),
+      state_(get_state(generator_)) {}
+
+GeneratorStateGuard::~GeneratorStateGuard() {
+  if (active_) {
+    set_state(generator_, state_);
+  }
+}
+
+}  // namespace lazyinit
