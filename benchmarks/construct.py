@@ -204,7 +204,7 @@ def table(results):
             continue
         rt = rr = ""
         meta = by.get((r["shape"], "meta"))
-        if r["method"].startswith("lazy") and meta and "error" not in meta:
+        if r["method"] == "lazy" and meta and "error" not in meta:
             rt = _fmt_ratio(r["seconds"], meta["seconds"])
             rr = _fmt_ratio(r["peak_rss_mib"], meta["peak_rss_mib"])
         lines.append(

@@ -125,6 +125,11 @@ void LazyTensorImpl::shallow_copy_from(
   lazy_storage_.reset();
 }
 
+void LazyTensorImpl::release_resources() {
+  c10::TensorImpl::release_resources();
+  lazy_storage_.reset();
+}
+
 LazyTensorImpl* get_lazy_impl(const at::Tensor& t) {
   if (!t.defined()) {
     return nullptr;

@@ -203,6 +203,9 @@ at::Tensor Replayer::value(LazyStorage& storage, int64_t version) {
     }
   }
   ++storage.replay_count;
+  if (early_) {
+    storage.early = true;
+  }
   if (version == storage.version) {
     storage.cached = base;
     storage.cached_version = version;
@@ -245,7 +248,7 @@ void materialize_storage(LazyStorage& storage, c10::Device device) {
 
 at::Tensor early_value(LazyStorage& storage) {
   GeneratorStateGuard guard;
-  Replayer replayer(default_device());
+  Replayer replayer(default_device(), /*early=*/true);
   at::Tensor value = replayer.value(storage, storage.version);
   storage.early = true;
   return value;

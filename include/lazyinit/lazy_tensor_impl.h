@@ -39,6 +39,10 @@ class LazyTensorImpl : public c10::TensorImpl {
       c10::VariableVersion&& version_counter,
       bool allow_tensor_metadata_change) const override;
   void shallow_copy_from(const c10::intrusive_ptr<c10::TensorImpl>& impl) override;
+  // Storages hold weak references to their impls, and c10 deletes an
+  // object only once its weak count drops too: release the storage as soon
+  // as the last strong reference goes, or impl and storage keep each other.
+  void release_resources() override;
 
  private:
   const char* tensorimpl_type_name() const override {

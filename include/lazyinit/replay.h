@@ -12,7 +12,10 @@ namespace lazyinit {
 
 class Replayer {
  public:
-  explicit Replayer(c10::Device device) : device_(device) {}
+  // `early`: values are computed before materialization was asked for;
+  // storages computed on the way are marked early (lazyinit.stats).
+  explicit Replayer(c10::Device device, bool early = false)
+      : device_(device), early_(early) {}
 
   c10::Device device() const { return device_; }
 
@@ -36,6 +39,7 @@ class Replayer {
  private:
   at::Tensor run_creation(LazyStorage& storage);
   c10::Device device_;
+  bool early_;
 };
 
 // Materializes every impl of `storage` in place on `device`.

@@ -27,11 +27,11 @@ def _module_tensors(module: torch.nn.Module) -> Iterator[Tuple[str, torch.Tensor
     """(name, tensor, is_parameter) for every parameter and buffer, once each
     (tied tensors are reported under their first name)."""
     seen = set()
-    for name, p in module.named_parameters(remove_duplicate=False):
+    for name, p in module.named_parameters():
         if id(p) not in seen:
             seen.add(id(p))
             yield name, p, True
-    for name, b in module.named_buffers(remove_duplicate=False):
+    for name, b in module.named_buffers():
         if b is not None and id(b) not in seen:
             seen.add(id(b))
             yield name, b, False

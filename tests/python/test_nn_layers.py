@@ -285,11 +285,18 @@ def test_layer(make, make_input, style):
     assert_modules_equal(eager, lazy)
     assert_rng_equal(rng_eager, torch.get_rng_state())
 
-    # tensors kept as plain attributes (spectral_norm's `weight`, ...)
+    # Tensors kept as plain attributes (weight_norm's computed `weight`,
+    # spectral_norm's `weight` alias). materialize(module) covers parameters and
+    # buffers, like Module.to(); a derived attribute that is still lazy is
+    # materialized on its own here and must replay to eager's value without
+    # touching the RNG.
     pe, pl = named_plain_tensor_attrs(eager), named_plain_tensor_attrs(lazy)
     assert sorted(pe) == sorted(pl)
     for n in pe:
+        if lazyinit.is_lazy(pl[n]):
+            assert lazyinit.materialize(pl[n], "cpu") is pl[n]
         assert_tensor_equal(n, pe[n], pl[n])
+    assert_rng_equal(rng_eager, torch.get_rng_state())
     # RNNs keep a list of the very Parameter objects
     for mod_e, mod_l in zip(eager.modules(), lazy.modules()):
         if isinstance(mod_l, nn.RNNBase):
@@ -465,3 +472,17 @@ def test_deepcopy_of_lazy_module():
     assert storage_ptr(lazy[0].weight) != storage_ptr(lazy[1].weight)
     assert_rng_equal(rng_eager, torch.get_rng_state())
 
+
+
+def test_spectral_norm_weight_alias_follows_module():
+    """spectral_norm keeps `weight` as weight_orig.data: an alias of a parameter's
+    storage, so materializing the module materializes it too."""
+    torch.manual_seed(SEED)
+    eager = nn.utils.spectral_norm(nn.Linear(4, 5))
+    torch.manual_seed(SEED)
+    lazy = nn.utils.spectral_norm(nn.Linear(4, 5, device="lazy"))
+    alias = lazy.weight
+    lazyinit.materialize(lazy, "cpu")
+    assert not lazyinit.is_lazy(alias)
+    assert_tensor_equal("weight", eager.weight, alias)
+    assert storage_ptr(alias) == storage_ptr(lazy.weight_orig)

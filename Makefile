@@ -1,0 +1,76 @@
+# lazyinit: `make demo` and `make test` on a fresh Debian 12 machine (they
+# install what is missing), or on a machine with a pip torch
+# (PYTHON=/path/to/python3, detected where it is the accelerator image's).
+
+ACCEL_PYTHON := /opt/torch/.venv/bin/python3
+ifeq ($(origin PYTHON), undefined)
+  ifneq ($(wildcard $(ACCEL_PYTHON)),)
+    PYTHON := $(ACCEL_PYTHON)
+  else
+    PYTHON := /usr/bin/python3
+  endif
+endif
+
+VENV := .venv
+VPY := $(VENV)/bin/python
+BUILD := build
+JOBS ?= $(shell nproc)
+
+# Debian packages, installed only when PYTHON is Debian's own python3.
+APT_PACKAGES := cmake g++ make ccache libtorch-dev python3-torch python3-dev \
+  python3-venv python3-pybind11 pybind11-dev libgtest-dev python3-pytest \
+  python3-hypothesis python3-tqdm python3-matplotlib python3-psutil \
+  python3-torchvision python3-torchaudio
+
+.PHONY: all deps venv build test test-cpp test-python demo bench clean
+
+all: build
+
+deps:
+	@if [ "$(PYTHON)" = "/usr/bin/python3" ] && command -v dpkg-query >/dev/null; then \
+	  missing=""; \
+	  for p in $(APT_PACKAGES); do \
+	    dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	  done; \
+	  if [ -n "$$missing" ]; then \
+	    echo "Installing Debian packages:$$missing"; \
+	    SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	    $$SUDO apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
+	  fi; \
+	fi
+
+# A venv that sees PYTHON's packages (torch) and this checkout's package.
+$(VPY): | deps
+	$(PYTHON) -m venv --system-site-packages --without-pip $(VENV)
+	$(VPY) -c "import sys; print(sys.version)" >/dev/null
+
+venv: $(VPY)
+	@site=$$($(VPY) -c "import sysconfig; print(sysconfig.get_paths()['purelib'])"); \
+	$(PYTHON) -c "import site, sys; print('\n'.join(p for p in site.getsitepackages() + [site.getusersitepackages()]))" > $$site/zz_parent_site.pth; \
+	echo "$(CURDIR)/python" > $$site/lazyinit.pth
+
+build: deps venv
+	@prefix=$$($(PYTHON) -c "import os, torch.utils as u; p = u.cmake_prefix_path; print(p if os.path.isdir(os.path.join(p, 'Torch')) else '')"); \
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+	  -DPython3_EXECUTABLE=$(PYTHON) $${prefix:+-DCMAKE_PREFIX_PATH=$$prefix} >$(BUILD).log 2>&1 \
+	  || { cat $(BUILD).log; exit 1; }
+	cmake --build $(BUILD) -j $(JOBS)
+	$(VPY) -c "import lazyinit; print('lazyinit OK: torch', __import__('torch').__version__, 'device type', lazyinit.device_type)"
+
+test-cpp: build
+	cd $(BUILD) && ctest --output-on-failure
+
+test-python: build
+	$(VPY) -m pytest tests/python -q
+
+test: test-cpp test-python
+
+demo: build
+	$(VPY) benchmarks/demo.py
+
+bench: build
+	$(VPY) benchmarks/construct.py
+
+clean:
+	rm -rf $(BUILD) $(BUILD).log $(VENV) python/lazyinit/*.so
