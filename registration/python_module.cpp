@@ -4,6 +4,7 @@
 #include <lazyinit/lazy_tensor_impl.h>
 #include <lazyinit/registration.h>
 #include <lazyinit/replay.h>
+#include <lazyinit/rng.h>
 
 #include <ATen/ops/as_strided.h>
 #include <torch/csrc/utils/pybind.h>
@@ -109,4 +110,8 @@ PYBIND11_MODULE(_C, m) {
   m.def("_storage_id", [](const at::Tensor& t) { return pending_storage(t).id; });
   m.def("_live_nodes", &live_node_count);
   m.def("_discard", &discard);
+  m.def("_rng_catch_up", [] {
+    py::gil_scoped_release no_gil;
+    rng_catch_up_default();
+  });
 }

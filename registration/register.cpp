@@ -163,6 +163,7 @@ void register_backend() {
         torch::Library::IMPL, "_", key, __FILE__, __LINE__);
     register_kernels(*lib, *fallback, key);
     register_device_guard();
+    register_rng_hooks();
     if (key == c10::DispatchKey::PrivateUse1) {
       register_privateuse1_hooks();
     }

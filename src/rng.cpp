@@ -188,14 +188,27 @@ void rng_settle() {
   }
 }
 
-GeneratorStateGuard::GeneratorStateGuard()
-    : generator_(at::detail::getDefaultCPUGenerator()),
-      state_(get_state(generator_)) {}
+GeneratorStateGuard::GeneratorStateGuard() {
+  at::Generator cpu = at::detail::getDefaultCPUGenerator();
+  saved_.emplace_back(cpu, get_state(cpu));
+  for (auto& kv : current_chains()) {
+    if (kv.first != cpu.unsafeGetGeneratorImpl()) {
+      at::Generator gen = kv.second->generator;
+      saved_.emplace_back(gen, get_state(gen));
+    }
+  }
+}
 
 GeneratorStateGuard::~GeneratorStateGuard() {
-  if (active_) {
-    set_state(generator_, state_);
+  for (auto& saved : saved_) {
+    set_state(saved.first, saved.second);
   }
+}
+
+void rng_catch_up_default() {
+  std::lock_guard<std::recursive_mutex> lock(graph_mutex());
+  Replayer replayer(c10::Device(c10::kCPU));
+  rng_catch_up(c10::nullopt, replayer);
 }
 
 }  // namespace lazyinit

@@ -10,6 +10,8 @@
 #include <c10/util/Optional.h>
 #include <torch/csrc/api/include/torch/version.h>
 
+#include <c10/util/Exception.h>
+
 #include <string>
 
 #define LAZYINIT_TORCH_AT_LEAST(major, minor) \
@@ -49,6 +51,28 @@ inline bool try_rename_privateuse1_to_lazy() {
   return false;
 #endif
 }
+
+// Swallows torch warnings while alive (used around deliberate kernel
+// overrides, which the dispatcher reports as warnings).
+class SilenceWarnings {
+ public:
+  SilenceWarnings() : guard_(&handler_) {}
+
+ private:
+  struct Handler : c10::WarningHandler {
+#if LAZYINIT_TORCH_AT_LEAST(2, 0)
+    void process(const c10::Warning&) override {}
+#else
+    void process(const c10::SourceLocation&, const std::string&, const bool) override {}
+#endif
+  };
+  Handler handler_;
+#if LAZYINIT_TORCH_AT_LEAST(2, 0)
+  c10::WarningUtils::WarningHandlerGuard guard_;
+#else
+  c10::Warning::WarningHandlerGuard guard_;
+#endif
+};
 
 }  // namespace compat
 }  // namespace lazyinit

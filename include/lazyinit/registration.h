@@ -11,5 +11,6 @@ void register_backend();
 // Called from register_backend; each lives in its own file.
 void register_device_guard();
 void register_privateuse1_hooks();
+void register_rng_hooks();
 
 }  // namespace lazyinit

@@ -55,21 +55,24 @@ void rng_catch_up(const c10::optional<at::Generator>& explicit_gen, Replayer& re
 // chains has been replayed (or died), leave the generator where eager would.
 void rng_settle();
 
-// Saves the generator states before a replay and restores them after, so a
-// partial materialization leaves the generators as recording left them.
+// Saves the states of the generators that have lazy random nodes (and the
+// default CPU generator) before a replay and restores them after, so a
+// partial materialization leaves them as recording left them.
 class GeneratorStateGuard {
  public:
   GeneratorStateGuard();
   ~GeneratorStateGuard();
   GeneratorStateGuard(const GeneratorStateGuard&) = delete;
   GeneratorStateGuard& operator=(const GeneratorStateGuard&) = delete;
-  void release() { active_ = false; }
 
  private:
-  at::Generator generator_;
-  at::Tensor state_;
-  bool active_ = true;
+  std::vector<std::pair<at::Generator, at::Tensor>> saved_;
 };
+
+// Before the generator is read or used for real while lazy random nodes
+// are pending: replays their draws into scratch and leaves the generator
+// where eager construction would have it.
+void rng_catch_up_default();
 
 bool is_random_op(const c10::FunctionSchema& schema);
 

@@ -70,7 +70,25 @@ def install() -> None:
     torch.Tensor.tolist = tolist  # type: ignore[assignment]
     torch.Tensor.numpy = numpy  # type: ignore[assignment]
 
+    _catch_up_before_rng_reads()
     _guard_torch_lazy()
+
+
+def _catch_up_before_rng_reads() -> None:
+    # Lazy random ops leave the generator where recording found it (plus a
+    # marker). Code that reads the state mid-construction (fork_rng, saving
+    # and restoring it) must see where eager construction would be.
+    import torch.random as torch_random
+
+    original = torch_random.get_rng_state
+
+    def get_rng_state() -> torch.Tensor:
+        _C._rng_catch_up()
+        return original()
+
+    get_rng_state.__doc__ = original.__doc__
+    torch_random.get_rng_state = get_rng_state
+    torch.get_rng_state = get_rng_state
 
 
 def _guard_torch_lazy() -> None:
