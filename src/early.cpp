@@ -151,7 +151,7 @@ void run_early(
       outputs.emplace_back(wrap(v.toTensor()));
     } else if (v.isTensorList()) {
       c10::List<at::Tensor> list;
-      for (const at::Tensor& t : v.toTensorList()) {
+      for (at::Tensor t : v.toTensorList()) {
         list.push_back(wrap(t));
       }
       outputs.emplace_back(std::move(list));

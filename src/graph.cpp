@@ -71,7 +71,7 @@ LazyStorage::~LazyStorage() {
       continue;
     }
     auto& chain = *node.chain;
-    if (!chain.states[node.rng_index + 1].defined()) {
+    if (!chain.states[node.rng_index + 1]) {
       node.owner_dead = true;
       ++chain.dead_unknown;
       chain.dead[node.rng_index] = entry.node;

@@ -27,19 +27,16 @@ const std::set<std::string>& random_op_names() {
   return names;
 }
 
-at::Tensor get_state(at::Generator& gen) {
-  std::lock_guard<std::mutex> lock(gen.mutex());
-  return gen.get_state();
+GenState get_state(at::Generator& gen) {
+  return GenState::of(gen);
 }
 
-void set_state(at::Generator& gen, const at::Tensor& state) {
-  std::lock_guard<std::mutex> lock(gen.mutex());
-  gen.set_state(state);
+void set_state(at::Generator& gen, const GenState& state) {
+  state.apply(gen);
 }
 
-bool same_state(const at::Tensor& a, const at::Tensor& b) {
-  return a.defined() && b.defined() && a.nbytes() == b.nbytes() &&
-      std::memcmp(a.data_ptr(), b.data_ptr(), a.nbytes()) == 0;
+bool same_state(const GenState& a, const GenState& b) {
+  return a.defined && b.defined && a == b;
 }
 
 at::Generator generator_for(const c10::optional<at::Generator>& explicit_gen) {
@@ -55,12 +52,12 @@ std::unordered_map<c10::GeneratorImpl*, std::shared_ptr<RngChain>>& current_chai
   return chains;
 }
 
-void record_state_after(RngChain& chain, Node& node, at::Tensor state) {
+void record_state_after(RngChain& chain, Node& node, GenState state) {
   auto& slot = chain.states[node.rng_index + 1];
-  if (slot.defined()) {
+  if (slot) {
     return;
   }
-  slot = std::move(state);
+  slot = std::make_unique<GenState>(std::move(state));
   --chain.unknown;
   if (node.owner_dead) {
     --chain.dead_unknown;
@@ -71,11 +68,11 @@ void record_state_after(RngChain& chain, Node& node, at::Tensor state) {
 // becomes known.
 void ensure_state(RngChain& chain, int64_t index, Replayer& replayer) {
   int64_t known = index;
-  while (!chain.states[known].defined()) {
+  while (!chain.states[known]) {
     --known;
   }
   for (int64_t i = known; i < index; ++i) {
-    if (chain.states[i + 1].defined()) {
+    if (chain.states[i + 1]) {
       continue;
     }
     auto node = chain.nodes[i].lock();
@@ -86,7 +83,7 @@ void ensure_state(RngChain& chain, int64_t index, Replayer& replayer) {
     }
     auto stack = replayer.prepare(*node, at::Tensor(), /*scratch=*/true);
     at::NoGradGuard no_grad;
-    set_state(chain.generator, chain.states[i]);
+    set_state(chain.generator, *chain.states[i]);
     node->op->callBoxed(&stack);
     record_state_after(chain, *node, get_state(chain.generator));
     chain.dead.erase(i);
@@ -102,6 +99,34 @@ void check_cpu(const RngChain& chain, const Replayer& replayer) {
 }
 
 }  // namespace
+
+GenState GenState::of(at::Generator& gen) {
+  std::lock_guard<std::mutex> lock(gen.mutex());
+  auto* impl = at::check_generator<at::CPUGeneratorImpl>(gen);
+  GenState state;
+  state.engine = impl->engine();
+  state.next_float = impl->next_float_normal_sample();
+  state.next_double = impl->next_double_normal_sample();
+  state.defined = true;
+  return state;
+}
+
+void GenState::apply(at::Generator& gen) const {
+  TORCH_INTERNAL_ASSERT(defined);
+  std::lock_guard<std::mutex> lock(gen.mutex());
+  auto* impl = at::check_generator<at::CPUGeneratorImpl>(gen);
+  impl->set_engine(engine);
+  impl->set_next_float_normal_sample(next_float);
+  impl->set_next_double_normal_sample(next_double);
+}
+
+bool GenState::operator==(const GenState& other) const {
+  const auto a = engine.data();
+  const auto b = other.engine.data();
+  return a.seed_ == b.seed_ && a.left_ == b.left_ && a.seeded_ == b.seeded_ &&
+      a.next_ == b.next_ && a.state_ == b.state_ && next_float == other.next_float &&
+      next_double == other.next_double;
+}
 
 RngChain::RngChain(at::Generator gen) : generator(std::move(gen)) {}
 
@@ -126,12 +151,12 @@ void rng_record(const NodePtr& node, const c10::optional<at::Generator>& explici
       " generator is not supported yet; use the default generator or a CPU "
       "torch.Generator.");
   auto& chain = current_chains()[gen.unsafeGetGeneratorImpl()];
-  at::Tensor state = get_state(gen);
+  GenState state = get_state(gen);
   if (!chain || chain->applied || !same_state(state, chain->tagged_state)) {
     // First random op since the generator was seeded, set or used: a new
     // chain starts at its current state.
     chain = std::make_shared<RngChain>(gen);
-    chain->states.push_back(state);
+    chain->states.push_back(std::make_unique<GenState>(state));
   }
   node->chain = chain;
   node->rng_index = chain->size();
@@ -151,7 +176,7 @@ void rng_run(Node& node, Replayer& replayer, const std::function<void()>& call) 
   RngChain& chain = *node.chain;
   check_cpu(chain, replayer);
   ensure_state(chain, node.rng_index, replayer);
-  set_state(chain.generator, chain.states[node.rng_index]);
+  set_state(chain.generator, *chain.states[node.rng_index]);
   call();
   record_state_after(chain, node, get_state(chain.generator));
 }
@@ -168,7 +193,7 @@ void rng_catch_up(const c10::optional<at::Generator>& explicit_gen, Replayer& re
   }
   check_cpu(chain, replayer);
   ensure_state(chain, chain.size(), replayer);
-  set_state(gen, chain.states.back());
+  set_state(gen, *chain.states.back());
   chain.applied = true;
 }
 
@@ -183,7 +208,7 @@ void rng_settle() {
     }
     Replayer cpu(c10::Device(c10::kCPU));
     ensure_state(chain, chain.size(), cpu);
-    set_state(chain.generator, chain.states.back());
+    set_state(chain.generator, *chain.states.back());
     chain.applied = true;
   }
 }

@@ -9,6 +9,7 @@
 #pragma once
 
 #include <ATen/core/Generator.h>
+#include <ATen/core/MT19937RNGEngine.h>
 #include <ATen/core/Tensor.h>
 
 #include <lazyinit/graph.h>
@@ -20,18 +21,34 @@
 
 namespace lazyinit {
 
+// A CPU generator's complete state (mt19937 engine and the cached normal
+// samples), copied without allocating: get_state() builds a tensor and costs
+// microseconds, which recording pays for every random op.
+struct GenState {
+  at::mt19937 engine;
+  c10::optional<float> next_float;
+  c10::optional<double> next_double;
+  bool defined = false;
+
+  static GenState of(at::Generator& gen);
+  void apply(at::Generator& gen) const;
+  bool operator==(const GenState& other) const;
+};
+
 struct RngChain {
   explicit RngChain(at::Generator generator);
 
   at::Generator generator;
-  // states[k]: generator state before node k (undefined while unknown).
-  std::vector<at::Tensor> states;
+  // states[k]: generator state before node k (null while unknown). Held
+  // by pointer: a GenState is 2.5 KB and default-constructing one seeds an
+  // mt19937, too slow to do per recorded op.
+  std::vector<std::unique_ptr<GenState>> states;
   std::vector<std::weak_ptr<Node>> nodes;
   // Nodes whose owner died before replay, kept to replay their draws.
   std::unordered_map<int64_t, NodePtr> dead;
   // State the generator is left in while the chain is pending: recording a
   // node advances it by one draw, so a reseed, even to the same seed, shows.
-  at::Tensor tagged_state;
+  GenState tagged_state;
   int64_t unknown = 0;       // nodes whose state after is not known yet
   int64_t dead_unknown = 0;  // of those, nodes whose owner died unreplayed
   bool applied = false;      // the generator was set to the final state
@@ -66,7 +83,7 @@ class GeneratorStateGuard {
   GeneratorStateGuard& operator=(const GeneratorStateGuard&) = delete;
 
  private:
-  std::vector<std::pair<at::Generator, at::Tensor>> saved_;
+  std::vector<std::pair<at::Generator, GenState>> saved_;
 };
 
 // Before the generator is read or used for real while lazy random nodes

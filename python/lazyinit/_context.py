@@ -151,7 +151,8 @@ class LazyInitContext:
             setattr(torch, name, stand_in)
         # torch.Tensor(...) itself: its type must stay intact, so only the
         # constructor is swapped, and only for torch.Tensor proper.
-        base_new = torch._C._TensorBase.__new__
+        base_new = getattr(torch._C, "TensorBase", None) or torch._C._TensorBase
+        base_new = base_new.__new__
         untyped = _legacy_new(None)
 
         def tensor_new(cls: type, *args: Any, **kwargs: Any) -> torch.Tensor:
