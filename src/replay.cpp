@@ -11,6 +11,9 @@
 #include <c10/core/impl/DeviceGuardImplInterface.h>
 #include <c10/util/Exception.h>
 
+#include <set>
+#include <string>
+
 namespace lazyinit {
 namespace {
 
@@ -66,7 +69,75 @@ void check_target_device(c10::Device device) {
       " device(s) of that type are available.");
 }
 
+// Ops that write every element of their first argument without reading it.
+bool is_overwriting_op(const Node& node) {
+  static const std::set<std::string> names = {
+      "aten::normal_", "aten::uniform_", "aten::random_", "aten::fill_",
+      "aten::zero_", "aten::copy_", "aten::exponential_", "aten::cauchy_",
+      "aten::log_normal_", "aten::geometric_", "aten::bernoulli_",
+  };
+  return names.count(node.op->schema().name()) > 0;
+}
+
+// True when `node` overwrites the whole storage, reading nothing of it:
+// everything recorded before it is dead (e.g. nn.Linear's kaiming_uniform_
+// followed by a model's own normal_ init).
+bool overwrites_storage(const LazyStorage& storage, const Node& node) {
+  if (node.is_constant() || node.self_slot < 0 || !is_overwriting_op(node)) {
+    return false;
+  }
+  for (size_t i = 0; i < node.tensors.size(); ++i) {
+    if (static_cast<int64_t>(i) != node.self_slot &&
+        node.tensors[i].ref.kind == TensorRef::Kind::kSelf) {
+      return false;
+    }
+  }
+  const Geometry& g = node.tensors[node.self_slot].ref.geometry;
+  if (g.offset != 0) {
+    return false;
+  }
+  int64_t expected = 1;
+  for (int64_t d = static_cast<int64_t>(g.sizes.size()) - 1; d >= 0; --d) {
+    if (g.sizes[d] != 1 && g.strides[d] != expected) {
+      return false;
+    }
+    expected *= g.sizes[d];
+  }
+  return expected == storage.numel();
+}
+
+// A dead node may be skipped unless it is random with an unknown position
+// in its chain: later random nodes need the state after it.
+bool can_skip(const Node& node) {
+  if (!node.is_random()) {
+    return true;
+  }
+  return node.chain->states[node.rng_index + 1] != nullptr;
+}
+
+// One buffer reused for draw-only runs: allocating (and page-faulting) a
+// fresh one per node doubled the memory traffic of out-of-order replays.
+at::Tensor& scratch_bytes() {
+  static at::Tensor bytes;
+  return bytes;
+}
+
+at::Tensor scratch_tensor(int64_t numel, caffe2::TypeMeta dtype, c10::Device device) {
+  const int64_t nbytes = numel * static_cast<int64_t>(dtype.itemsize());
+  at::Tensor& bytes = scratch_bytes();
+  if (!bytes.defined() || bytes.device() != device || bytes.numel() < nbytes) {
+    bytes = at::Tensor();  // free the old one first
+    bytes = at::empty({nbytes}, at::TensorOptions().dtype(at::kByte).device(device));
+  }
+  auto options = at::TensorOptions().dtype(dtype).device(device);
+  return at::empty({0}, options).set_(bytes.storage(), 0, {numel}, {1});
+}
+
 }  // namespace
+
+void release_scratch() {
+  scratch_bytes() = at::Tensor();
+}
 
 at::Tensor Replayer::resolve(const TensorRef& ref, const at::Tensor& self_base) {
   switch (ref.kind) {
@@ -102,9 +173,7 @@ std::vector<c10::IValue> Replayer::prepare(
   if (scratch && node.self_slot >= 0) {
     // Values do not matter for a draw-only run, only the geometry the
     // kernel sees (it picks its code path, and so its draws, by it).
-    base = at::empty(
-        {node.self_numel},
-        at::TensorOptions().dtype(node.self_dtype).device(device_));
+    base = scratch_tensor(node.self_numel, node.self_dtype, device_);
   }
   for (const auto& slot : node.tensors) {
     set_tensor(stack, slot.arg, slot.element, resolve(slot.ref, base));
@@ -187,9 +256,28 @@ at::Tensor Replayer::value(LazyStorage& storage, int64_t version) {
       break;
     }
   }
+  // Skip everything before the last node that overwrites the whole storage.
+  bool fresh = false;
+  for (int64_t k = version; k > start; --k) {
+    if (!overwrites_storage(storage, *storage.tape[k].node)) {
+      continue;
+    }
+    bool dead_prefix = true;
+    for (int64_t j = base.defined() ? start + 1 : 0; j < k && dead_prefix; ++j) {
+      dead_prefix = storage.tape[j].node->is_constant() || can_skip(*storage.tape[j].node);
+    }
+    if (dead_prefix) {
+      start = k - 1;
+      fresh = true;
+      base = at::empty(
+          {storage.numel()},
+          at::TensorOptions().dtype(storage.dtype).device(device_));
+    }
+    break;
+  }
   if (base.defined()) {
     base = on_device(base, device_);
-    if (start < version) {
+    if (start < version && !fresh) {
       base = base.clone();  // constants and caches are read-only
     }
   } else {
@@ -271,6 +359,7 @@ void materialize_tensor(const at::Tensor& t, c10::optional<c10::Device> device) 
 void finish_materialization() {
   std::lock_guard<std::recursive_mutex> lock(graph_mutex());
   rng_settle();
+  release_scratch();
 }
 
 }  // namespace lazyinit

@@ -210,6 +210,7 @@ void rng_settle() {
     ensure_state(chain, chain.size(), cpu);
     set_state(chain.generator, *chain.states.back());
     chain.applied = true;
+    release_scratch();
   }
 }
 

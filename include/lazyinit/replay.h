@@ -51,6 +51,8 @@ at::Tensor early_value(LazyStorage& storage);
 // Materializes the tensor in place (all views of its storage). No-op for
 // tensors that are not pending.
 void materialize_tensor(const at::Tensor& t, c10::optional<c10::Device> device);
+// Frees the buffer kept for draw-only replays.
+void release_scratch();
 // Settles generators once a batch of materializations is done.
 void finish_materialization();
 
