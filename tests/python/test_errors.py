@@ -1,0 +1,79 @@
+"""Bad input gives a Python exception that says what to do."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import lazyinit
+
+
+def test_unknown_and_unavailable_devices():
+    t = torch.empty(3, device="lazy")
+    with pytest.raises(RuntimeError):
+        lazyinit.materialize(t, "nosuchdevice")
+    with pytest.raises(RuntimeError, match="cannot materialize onto 'meta'"):
+        lazyinit.materialize(t, "meta")
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="cannot materialize onto 'cuda"):
+            lazyinit.materialize(t, "cuda")
+    assert lazyinit.is_lazy(t)  # nothing happened
+
+
+def test_default_device_cannot_be_lazy():
+    with pytest.raises(ValueError, match="device that holds data"):
+        lazyinit.LazyInitContext(default_device="lazy")
+
+
+def test_op_that_cannot_be_recorded_is_named():
+    a = torch.empty(3, device="lazy")
+    b = torch.empty(3, device="lazy")
+    with pytest.raises(RuntimeError, match="aten::set_"):
+        a.set_(b)
+
+
+def test_mixing_with_real_tensors_that_cannot_be_run_says_what_to_do():
+    lazy = torch.rand(3, device="lazy")
+    meta = torch.empty(3, device="meta")  # has no values to run with
+    with pytest.raises(RuntimeError, match="device"):
+        lazy.add_(meta)
+    assert lazyinit.is_lazy(lazy)
+
+
+def test_nesting_and_reentering_the_context():
+    ctx = lazyinit.LazyInitContext()
+    with ctx:
+        with pytest.raises(RuntimeError, match="cannot be nested"):
+            with lazyinit.LazyInitContext():
+                pass
+        with pytest.raises(RuntimeError, match="cannot be nested"):
+            with ctx:
+                pass
+    with ctx:  # fine again once exited
+        assert lazyinit.is_lazy(torch.empty(1))
+
+
+def test_torch_lazy_backend_cannot_take_the_key():
+    ts_backend = pytest.importorskip("torch._lazy.ts_backend")
+    if lazyinit.device_type == "lazy" and torch.device("lazy").type == "lazy":
+        if torch._C._get_privateuse1_backend_name() == "lazy" if hasattr(torch._C, "_get_privateuse1_backend_name") else False:
+            pytest.skip("lazy is PrivateUse1 here; the Lazy key is not ours")
+        with pytest.raises(RuntimeError, match="lazyinit owns the 'lazy' device"):
+            ts_backend.init()
+
+
+def test_freed_graph():
+    t = torch.empty(3, device="lazy")
+    lazyinit.discard(t)
+    with pytest.raises(RuntimeError, match="freed by lazyinit.discard"):
+        lazyinit.materialize(t)
+    with pytest.raises(RuntimeError, match="freed by lazyinit.discard"):
+        t.add_(1)
+
+
+def test_modified_real_source():
+    src = torch.ones(3)
+    t = torch.empty(3, device="lazy")
+    t.copy_(src)
+    src.add_(1)
+    with pytest.raises(RuntimeError, match="modified in place"):
+        lazyinit.materialize(t)
