@@ -28,6 +28,10 @@ namespace {
 at::Tensor meta_for_lazy(const LazyTensorImpl& impl) {
   const auto& storage = *impl.lazy_storage();
   auto options = at::TensorOptions().dtype(storage.dtype).device(at::kMeta);
+  if (impl.storage_offset() == 0 && impl.geometry().extent() == storage.numel()) {
+    // The view covers its storage exactly (the common case): one op.
+    return at::empty_strided(impl.sizes(), impl.strides(), options);
+  }
   auto base = at::empty({storage.numel()}, options);
   return at::as_strided(
       base, impl.sizes(), impl.strides(), impl.storage_offset());
@@ -121,6 +125,10 @@ bool infer_on_meta(
       return false;
     }
     throw;
+  } catch (const std::exception&) {
+    // Meta kernels written in Python (torch._meta_registrations) raise
+    // Python exceptions, e.g. NotImplementedError for nonzero on torch 2.x.
+    return false;
   }
   return true;
 }
@@ -279,9 +287,15 @@ void record_op(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
   const size_t num_args = op.schema().arguments().size();
   std::vector<c10::IValue> args(stack->end() - num_args, stack->end());
 
-  for_each_tensor(args, [](size_t, int64_t, const at::Tensor& t) {
+  for_each_tensor(args, [&](size_t, int64_t, const at::Tensor& t) {
     if (auto* impl = get_pending_impl(t)) {
       impl->lazy_storage()->check_usable();
+    } else {
+      TORCH_CHECK(
+          !t.is_meta(),
+          "lazyinit: ", op.schema().operator_name(), " got a tensor on the "
+          "meta device together with lazy tensors; meta tensors have no values "
+          "to replay. Create it on the lazy device (or a real one) instead.");
     }
   });
 
