@@ -22,7 +22,7 @@ APT_PACKAGES := cmake g++ make ccache libtorch-dev python3-torch python3-dev \
   python3-hypothesis python3-tqdm python3-matplotlib python3-psutil \
   python3-torchvision python3-torchaudio
 
-.PHONY: all deps venv build test test-cpp test-python demo bench clean
+.PHONY: all deps venv build test test-cpp test-python demo bench asan clean
 
 all: build
 
@@ -72,5 +72,20 @@ demo: build
 bench: build
 	$(VPY) benchmarks/construct.py
 
+# The C++ tests under AddressSanitizer + LeakSanitizer (clang's runtime).
+ASAN_BUILD := build-asan
+asan: deps
+	@if [ "$(PYTHON)" = "/usr/bin/python3" ] && ! dpkg-query -W -f='$${Status}' libclang-rt-14-dev 2>/dev/null | grep -q "install ok installed"; then \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq clang libclang-rt-14-dev; \
+	fi
+	@prefix=$$($(PYTHON) -c "import os, torch.utils as u; p = u.cmake_prefix_path; print(p if os.path.isdir(os.path.join(p, 'Torch')) else '')"); \
+	cmake -S . -B $(ASAN_BUILD) -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_COMPILER=clang++ \
+	  -DLAZYINIT_SANITIZE=address -DLAZYINIT_BUILD_PYTHON=OFF \
+	  $${prefix:+-DCMAKE_PREFIX_PATH=$$prefix} >$(ASAN_BUILD).log 2>&1 || { cat $(ASAN_BUILD).log; exit 1; }
+	# Test discovery runs the binary at build time: no leak check there.
+	ASAN_OPTIONS=detect_leaks=0 cmake --build $(ASAN_BUILD) -j $(JOBS)
+	tests/cpp/check_leaks.sh $(ASAN_BUILD)/lazyinit_cpp_tests
+
 clean:
-	rm -rf $(BUILD) $(BUILD).log $(VENV) python/lazyinit/*.so
+	rm -rf $(BUILD) $(BUILD).log $(ASAN_BUILD) $(ASAN_BUILD).log $(VENV) python/lazyinit/*.so

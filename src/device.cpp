@@ -10,8 +10,10 @@ namespace {
 
 std::atomic<c10::DeviceType> g_lazy_type{c10::DeviceType::Lazy};
 
+// Per thread, like LazyInitContext: contexts in different threads may name
+// different default devices.
 c10::Device& default_device_slot() {
-  static c10::Device device(c10::DeviceType::CPU);
+  thread_local c10::Device device(c10::DeviceType::CPU);
   return device;
 }
 

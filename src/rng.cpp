@@ -206,7 +206,7 @@ void rng_settle() {
     if (!same_state(get_state(chain.generator), chain.tagged_state)) {
       continue;
     }
-    Replayer cpu(c10::Device(c10::kCPU));
+    Replayer cpu{c10::Device(c10::kCPU)};
     ensure_state(chain, chain.size(), cpu);
     set_state(chain.generator, *chain.states.back());
     chain.applied = true;
@@ -233,7 +233,7 @@ GeneratorStateGuard::~GeneratorStateGuard() {
 
 void rng_catch_up_default() {
   std::lock_guard<std::recursive_mutex> lock(graph_mutex());
-  Replayer replayer(c10::Device(c10::kCPU));
+  Replayer replayer{c10::Device(c10::kCPU)};
   rng_catch_up(c10::nullopt, replayer);
 }
 

@@ -91,7 +91,68 @@ class _LegacyMeta(type):
         return isinstance(obj, cls._original)  # type: ignore[attr-defined]
 
     def __call__(cls, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if getattr(_active, "context", None) is None:  # another thread's context
+            return cls._original(*args, **kwargs)  # type: ignore[attr-defined]
         return cls._new(*args, **kwargs)  # type: ignore[attr-defined]
+
+
+class _LegacyConstructors:
+    """Swaps the legacy constructors while any thread has a context active.
+
+    The swap is process-wide (they are module attributes), so the stand-ins
+    check the calling thread's context and behave as the originals elsewhere.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._users = 0
+        self._saved: Dict[str, Any] = {}
+
+    def acquire(self) -> None:
+        with self._lock:
+            self._users += 1
+            if self._users == 1:
+                self._install()
+
+    def release(self) -> None:
+        with self._lock:
+            self._users -= 1
+            if self._users == 0:
+                self._uninstall()
+
+    def _install(self) -> None:
+        self._saved = {name: getattr(torch, name) for name in _LEGACY_DTYPES}
+        for name, dtype in _LEGACY_DTYPES.items():
+            stand_in = _LegacyMeta(name, (), {"_original": self._saved[name],
+                                               "_new": staticmethod(_legacy_new(dtype))})
+            setattr(torch, name, stand_in)
+        # torch.Tensor(...) itself: its type must stay intact, so only the
+        # constructor is swapped, and only for torch.Tensor proper.
+        base = getattr(torch._C, "TensorBase", None) or torch._C._TensorBase
+        base_new = base.__new__
+        untyped = _legacy_new(None)
+
+        def tensor_new(cls: type, *args: Any, **kwargs: Any) -> torch.Tensor:
+            if cls is torch.Tensor and getattr(_active, "context", None) is not None:
+                return untyped(*args, **kwargs)
+            return base_new(cls, *args, **kwargs)
+
+        self._saved["__new__"] = torch.Tensor.__dict__.get("__new__")
+        torch.Tensor.__new__ = tensor_new  # type: ignore[assignment]
+
+    def _uninstall(self) -> None:
+        original_new = self._saved.pop("__new__", None)
+        if original_new is None:
+            if "__new__" in torch.Tensor.__dict__:
+                del torch.Tensor.__new__
+        else:
+            torch.Tensor.__new__ = original_new  # type: ignore[assignment]
+        for name, value in self._saved.items():
+            setattr(torch, name, value)
+        self._saved = {}
+
+
+_legacy = _LegacyConstructors()
 
 
 class LazyInitContext:
@@ -117,7 +178,6 @@ class LazyInitContext:
                 "lazyinit: default_device is where lazy tensors get their values; "
                 f"use a device that holds data such as 'cpu' or 'cuda', not {self.default_device}")
         self._mode: Optional[_LazyFactoryMode] = None
-        self._saved: Dict[str, Any] = {}
         self._saved_device = "cpu"
 
     def __enter__(self) -> "LazyInitContext":
@@ -128,7 +188,7 @@ class LazyInitContext:
         _active.context = self
         self._saved_device = _C._default_device()
         _C._set_default_device(str(self.default_device))
-        self._patch_legacy_constructors()
+        _legacy.acquire()
         self._mode = _LazyFactoryMode()
         self._mode.__enter__()
         return self
@@ -139,40 +199,9 @@ class LazyInitContext:
                 self._mode.__exit__(*exc)
                 self._mode = None
         finally:
-            self._restore_legacy_constructors()
+            _legacy.release()
             _C._set_default_device(self._saved_device)
             _active.context = None
-
-    def _patch_legacy_constructors(self) -> None:
-        self._saved = {name: getattr(torch, name) for name in _LEGACY_DTYPES}
-        for name, dtype in _LEGACY_DTYPES.items():
-            stand_in = _LegacyMeta(name, (), {"_original": self._saved[name],
-                                               "_new": staticmethod(_legacy_new(dtype))})
-            setattr(torch, name, stand_in)
-        # torch.Tensor(...) itself: its type must stay intact, so only the
-        # constructor is swapped, and only for torch.Tensor proper.
-        base_new = getattr(torch._C, "TensorBase", None) or torch._C._TensorBase
-        base_new = base_new.__new__
-        untyped = _legacy_new(None)
-
-        def tensor_new(cls: type, *args: Any, **kwargs: Any) -> torch.Tensor:
-            if cls is torch.Tensor:
-                return untyped(*args, **kwargs)
-            return base_new(cls, *args, **kwargs)
-
-        self._saved["__new__"] = torch.Tensor.__dict__.get("__new__")
-        torch.Tensor.__new__ = tensor_new  # type: ignore[assignment]
-
-    def _restore_legacy_constructors(self) -> None:
-        original_new = self._saved.pop("__new__", None)
-        if original_new is None:
-            if "__new__" in torch.Tensor.__dict__:
-                del torch.Tensor.__new__
-        else:
-            torch.Tensor.__new__ = original_new  # type: ignore[assignment]
-        for name, value in self._saved.items():
-            setattr(torch, name, value)
-        self._saved = {}
 
     @staticmethod
     def materialize(module: torch.nn.Module, verbose: bool = False) -> torch.nn.Module:
