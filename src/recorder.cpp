@@ -311,19 +311,11 @@ void record_op(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
     run_early(op, stack, "it has no Meta kernel or needs values");
     return;
   }
-  std::vector<c10::IValue> meta_args;
-  if (!info.written_args.empty()) {
-    // Geometry of written arguments as the Meta kernel left them.
-    meta_args.resize(num_args);
-    for (size_t i : info.written_args) {
-      for (const auto& r : info.returns) {
-        if (r.kind == OpInfo::ReturnKind::kMutated && r.arg == static_cast<int64_t>(i)) {
-          size_t idx = static_cast<size_t>(&r - info.returns.data());
-          if (idx < meta_stack.size()) {
-            meta_args[i] = meta_stack[idx];
-          }
-        }
-      }
+  // Written arguments as the Meta kernel left them (returned as themselves).
+  std::vector<c10::IValue> meta_args(num_args);
+  for (size_t r = 0; r < info.returns.size() && r < meta_stack.size(); ++r) {
+    if (info.returns[r].kind == OpInfo::ReturnKind::kMutated) {
+      meta_args[info.returns[r].arg] = meta_stack[r];
     }
   }
   const bool fresh_tensor_out = std::any_of(
