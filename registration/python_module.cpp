@@ -110,6 +110,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("_storage_id", [](const at::Tensor& t) { return pending_storage(t).id; });
   m.def("_live_nodes", &live_node_count);
   m.def("_discard", &discard);
+  m.def("_initial_seed", &rng_initial_seed);
   m.def("_rng_catch_up", [] {
     py::gil_scoped_release no_gil;
     rng_catch_up_default();

@@ -15,6 +15,7 @@
 #include <ATen/ops/as_strided.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_strided.h>
+#include <c10/core/DefaultDtype.h>
 #include <c10/util/Exception.h>
 #include <torch/csrc/jit/runtime/operator.h>
 
@@ -140,6 +141,7 @@ NodePtr make_node(
     LazyStorage* written) {
   auto node = std::make_shared<Node>();
   node->op = op;
+  node->default_dtype = c10::get_default_dtype();
   node->args = args;
   copy_tensor_lists(node->args);
   for_each_tensor(args, [&](size_t i, int64_t e, const at::Tensor& t) {
@@ -167,6 +169,7 @@ NodePtr make_node(
       slot.ref.kind = TensorRef::Kind::kReal;
       slot.ref.real = t;
       slot.ref.version = tensor_version(t);
+      slot.ref.real_data = t.has_storage() ? t.storage().data() : nullptr;
     }
     set_tensor(node->args, i, e, at::Tensor());
     node->tensors.push_back(std::move(slot));
@@ -181,6 +184,44 @@ NodePtr make_node(
     node->self_dtype = written->dtype;
   }
   return node;
+}
+
+// torch 1.13's Meta kernels infer `arange(8.0)` as int64 and `full(s, 1)` as
+// float32, unlike the CPU kernels. Resolve dtype=None for them from their
+// scalars the way the CPU kernels do, before the Meta kernel runs.
+void resolve_scalar_factory_dtype(
+    const c10::OperatorHandle& op,
+    const OpInfo& info,
+    std::vector<c10::IValue>& args) {
+  if (info.has_tensor_args || info.dtype_arg < 0 || !args[info.dtype_arg].isNone()) {
+    return;
+  }
+  const auto& name = op.schema().name();
+  const auto& arguments = op.schema().arguments();
+  c10::optional<c10::ScalarType> dtype;
+  if (name == "aten::full") {
+    for (size_t i = 0; i < arguments.size(); ++i) {
+      if (arguments[i].name() == "fill_value" && args[i].isScalar()) {
+        const auto v = args[i].toScalar();
+        dtype = v.isBoolean() ? at::kBool
+            : v.isIntegral(/*includeBool=*/false) ? at::kLong
+            : v.isComplex() ? c10::toComplexType(c10::get_default_dtype_as_scalartype())
+                            : c10::get_default_dtype_as_scalartype();
+      }
+    }
+  } else if (name == "aten::arange") {
+    bool floating = false;
+    for (size_t i = 0; i < arguments.size(); ++i) {
+      const auto& n = arguments[i].name();
+      if ((n == "start" || n == "end" || n == "step") && args[i].isScalar()) {
+        floating = floating || args[i].toScalar().isFloatingPoint();
+      }
+    }
+    dtype = floating ? c10::get_default_dtype_as_scalartype() : at::kLong;
+  }
+  if (dtype.has_value()) {
+    args[info.dtype_arg] = c10::IValue(static_cast<int64_t>(*dtype));
+  }
 }
 
 // Factories resolve dtype=None from global defaults at run time; pin the
@@ -299,6 +340,7 @@ void record_op(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
     }
   });
 
+  resolve_scalar_factory_dtype(op, info, args);
   Inputs in = classify(info, args);
   if (!in.early_reason.empty()) {
     run_early(op, stack, in.early_reason);

@@ -8,6 +8,7 @@
 #include <ATen/core/grad_mode.h>
 #include <ATen/ops/as_strided.h>
 #include <ATen/ops/empty.h>
+#include <c10/core/DefaultDtype.h>
 #include <c10/core/impl/DeviceGuardImplInterface.h>
 #include <c10/util/Exception.h>
 
@@ -153,7 +154,8 @@ at::Tensor Replayer::resolve(const TensorRef& ref, const at::Tensor& self_base) 
     }
     case TensorRef::Kind::kReal:
       TORCH_CHECK(
-          ref.version < 0 || ref.real._version() == static_cast<uint32_t>(ref.version),
+          (ref.version < 0 || ref.real._version() == static_cast<uint32_t>(ref.version)) &&
+              (!ref.real.has_storage() || ref.real.storage().data() == ref.real_data),
           "lazyinit: a real tensor that was used while recording lazy "
           "tensors has been modified in place since, so replaying would give "
           "other values than eager construction. Materialize the lazy "
@@ -184,8 +186,23 @@ std::vector<c10::IValue> Replayer::prepare(
   return stack;
 }
 
+// Sets torch's default dtype for the duration of a replayed call.
+class DefaultDtypeGuard {
+ public:
+  explicit DefaultDtypeGuard(caffe2::TypeMeta dtype) : saved_(c10::get_default_dtype()) {
+    c10::set_default_dtype(dtype);
+  }
+  ~DefaultDtypeGuard() { c10::set_default_dtype(saved_); }
+  DefaultDtypeGuard(const DefaultDtypeGuard&) = delete;
+  DefaultDtypeGuard& operator=(const DefaultDtypeGuard&) = delete;
+
+ private:
+  caffe2::TypeMeta saved_;
+};
+
 void Replayer::invoke(Node& node, std::vector<c10::IValue>& stack) {
   at::NoGradGuard no_grad;
+  DefaultDtypeGuard dtype(node.default_dtype);
   if (node.is_random()) {
     rng_run(node, *this, [&] { node.op->callBoxed(&stack); });
   } else {

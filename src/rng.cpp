@@ -15,6 +15,18 @@
 namespace lazyinit {
 namespace {
 
+// "lazyinit" in ASCII: the seed_ field of a generator marked by recording.
+constexpr uint64_t kMarkerSeed = 0x6c617a79696e6974ULL;
+
+// Replays set the generator themselves; catching up from inside one (a
+// replayed random factory passes the BackendSelect hook) must do nothing.
+thread_local int g_replay_depth = 0;
+
+struct ReplayDepth {
+  ReplayDepth() { ++g_replay_depth; }
+  ~ReplayDepth() { --g_replay_depth; }
+};
+
 // Random ops whose schema has no Generator argument.
 const std::set<std::string>& random_op_names() {
   static const std::set<std::string> names = {
@@ -164,15 +176,35 @@ void rng_record(const NodePtr& node, const c10::optional<at::Generator>& explici
   chain->states.emplace_back();
   ++chain->unknown;
   {
-    // One draw marks the generator, so a reseed (even to the same seed)
-    // or a real draw before the next recorded op starts a new chain.
+    // Mark the generator so that a reseed (even to the same seed) or a real
+    // draw before the next recorded op is seen and starts a new chain: one
+    // draw, and a marker in the engine's seed_ field, which no draw reads or
+    // writes (so no sequence of real draws can reach the marked state).
     std::lock_guard<std::mutex> lock(gen.mutex());
-    at::check_generator<at::CPUGeneratorImpl>(gen)->random();
+    auto* impl = at::check_generator<at::CPUGeneratorImpl>(gen);
+    impl->random();
+    at::mt19937 engine = impl->engine();
+    auto data = engine.data();
+    data.seed_ = kMarkerSeed ^ static_cast<uint64_t>(chain->size());
+    engine.set_data(data);
+    impl->set_engine(engine);
   }
   chain->tagged_state = get_state(gen);
 }
 
+uint64_t rng_initial_seed() {
+  std::lock_guard<std::recursive_mutex> lock(graph_mutex());
+  at::Generator gen = at::detail::getDefaultCPUGenerator();
+  auto it = current_chains().find(gen.unsafeGetGeneratorImpl());
+  if (it != current_chains().end() && !it->second->applied &&
+      same_state(get_state(gen), it->second->tagged_state)) {
+    return it->second->states.front()->engine.seed();
+  }
+  return gen.current_seed();
+}
+
 void rng_run(Node& node, Replayer& replayer, const std::function<void()>& call) {
+  ReplayDepth depth;
   RngChain& chain = *node.chain;
   check_cpu(chain, replayer);
   ensure_state(chain, node.rng_index, replayer);
@@ -182,6 +214,10 @@ void rng_run(Node& node, Replayer& replayer, const std::function<void()>& call) 
 }
 
 void rng_catch_up(const c10::optional<at::Generator>& explicit_gen, Replayer& replayer) {
+  if (g_replay_depth > 0) {
+    return;
+  }
+  ReplayDepth depth;
   at::Generator gen = generator_for(explicit_gen);
   auto it = current_chains().find(gen.unsafeGetGeneratorImpl());
   if (it == current_chains().end()) {
@@ -198,6 +234,7 @@ void rng_catch_up(const c10::optional<at::Generator>& explicit_gen, Replayer& re
 }
 
 void rng_settle() {
+  ReplayDepth depth;
   for (auto& kv : current_chains()) {
     RngChain& chain = *kv.second;
     if (chain.applied || chain.unknown != chain.dead_unknown) {

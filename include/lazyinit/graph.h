@@ -106,6 +106,7 @@ struct TensorRef {
   int64_t version = 0;     // kLazy: storage version; kReal: tensor version
   Geometry geometry;       // kSelf / kLazy
   at::Tensor real;         // kReal
+  const void* real_data = nullptr;  // kReal: its storage when recorded
 };
 
 // Position of a tensor argument inside the boxed argument list.
@@ -136,6 +137,9 @@ struct Node {
   bool owner_dead = false;  // the storage that owns it died unreplayed
 
   at::Tensor constant;  // constants: flat value of the whole storage
+  // torch.get_default_dtype() when recorded: type promotion of Python
+  // scalars (int_tensor + 0.5) depends on it at run time.
+  caffe2::TypeMeta default_dtype;
 
   bool is_constant() const { return !op.has_value(); }
   bool is_random() const { return chain != nullptr; }

@@ -91,6 +91,10 @@ class GeneratorStateGuard {
 // where eager construction would have it.
 void rng_catch_up_default();
 
+// torch.initial_seed() as eager would report it: the seed of the chain's
+// start while the generator carries recording's marker.
+uint64_t rng_initial_seed();
+
 bool is_random_op(const c10::FunctionSchema& schema);
 
 }  // namespace lazyinit

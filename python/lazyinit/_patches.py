@@ -90,6 +90,16 @@ def _catch_up_before_rng_reads() -> None:
     torch_random.get_rng_state = get_rng_state
     torch.get_rng_state = get_rng_state
 
+    # Recording marks the generator's (unused) seed field; report the real one.
+    original_initial_seed = torch_random.initial_seed
+
+    def initial_seed() -> int:
+        return _C._initial_seed()
+
+    initial_seed.__doc__ = original_initial_seed.__doc__
+    torch_random.initial_seed = initial_seed
+    torch.initial_seed = initial_seed
+
 
 def _guard_torch_lazy() -> None:
     if _C._lazy_device_type() != "lazy":
