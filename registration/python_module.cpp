@@ -47,7 +47,9 @@ at::Tensor value_copy(const at::Tensor& t) {
   auto* impl = get_pending_impl(t);
   TORCH_CHECK(impl != nullptr, "lazyinit: expected a lazy tensor");
   at::Tensor base = early_value(*impl->lazy_storage());
-  return at::as_strided(base, impl->sizes(), impl->strides(), impl->storage_offset())
+  return at::as_strided(
+             typed_view(base, impl->dtype()), impl->sizes(), impl->strides(),
+             impl->storage_offset())
       .clone();
 }
 

@@ -85,7 +85,7 @@ void run_early(
       set_tensor(
           real, i, e,
           at::as_strided(
-              values[impl->lazy_storage().get()],
+              typed_view(values[impl->lazy_storage().get()], impl->dtype()),
               impl->sizes(), impl->strides(), impl->storage_offset()));
     }
   });
@@ -136,7 +136,7 @@ void run_early(
       if (t.storage().is_alias_of(kv.second.storage())) {
         return make_lazy_tensor(
             c10::intrusive_ptr<LazyStorage>::unsafe_reclaim_from_nonowning(kv.first),
-            Geometry::of(t));
+            Geometry::of(t), t.dtype());
       }
     }
     return real_result ? t : wrap_constant(t);

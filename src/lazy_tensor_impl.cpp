@@ -130,6 +130,10 @@ void LazyTensorImpl::release_resources() {
   lazy_storage_.reset();
 }
 
+at::Tensor typed_view(const at::Tensor& flat, caffe2::TypeMeta dtype) {
+  return flat.dtype() == dtype ? flat : flat.view(c10::typeMetaToScalarType(dtype));
+}
+
 LazyTensorImpl* get_lazy_impl(const at::Tensor& t) {
   if (!t.defined()) {
     return nullptr;
@@ -142,9 +146,12 @@ LazyTensorImpl* get_pending_impl(const at::Tensor& t) {
   return (impl != nullptr && impl->is_pending()) ? impl : nullptr;
 }
 
-at::Tensor make_lazy_tensor(LazyStoragePtr storage, const Geometry& geometry) {
-  auto dtype = storage->dtype;
-  auto impl = c10::make_intrusive<LazyTensorImpl>(storage, geometry, dtype);
+at::Tensor make_lazy_tensor(
+    LazyStoragePtr storage,
+    const Geometry& geometry,
+    c10::optional<caffe2::TypeMeta> dtype) {
+  auto impl = c10::make_intrusive<LazyTensorImpl>(
+      storage, geometry, dtype.value_or(storage->dtype));
   storage->add_impl(impl.get());
   return at::Tensor(std::move(impl));
 }

@@ -29,11 +29,14 @@ namespace {
 at::Tensor meta_for_lazy(const LazyTensorImpl& impl) {
   const auto& storage = *impl.lazy_storage();
   auto options = at::TensorOptions().dtype(storage.dtype).device(at::kMeta);
-  if (impl.storage_offset() == 0 && impl.geometry().extent() == storage.numel()) {
+  const int64_t itemsize = static_cast<int64_t>(impl.dtype().itemsize());
+  if (impl.storage_offset() == 0 &&
+      impl.geometry().extent() * itemsize == storage.nbytes) {
     // The view covers its storage exactly (the common case): one op.
-    return at::empty_strided(impl.sizes(), impl.strides(), options);
+    return at::empty_strided(
+        impl.sizes(), impl.strides(), options.dtype(impl.dtype()));
   }
-  auto base = at::empty({storage.numel()}, options);
+  auto base = typed_view(at::empty({storage.numel()}, options), impl.dtype());
   return at::as_strided(
       base, impl.sizes(), impl.strides(), impl.storage_offset());
 }
@@ -152,6 +155,7 @@ NodePtr make_node(
       auto& storage = impl->lazy_storage();
       storage->check_usable();
       slot.ref.geometry = impl->geometry();
+      slot.ref.dtype = impl->dtype();
       if (storage.get() == written) {
         slot.ref.kind = TensorRef::Kind::kSelf;
         if (node->self_slot < 0 &&
@@ -277,7 +281,8 @@ std::vector<c10::IValue> make_outputs(
                                           ? args[ret.arg].toTensor()
                                           : args[ret.arg].toList().get(0).toTensor());
         TORCH_INTERNAL_ASSERT(base != nullptr);
-        return make_lazy_tensor(base->lazy_storage(), Geometry::of(meta_out));
+        return make_lazy_tensor(
+            base->lazy_storage(), Geometry::of(meta_out), meta_out.dtype());
       }
       return new_storage_output(node, meta_out, static_cast<int64_t>(r), element);
     };
@@ -314,7 +319,7 @@ void follow_written_geometry(
     }
     auto& storage = *impl->lazy_storage();
     const int64_t needed =
-        g.extent() * static_cast<int64_t>(storage.dtype.itemsize());
+        g.extent() * static_cast<int64_t>(impl->dtype().itemsize());
     storage.nbytes = std::max(storage.nbytes, needed);
     impl->set_geometry(g);
   }

@@ -145,12 +145,13 @@ at::Tensor Replayer::resolve(const TensorRef& ref, const at::Tensor& self_base) 
     case TensorRef::Kind::kSelf: {
       TORCH_INTERNAL_ASSERT(self_base.defined());
       const auto& g = ref.geometry;
-      return at::as_strided(self_base, g.sizes, g.strides, g.offset);
+      return at::as_strided(typed_view(self_base, ref.dtype), g.sizes, g.strides, g.offset);
     }
     case TensorRef::Kind::kLazy: {
       const auto& g = ref.geometry;
       return at::as_strided(
-          value(*ref.storage, ref.version), g.sizes, g.strides, g.offset);
+          typed_view(value(*ref.storage, ref.version), ref.dtype), g.sizes, g.strides,
+          g.offset);
     }
     case TensorRef::Kind::kReal:
       TORCH_CHECK(
@@ -342,7 +343,9 @@ void materialize_storage(LazyStorage& storage, c10::Device device) {
       continue;
     }
     impl->become(
-        at::as_strided(base, impl->sizes(), impl->strides(), impl->storage_offset()),
+        at::as_strided(
+            typed_view(base, impl->dtype()), impl->sizes(), impl->strides(),
+            impl->storage_offset()),
         storage.early, storage.replay_count);
   }
   storage.impls.clear();

@@ -105,6 +105,7 @@ struct TensorRef {
   LazyStoragePtr storage;  // kLazy
   int64_t version = 0;     // kLazy: storage version; kReal: tensor version
   Geometry geometry;       // kSelf / kLazy
+  caffe2::TypeMeta dtype;  // kSelf / kLazy: dtype of the view (view(dtype))
   at::Tensor real;         // kReal
   const void* real_data = nullptr;  // kReal: its storage when recorded
 };

@@ -62,7 +62,14 @@ class LazyTensorImpl : public c10::TensorImpl {
 LazyTensorImpl* get_lazy_impl(const at::Tensor& t);
 // Like get_lazy_impl, but only while the tensor still awaits replay.
 LazyTensorImpl* get_pending_impl(const at::Tensor& t);
-// Makes a new lazy tensor viewing `storage` with `geometry`.
-at::Tensor make_lazy_tensor(LazyStoragePtr storage, const Geometry& geometry);
+// Makes a new lazy tensor viewing `storage` with `geometry`, as `dtype`
+// (the storage's own dtype unless given: Tensor.view(dtype) differs).
+at::Tensor make_lazy_tensor(
+    LazyStoragePtr storage,
+    const Geometry& geometry,
+    c10::optional<caffe2::TypeMeta> dtype = c10::nullopt);
+
+// `flat` (a flat buffer over a whole storage) seen as `dtype`.
+at::Tensor typed_view(const at::Tensor& flat, caffe2::TypeMeta dtype);
 
 }  // namespace lazyinit
