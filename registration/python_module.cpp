@@ -110,6 +110,21 @@ PYBIND11_MODULE(_C, m) {
     return impl->is_pending() ? impl->lazy_storage()->replay_count : impl->replays();
   });
   m.def("_storage_id", [](const at::Tensor& t) { return pending_storage(t).id; });
+  m.def("_clone_storage", [](const at::Tensor& t) {
+    // A recorded copy of the whole storage behind `t`, as a flat tensor.
+    auto storage = LazyStoragePtr::unsafe_reclaim_from_nonowning(&pending_storage(t));
+    Geometry flat;
+    flat.sizes = {storage->numel()};
+    flat.strides = {1};
+    return make_lazy_tensor(storage, flat).clone();
+  });
+  m.def("_view_like", [](const at::Tensor& flat, const at::Tensor& like) {
+    // A view of `flat`'s storage with the geometry and dtype of `like`.
+    auto* base = get_pending_impl(flat);
+    auto* impl = get_pending_impl(like);
+    TORCH_CHECK(base && impl, "lazyinit: expected lazy tensors");
+    return make_lazy_tensor(base->lazy_storage(), impl->geometry(), impl->dtype());
+  });
   m.def("_live_nodes", &live_node_count);
   m.def("_discard", &discard);
   m.def("_initial_seed", &rng_initial_seed);

@@ -71,7 +71,36 @@ def install() -> None:
     torch.Tensor.numpy = numpy  # type: ignore[assignment]
 
     _catch_up_before_rng_reads()
+    _deepcopy_by_storage()
     _guard_torch_lazy()
+
+
+def _deepcopy_by_storage() -> None:
+    # Eager deepcopy copies storages, memoized, so a tensor and its views
+    # (or an expanded tensor) stay views in the copy. torch clones each lazy
+    # tensor separately; copy the lazy storage once instead.
+    original = torch.Tensor.__deepcopy__
+
+    def __deepcopy__(self: torch.Tensor, memo: dict) -> torch.Tensor:
+        if type(self) is not torch.Tensor or not _is_pending(self) or not self.is_leaf:
+            return original(self, memo)
+        if id(self) in memo:
+            return memo[id(self)]
+        key = ("lazyinit.storage", _C._storage_id(self))
+        if key not in memo:
+            with torch.no_grad():
+                memo[key] = _C._clone_storage(self)
+        new = _C._view_like(memo[key], self)
+        new.requires_grad_(self.requires_grad)
+        if self.grad is not None:
+            new.grad = self.grad.__deepcopy__(memo)
+        import copy as _copy
+        new.__dict__ = _copy.deepcopy(self.__dict__, memo)
+        memo[id(self)] = new
+        return new
+
+    __deepcopy__.__doc__ = original.__doc__
+    torch.Tensor.__deepcopy__ = __deepcopy__  # type: ignore[assignment]
 
 
 def _catch_up_before_rng_reads() -> None:
