@@ -157,3 +157,9 @@ def pytest_report_header(config):
     except Exception as e:  # reported, then the tests themselves fail on import
         where = f"NOT IMPORTABLE ({type(e).__name__}: {e})"
     return [f"torch {torch.__version__}; lazyinit from {where}"]
+
+
+def pytest_configure(config):
+    # registered here so that no pytest.ini is needed (test_zoo.py marks its
+    # large models with it; LAZYINIT_SLOW=1 runs them)
+    config.addinivalue_line("markers", "slow: large/slow model zoo entry; run with LAZYINIT_SLOW=1")
