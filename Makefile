@@ -22,7 +22,7 @@ APT_PACKAGES := cmake g++ make ccache libtorch-dev python3-torch python3-dev \
   python3-hypothesis python3-tqdm python3-matplotlib python3-psutil \
   python3-torchvision python3-torchaudio
 
-.PHONY: all deps venv build test test-cpp test-python demo bench asan clean
+.PHONY: all deps venv build test test-cpp test-python test-gpu demo bench bench-gpu asan clean
 
 all: build
 
@@ -65,6 +65,13 @@ test-python: build
 	$(VPY) -m pytest tests/python -q
 
 test: test-cpp test-python
+
+# On a machine with a CUDA GPU: every GPU test in one command.
+test-gpu: build
+	$(VPY) -m pytest -q -rfE tests/python/test_cuda.py tests/python/test_hf_timm.py
+
+bench-gpu: build
+	$(VPY) benchmarks/gpu_materialize.py --hf --plot docs/gpu_materialize.png
 
 demo: build
 	$(VPY) benchmarks/demo.py

@@ -128,6 +128,10 @@ PYBIND11_MODULE(_C, m) {
   m.def("_live_nodes", &live_node_count);
   m.def("_discard", &discard);
   m.def("_initial_seed", &rng_initial_seed);
+  m.def("_set_philox_grid_limits", [](const std::vector<int64_t>& limits) {
+    py::gil_scoped_release no_gil;
+    set_philox_grid_limits(limits);
+  });
   m.def("_rng_catch_up", [] {
     py::gil_scoped_release no_gil;
     rng_catch_up_default();

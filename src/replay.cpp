@@ -2,6 +2,7 @@
 
 #include <lazyinit/device.h>
 #include <lazyinit/lazy_tensor_impl.h>
+#include <lazyinit/philox.h>
 #include <lazyinit/rng.h>
 #include <lazyinit/tensor_args.h>
 
@@ -108,10 +109,14 @@ bool overwrites_storage(const LazyStorage& storage, const Node& node) {
 }
 
 // A dead node may be skipped unless it is random with an unknown position
-// in its chain: later random nodes need the state after it.
-bool can_skip(const Node& node) {
+// in its chain: later random nodes need the state after it. On CUDA that
+// position is usually computable without drawing (philox.h).
+bool can_skip(const Node& node, c10::Device device) {
   if (!node.is_random()) {
     return true;
+  }
+  if (device.is_cuda()) {
+    return philox_state_after_known(node, device.index());
   }
   return node.chain->states[node.rng_index + 1] != nullptr;
 }
@@ -135,6 +140,17 @@ at::Tensor scratch_tensor(int64_t numel, caffe2::TypeMeta dtype, c10::Device dev
 }
 
 }  // namespace
+
+c10::Device Replayer::normalize(c10::Device device) {
+  // "cuda" means the current CUDA device: name it, so generator positions
+  // are kept per device.
+  if (device.is_cuda() && !device.has_index() &&
+      c10::impl::hasDeviceGuardImpl(device.type())) {
+    return c10::Device(
+        device.type(), c10::impl::getDeviceGuardImpl(device.type())->getDevice().index());
+  }
+  return device;
+}
 
 void release_scratch() {
   scratch_bytes() = at::Tensor();
@@ -282,7 +298,8 @@ at::Tensor Replayer::value(LazyStorage& storage, int64_t version) {
     }
     bool dead_prefix = true;
     for (int64_t j = base.defined() ? start + 1 : 0; j < k && dead_prefix; ++j) {
-      dead_prefix = storage.tape[j].node->is_constant() || can_skip(*storage.tape[j].node);
+      dead_prefix = storage.tape[j].node->is_constant() ||
+          can_skip(*storage.tape[j].node, device_);
     }
     if (dead_prefix) {
       start = k - 1;

@@ -90,7 +90,12 @@ void ensure_state(RngChain& chain, int64_t index, Replayer& replayer) {
     auto node = chain.nodes[i].lock();
     if (!node) {
       auto it = chain.dead.find(i);
-      TORCH_INTERNAL_ASSERT(it != chain.dead.end(), "random node ", i, " was lost");
+      TORCH_CHECK(
+          it != chain.dead.end(),
+          "lazyinit: the CPU generator's position after random tensors that "
+          "were materialized on CUDA is unknown, so eager's CPU values cannot "
+          "be reproduced. Materialize every random tensor of one model on one "
+          "device type (all on CUDA, or all on the CPU).");
       node = it->second;
     }
     auto stack = replayer.prepare(*node, at::Tensor(), /*scratch=*/true);
@@ -167,8 +172,18 @@ void rng_record(const NodePtr& node, const c10::optional<at::Generator>& explici
   if (!chain || chain->applied || !same_state(state, chain->tagged_state)) {
     // First random op since the generator was seeded, set or used: a new
     // chain starts at its current state.
+    std::shared_ptr<RngChain> previous = std::move(chain);
     chain = std::make_shared<RngChain>(gen);
     chain->states.push_back(std::make_unique<GenState>(state));
+    if (gen.unsafeGetGeneratorImpl() ==
+        at::detail::getDefaultCPUGenerator().unsafeGetGeneratorImpl()) {
+      // Recording's marker still in the seed field: no reseed since the
+      // previous chain, only CPU draws, which eager's CUDA stream ignores.
+      const bool continued = previous && !previous->applied &&
+          state.engine.data().seed_ == previous->tagged_state.engine.data().seed_;
+      const uint64_t seed = continued ? previous->cuda.seed : state.engine.seed();
+      philox_chain_started(*chain, previous, continued, seed);
+    }
   }
   node->chain = chain;
   node->rng_index = chain->size();
@@ -205,6 +220,10 @@ uint64_t rng_initial_seed() {
 
 void rng_run(Node& node, Replayer& replayer, const std::function<void()>& call) {
   ReplayDepth depth;
+  if (replayer.device().is_cuda()) {
+    philox_run(node, replayer, call);
+    return;
+  }
   RngChain& chain = *node.chain;
   check_cpu(chain, replayer);
   ensure_state(chain, node.rng_index, replayer);
@@ -237,10 +256,16 @@ void rng_settle() {
   ReplayDepth depth;
   for (auto& kv : current_chains()) {
     RngChain& chain = *kv.second;
-    if (chain.applied || chain.unknown != chain.dead_unknown) {
-      continue;  // some live random tensor is still lazy
+    if (chain.applied || !same_state(get_state(chain.generator), chain.tagged_state)) {
+      continue;  // the generator was set or used since
     }
-    if (!same_state(get_state(chain.generator), chain.tagged_state)) {
+    if (chain.unknown != chain.dead_unknown) {
+      // Some node was not replayed on the CPU: if they all were on one CUDA
+      // device, eager construction there left the CPU generator untouched.
+      if (philox_settle(chain)) {
+        set_state(chain.generator, *chain.states.front());
+        chain.applied = true;
+      }
       continue;
     }
     Replayer cpu{c10::Device(c10::kCPU)};
@@ -251,7 +276,30 @@ void rng_settle() {
   }
 }
 
-GeneratorStateGuard::GeneratorStateGuard() {
+namespace {
+thread_local GeneratorStateGuard* g_innermost_guard = nullptr;
+}  // namespace
+
+GeneratorStateGuard* GeneratorStateGuard::innermost() {
+  return g_innermost_guard;
+}
+
+void GeneratorStateGuard::save_cuda(int device, at::Generator gen, PhiloxState state) {
+  // Every enclosing guard restores it too: an inner replay may be the first
+  // to move it.
+  if (outer_ != nullptr) {
+    outer_->save_cuda(device, gen, state);
+  }
+  for (const auto& saved : saved_cuda_) {
+    if (saved.first == device) {
+      return;
+    }
+  }
+  saved_cuda_.emplace_back(device, std::make_pair(std::move(gen), state));
+}
+
+GeneratorStateGuard::GeneratorStateGuard() : outer_(g_innermost_guard) {
+  g_innermost_guard = this;
   at::Generator cpu = at::detail::getDefaultCPUGenerator();
   saved_.emplace_back(cpu, get_state(cpu));
   for (auto& kv : current_chains()) {
@@ -266,6 +314,10 @@ GeneratorStateGuard::~GeneratorStateGuard() {
   for (auto& saved : saved_) {
     set_state(saved.first, saved.second);
   }
+  for (auto& saved : saved_cuda_) {
+    restore_cuda_generator(saved.second.first, saved.second.second);
+  }
+  g_innermost_guard = outer_;
 }
 
 void rng_catch_up_default() {

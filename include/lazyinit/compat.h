@@ -5,6 +5,7 @@
 // PrivateUse1 once that backend is renamed to "lazy").
 #pragma once
 
+#include <ATen/core/Generator.h>
 #include <c10/core/DeviceType.h>
 #include <c10/core/DispatchKey.h>
 #include <c10/util/Optional.h>
@@ -49,6 +50,26 @@ inline bool try_rename_privateuse1_to_lazy() {
   return true;
 #else
   return false;
+#endif
+}
+
+// Philox generators (CUDA) expose their counter offset through the generic
+// Generator interface from torch 2.1 on; exact CUDA replay needs it.
+constexpr bool kGeneratorHasOffset = LAZYINIT_TORCH_AT_LEAST(2, 1);
+
+inline uint64_t generator_offset(at::Generator& gen) {
+#if LAZYINIT_TORCH_AT_LEAST(2, 1)
+  return gen.get_offset();
+#else
+  TORCH_CHECK(false, "lazyinit: exact CUDA replay needs torch >= 2.1 (Generator.get_offset).");
+#endif
+}
+
+inline void set_generator_offset(at::Generator& gen, uint64_t offset) {
+#if LAZYINIT_TORCH_AT_LEAST(2, 1)
+  gen.set_offset(offset);
+#else
+  TORCH_CHECK(false, "lazyinit: exact CUDA replay needs torch >= 2.1 (Generator.set_offset).");
 #endif
 }
 

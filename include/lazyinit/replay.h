@@ -15,7 +15,7 @@ class Replayer {
   // `early`: values are computed before materialization was asked for;
   // storages computed on the way are marked early (lazyinit.stats).
   explicit Replayer(c10::Device device, bool early = false)
-      : device_(device), early_(early) {}
+      : device_(normalize(device)), early_(early) {}
 
   c10::Device device() const { return device_; }
 
@@ -37,6 +37,7 @@ class Replayer {
   void run_scratch(Node& node);
 
  private:
+  static c10::Device normalize(c10::Device device);
   at::Tensor run_creation(LazyStorage& storage);
   c10::Device device_;
   bool early_;

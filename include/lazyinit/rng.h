@@ -13,6 +13,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <lazyinit/graph.h>
+#include <lazyinit/philox.h>
 
 #include <functional>
 #include <memory>
@@ -52,6 +53,8 @@ struct RngChain {
   int64_t unknown = 0;       // nodes whose state after is not known yet
   int64_t dead_unknown = 0;  // of those, nodes whose owner died unreplayed
   bool applied = false;      // the generator was set to the final state
+  // Where eager's CUDA generators stand for these nodes (philox.h).
+  PhiloxOrigin cuda;
 
   int64_t size() const { return static_cast<int64_t>(nodes.size()); }
 };
@@ -74,7 +77,9 @@ void rng_settle();
 
 // Saves the states of the generators that have lazy random nodes (and the
 // default CPU generator) before a replay and restores them after, so a
-// partial materialization leaves them as recording left them.
+// partial materialization leaves them as recording left them. CUDA
+// generators are saved when replay first moves them
+// (note_cuda_generator_touched).
 class GeneratorStateGuard {
  public:
   GeneratorStateGuard();
@@ -82,8 +87,13 @@ class GeneratorStateGuard {
   GeneratorStateGuard(const GeneratorStateGuard&) = delete;
   GeneratorStateGuard& operator=(const GeneratorStateGuard&) = delete;
 
+  void save_cuda(int device, at::Generator gen, PhiloxState state);
+  static GeneratorStateGuard* innermost();
+
  private:
   std::vector<std::pair<at::Generator, GenState>> saved_;
+  std::vector<std::pair<int, std::pair<at::Generator, PhiloxState>>> saved_cuda_;
+  GeneratorStateGuard* outer_;
 };
 
 // Before the generator is read or used for real while lazy random nodes

@@ -7,7 +7,7 @@ from typing import Any, Callable, Dict, Optional, Union
 import torch
 from torch.overrides import TorchFunctionMode
 
-from . import _C
+from . import _C, _cuda
 from ._materialize import materialize
 
 DeviceLike = Union[str, int, torch.device]
@@ -186,6 +186,8 @@ class LazyInitContext:
                 "lazyinit: a LazyInitContext is already active in this thread; "
                 "contexts cannot be nested or re-entered. Exit the outer one first.")
         _active.context = self
+        if self.default_device.type == "cuda":
+            _cuda.ensure_initialized()
         self._saved_device = _C._default_device()
         _C._set_default_device(str(self.default_device))
         _legacy.acquire()

@@ -6,7 +6,7 @@ from typing import Iterator, List, Optional, Tuple, TypeVar, Union
 
 import torch
 
-from . import _C
+from . import _C, _cuda
 
 T = TypeVar("T", torch.Tensor, torch.nn.Module)
 DeviceLike = Union[str, int, torch.device, None]
@@ -67,6 +67,8 @@ def materialize(obj: T, device: DeviceLike = None, progress: Optional[bool] = No
     when more than 1 GiB is materialized).
     """
     target = _device_str(device)
+    if target is not None and target.startswith("cuda"):
+        _cuda.ensure_initialized()
     if isinstance(obj, torch.Tensor):
         _C._materialize(obj, target)
         _C._finish()

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from . import _C
+from . import _cuda
 from . import _device_module
 from . import _patches
 
@@ -22,3 +23,4 @@ def register() -> None:
         if gen is not None and not hasattr(torch.Tensor, "is_lazy"):
             gen(for_tensor=True, for_module=False, for_storage=False)
     _patches.install()
+    _cuda.watch_initialization()

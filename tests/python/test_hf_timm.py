@@ -85,17 +85,25 @@ def _all_names(module: nn.Module) -> Dict[str, torch.Tensor]:
     return out
 
 
-def compare(build: Callable[[], nn.Module]) -> Tuple[int, int, List[str]]:
-    """(parameters, early elements, mismatching names) for one model."""
+def compare(build: Callable[[], nn.Module], device: str = "cpu") -> Tuple[int, int, List[str]]:
+    """(parameters, early elements, mismatching names) for one model, built
+    eagerly on ``device`` and lazily, then materialized there."""
     torch.manual_seed(0)
-    eager = build()
+    if device == "cpu":
+        eager = build()
+    else:
+        with torch.device(device):
+            eager = build()
     eager_rng = torch.get_rng_state()
+    eager_cuda_rng = torch.cuda.get_rng_state() if device.startswith("cuda") else None
     torch.manual_seed(0)
     with lazyinit.LazyInitContext():
         lazy = build()
     early = lazyinit.stats(lazy).elements_early
-    lazyinit.materialize(lazy, "cpu")
+    lazyinit.materialize(lazy, device)
     bad = []
+    if eager_cuda_rng is not None and not torch.equal(eager_cuda_rng, torch.cuda.get_rng_state()):
+        bad.append("CUDA RNG state after materialization differs")
     e, l = _all_names(eager), _all_names(lazy)
     if e.keys() != l.keys():
         bad.append(f"names differ: {sorted(set(e) ^ set(l))[:5]}")
@@ -128,6 +136,14 @@ CASES = _cases()
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_equal_to_eager(name):
     _, _, bad = compare(CASES[name])
+    assert not bad, bad
+
+
+@pytest.mark.skipif(not CASES, reason="neither transformers nor timm is installed")
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_equal_to_eager_cuda(name):
+    _, _, bad = compare(CASES[name], "cuda")
     assert not bad, bad
 
 

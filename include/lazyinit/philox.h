@@ -1,0 +1,93 @@
+// Exact CUDA replay of random nodes (DESIGN.md, "RNG").
+//
+// Random nodes are recorded against the CPU generator's chain (rng.h). Eager
+// construction on CUDA draws from the device's Philox generator instead: a
+// (seed, offset) pair, where each random kernel advances the offset by an
+// amount that depends on its element count, its dtype and the device's grid.
+// For every chain and CUDA device we keep where eager's generator stood
+// before each node; a node's position is known from the chain's start plus
+// the increments of the nodes before it, which are computed without running
+// them where the kernel is known (PyTorch's distribution_nullary_kernel), and
+// measured by drawing into scratch otherwise.
+#pragma once
+
+#include <lazyinit/graph.h>
+
+#include <ATen/core/Generator.h>
+#include <c10/util/Optional.h>
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <unordered_map>
+#include <vector>
+
+namespace lazyinit {
+
+class Replayer;
+
+struct PhiloxState {
+  uint64_t seed = 0;
+  uint64_t offset = 0;
+  bool operator==(const PhiloxState& other) const {
+    return seed == other.seed && offset == other.offset;
+  }
+  bool operator!=(const PhiloxState& other) const { return !(*this == other); }
+};
+
+// Positions of one chain's nodes in one CUDA device's Philox stream.
+struct PhiloxStream {
+  std::vector<c10::optional<PhiloxState>> states;  // before node k; [n]: after all
+  std::vector<bool> replayed;                       // node k ran for real here
+};
+
+// Where a chain's CUDA stream starts: the end of the previous chain when no
+// reseed came in between, else the generators as they were at its start.
+struct PhiloxOrigin {
+  std::shared_ptr<RngChain> previous;
+  uint64_t seed = 0;  // for devices whose generator did not exist yet
+  std::unordered_map<int, PhiloxState> start;  // devices already initialized
+  std::unordered_map<int, PhiloxStream> streams;
+  int device = -1;     // the device nodes were replayed on
+  bool mixed = false;  // replayed on several devices: no settling
+};
+
+// Called when recording starts a new chain on the default CPU generator.
+// `previous` is the chain it replaces; `continued` says that no reseed came
+// in between (recording's marker was still in the generator).
+void philox_chain_started(
+    RngChain& chain,
+    const std::shared_ptr<RngChain>& previous,
+    bool continued,
+    uint64_t cpu_seed);
+
+// Runs a random node on a CUDA replayer with the device's generator where
+// eager construction would have it, and records where it leaves it.
+void philox_run(Node& node, Replayer& replayer, const std::function<void()>& call);
+
+// Whether the Philox state after `node` on `device` is known or computable
+// without drawing (a dead node before a full overwrite may then be skipped).
+bool philox_state_after_known(const Node& node, int device);
+
+// Once every live node of the chain has been replayed on one CUDA device,
+// leaves that device's generator where eager construction would. Returns
+// whether it did.
+bool philox_settle(RngChain& chain);
+
+// The offset increment eager's kernel adds for `node` on `device`, where it
+// is known without running (nullopt otherwise). Exposed for tests.
+c10::optional<uint64_t> philox_increment(const Node& node, int device);
+
+// Set from Python once CUDA is initialized: the largest grid (blocks) of
+// PyTorch's distribution kernels on each device, multiProcessorCount *
+// (maxThreadsPerMultiProcessor / 256). Without it increments are measured.
+void set_philox_grid_limits(const std::vector<int64_t>& limits);
+
+// Puts a CUDA generator back where a GeneratorStateGuard found it.
+void restore_cuda_generator(at::Generator& gen, const PhiloxState& state);
+
+// Saves a CUDA generator's state in the innermost GeneratorStateGuard (once)
+// before replay moves it.
+void note_cuda_generator_touched(int device);
+
+}  // namespace lazyinit

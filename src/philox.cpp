@@ -1,0 +1,324 @@
+#include <lazyinit/philox.h>
+
+#include <lazyinit/compat.h>
+#include <lazyinit/replay.h>
+#include <lazyinit/rng.h>
+#include <lazyinit/tensor_args.h>
+
+#include <ATen/Context.h>
+#include <ATen/detail/CUDAHooksInterface.h>
+#include <ATen/core/grad_mode.h>
+#include <c10/core/impl/DeviceGuardImplInterface.h>
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <limits>
+#include <mutex>
+#include <set>
+#include <string>
+
+namespace lazyinit {
+namespace {
+
+// PyTorch's distribution kernels (ATen/native/cuda/DistributionTemplates.h):
+// 256 threads a block, at most `grid limit` blocks, and an offset increment
+// of 4 per grid-stride iteration, each iteration using `unroll` values.
+constexpr uint64_t kBlockSize = 256;
+constexpr uint64_t kOffsetPerCall = 4;
+
+std::vector<int64_t>& grid_limits() {
+  static std::vector<int64_t> limits;
+  return limits;
+}
+
+at::Generator cuda_generator(int device) {
+  return at::globalContext().defaultGenerator(
+      c10::Device(c10::DeviceType::CUDA, static_cast<c10::DeviceIndex>(device)));
+}
+
+PhiloxState read_state(at::Generator& gen) {
+  std::lock_guard<std::mutex> lock(gen.mutex());
+  return PhiloxState{gen.current_seed(), compat::generator_offset(gen)};
+}
+
+void write_state(at::Generator& gen, const PhiloxState& state) {
+  std::lock_guard<std::mutex> lock(gen.mutex());
+  gen.set_current_seed(state.seed);  // also resets the offset
+  compat::set_generator_offset(gen, state.offset);
+}
+
+int cuda_device_count() {
+  if (!at::globalContext().hasCUDA() ||
+      !c10::impl::hasDeviceGuardImpl(c10::DeviceType::CUDA)) {
+    return 0;
+  }
+  return static_cast<int>(
+      c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA)->deviceCount());
+}
+
+// Ops that fill their (first, written) argument through PyTorch's
+// distribution_nullary_kernel, one value per element.
+bool is_distribution_fill(const c10::OperatorName& name) {
+  static const std::set<std::string> names = {
+      "aten::normal_", "aten::uniform_", "aten::log_normal_", "aten::exponential_",
+      "aten::cauchy_", "aten::geometric_",
+  };
+  if (names.count(name.name) > 0) {
+    return name.overload_name.empty();
+  }
+  return name.name == "aten::bernoulli_" && name.overload_name == "float";
+}
+
+bool is_floating(caffe2::TypeMeta dtype) {
+  const auto t = dtype.toScalarType();
+  return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
+}
+
+c10::optional<uint64_t> increment_for(int64_t numel, caffe2::TypeMeta dtype, int device) {
+  if (!is_floating(dtype) || numel > std::numeric_limits<int32_t>::max()) {
+    return c10::nullopt;  // other kernels, or split into 32-bit pieces
+  }
+  if (numel == 0) {
+    return uint64_t{0};  // the kernel returns before taking an offset
+  }
+  const auto& limits = grid_limits();
+  if (device < 0 || device >= static_cast<int>(limits.size()) || limits[device] <= 0) {
+    return c10::nullopt;
+  }
+  // curand_uniform2_double / curand_normal2_double give 2 values a call,
+  // the float versions (also used for half and bfloat16) 4.
+  const uint64_t unroll = dtype.toScalarType() == at::kDouble ? 2 : 4;
+  const uint64_t n = static_cast<uint64_t>(numel);
+  const uint64_t grid = std::min<uint64_t>(
+      static_cast<uint64_t>(limits[device]), (n + kBlockSize - 1) / kBlockSize);
+  const uint64_t calls = (n - 1) / (kBlockSize * grid * unroll) + 1;
+  return calls * kOffsetPerCall;
+}
+
+NodePtr chain_node(RngChain& chain, int64_t index) {
+  if (auto node = chain.nodes[index].lock()) {
+    return node;
+  }
+  auto it = chain.dead.find(index);
+  return it == chain.dead.end() ? nullptr : it->second;
+}
+
+PhiloxStream& stream_of(RngChain& chain, int device) {
+  PhiloxStream& stream = chain.cuda.streams[device];
+  const size_t n = chain.nodes.size();
+  if (stream.states.size() < n + 1) {
+    stream.states.resize(n + 1);
+    stream.replayed.resize(n, false);
+  }
+  return stream;
+}
+
+// The state before node `index` of `chain` on `device`. With `replayer`
+// unset, only what is computable without drawing.
+c10::optional<PhiloxState> state_before(
+    RngChain& chain,
+    int device,
+    int64_t index,
+    Replayer* replayer) {
+  PhiloxStream& stream = stream_of(chain, device);
+  if (!stream.states[0]) {
+    const PhiloxOrigin& origin = chain.cuda;
+    if (origin.previous) {
+      RngChain& previous = *origin.previous;
+      auto end = state_before(previous, device, previous.size(), replayer);
+      if (!end) {
+        return c10::nullopt;
+      }
+      stream_of(chain, device).states[0] = end;
+    } else {
+      auto it = origin.start.find(device);
+      stream.states[0] = it != origin.start.end() ? it->second : PhiloxState{origin.seed, 0};
+    }
+  }
+  PhiloxStream& s = stream_of(chain, device);
+  int64_t known = index;
+  while (!s.states[known]) {
+    --known;
+  }
+  for (int64_t i = known; i < index; ++i) {
+    if (s.states[i + 1]) {
+      continue;
+    }
+    NodePtr node = chain_node(chain, i);
+    if (node) {
+      if (auto inc = philox_increment(*node, device)) {
+        s.states[i + 1] = PhiloxState{s.states[i]->seed, s.states[i]->offset + *inc};
+        continue;
+      }
+    }
+    if (replayer == nullptr) {
+      return c10::nullopt;
+    }
+    TORCH_CHECK(
+        node != nullptr,
+        "lazyinit: the random tensors recorded in one run were materialized "
+        "partly on the CPU and partly on CUDA, so the CUDA generator's "
+        "position is lost. Materialize all of them on one device type.");
+    // Draw into scratch to learn where the kernel leaves the generator.
+    auto stack = replayer->prepare(*node, at::Tensor(), /*scratch=*/true);
+    at::NoGradGuard no_grad;
+    at::Generator gen = cuda_generator(device);
+    note_cuda_generator_touched(device);
+    write_state(gen, *s.states[i]);
+    node->op->callBoxed(&stack);
+    s.states[i + 1] = read_state(gen);
+  }
+  return s.states[index];
+}
+
+void check_cuda_chain(const RngChain& chain) {
+  TORCH_CHECK(
+      compat::kGeneratorHasOffset,
+      "lazyinit: exact replay of random ops on CUDA needs torch >= 2.1.");
+  TORCH_CHECK(
+      chain.generator.unsafeGetGeneratorImpl() ==
+          at::detail::getDefaultCPUGenerator().unsafeGetGeneratorImpl(),
+      "lazyinit: a random op recorded with an explicit CPU torch.Generator "
+      "cannot be replayed on CUDA (eager PyTorch refuses a CPU generator for "
+      "a CUDA tensor too). Materialize it on \"cpu\", or record it without "
+      "generator=.");
+}
+
+}  // namespace
+
+void note_cuda_generator_touched(int device) {
+  GeneratorStateGuard* guard = GeneratorStateGuard::innermost();
+  if (guard != nullptr) {
+    at::Generator gen = cuda_generator(device);
+    guard->save_cuda(device, gen, read_state(gen));
+  }
+}
+
+void restore_cuda_generator(at::Generator& gen, const PhiloxState& state) {
+  write_state(gen, state);
+}
+
+void set_philox_grid_limits(const std::vector<int64_t>& limits) {
+  std::lock_guard<std::recursive_mutex> lock(graph_mutex());
+  grid_limits() = limits;
+}
+
+c10::optional<uint64_t> philox_increment(const Node& node, int device) {
+  if (node.is_constant()) {
+    return c10::nullopt;
+  }
+  const auto& schema = node.op->schema();
+  const auto& name = schema.operator_name();
+  if ((name.name == "aten::randn" || name.name == "aten::rand") &&
+      (name.overload_name.empty() || name.overload_name == "generator") &&
+      !node.args.empty() && node.args[0].isIntList()) {
+    // empty(size) followed by normal_ / uniform_ of the whole result
+    int64_t numel = 1;
+    for (int64_t size : node.args[0].toIntVector()) {
+      numel *= size;
+    }
+    caffe2::TypeMeta dtype = node.default_dtype;
+    const auto index = schema.argumentIndexWithName("dtype");
+    if (index.has_value() && *index < node.args.size() && !node.args[*index].isNone()) {
+      dtype = c10::scalarTypeToTypeMeta(node.args[*index].toScalarType());
+    }
+    return increment_for(numel, dtype, device);
+  }
+  if (is_distribution_fill(name) && node.self_slot >= 0) {
+    const TensorRef& self = node.tensors[node.self_slot].ref;
+    int64_t numel = 1;
+    for (int64_t size : self.geometry.sizes) {
+      numel *= size;
+    }
+    return increment_for(numel, self.dtype, device);
+  }
+  return c10::nullopt;
+}
+
+void philox_chain_started(
+    RngChain& chain,
+    const std::shared_ptr<RngChain>& previous,
+    bool continued,
+    uint64_t cpu_seed) {
+  if (!compat::kGeneratorHasOffset) {
+    return;
+  }
+  if (previous && continued) {
+    // Only the CPU side changed (a real CPU draw, say): eager's CUDA stream
+    // goes on from where the previous chain leaves it.
+    chain.cuda.previous = previous;
+    return;
+  }
+  chain.cuda.seed = cpu_seed;
+  const int count = cuda_device_count();
+  for (int d = 0; d < count; ++d) {
+    // A generator that does not exist yet will be seeded by the pending
+    // torch.manual_seed, which also gave the CPU generator its seed.
+    if (at::detail::getCUDAHooks().hasPrimaryContext(static_cast<c10::DeviceIndex>(d)) ||
+        d < static_cast<int>(grid_limits().size())) {
+      at::Generator gen = cuda_generator(d);
+      chain.cuda.start[d] = read_state(gen);
+    }
+  }
+}
+
+void philox_run(Node& node, Replayer& replayer, const std::function<void()>& call) {
+  RngChain& chain = *node.chain;
+  check_cuda_chain(chain);
+  const int device = replayer.device().index();
+  auto before = state_before(chain, device, node.rng_index, &replayer);
+  TORCH_INTERNAL_ASSERT(before.has_value());
+  at::Generator gen = cuda_generator(device);
+  note_cuda_generator_touched(device);
+  write_state(gen, *before);
+  call();
+  const PhiloxState after = read_state(gen);
+  PhiloxStream& stream = stream_of(chain, device);
+  auto& slot = stream.states[node.rng_index + 1];
+  TORCH_CHECK(
+      !slot || *slot == after,
+      "lazyinit: internal error: ", node.op->schema().name(), " moved the CUDA "
+      "generator's offset from ", before->offset, " to ", after.offset,
+      ", but ", slot->offset, " was computed for it; values of later random "
+      "tensors would differ from eager. Please report this with your torch "
+      "version and GPU.");
+  slot = after;
+  stream.replayed[node.rng_index] = true;
+  if (chain.cuda.device < 0) {
+    chain.cuda.device = device;
+  } else if (chain.cuda.device != device) {
+    chain.cuda.mixed = true;
+  }
+}
+
+bool philox_state_after_known(const Node& node, int device) {
+  return state_before(*node.chain, device, node.rng_index + 1, nullptr).has_value();
+}
+
+bool philox_settle(RngChain& chain) {
+  if (chain.cuda.device < 0 || chain.cuda.mixed) {
+    return false;
+  }
+  const int device = chain.cuda.device;
+  PhiloxStream& stream = stream_of(chain, device);
+  for (int64_t i = 0; i < chain.size(); ++i) {
+    if (stream.replayed[i]) {
+      continue;
+    }
+    auto node = chain.nodes[i].lock();
+    if (node && !node->owner_dead) {
+      return false;  // a live random tensor is still lazy
+    }
+  }
+  Replayer replayer(c10::Device(c10::DeviceType::CUDA, static_cast<c10::DeviceIndex>(device)));
+  auto end = state_before(chain, device, chain.size(), &replayer);
+  release_scratch();
+  if (!end) {
+    return false;
+  }
+  at::Generator gen = cuda_generator(device);
+  write_state(gen, *end);
+  return true;
+}
+
+}  // namespace lazyinit
