@@ -194,7 +194,8 @@ def main(argv=None) -> None:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-        labels = [f"{m.split()[0]} {s} {d[:4]}" for m, s, d, *_ in rows]
+        short = {"bfloat16": "bf16", "float32": "fp32", "float16": "fp16"}
+        labels = [f"{m.split()[0]} {s} {short.get(d, d)}" for m, s, d, *_ in rows]
         x = range(len(rows))
         fig, ax = plt.subplots(figsize=(max(6, len(rows) * 1.2), 4))
         w = 0.27
