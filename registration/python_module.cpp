@@ -87,15 +87,15 @@ PYBIND11_MODULE(_C, m) {
   });
   m.def(
       "_materialize",
-      [](const at::Tensor& t, c10::optional<std::string> device) {
+      [](const at::Tensor& t, c10::optional<std::string> device, bool settle) {
         py::gil_scoped_release no_gil;
         c10::optional<c10::Device> target;
         if (device.has_value()) {
           target = c10::Device(*device);
         }
-        materialize_tensor(t, target);
+        materialize_tensor(t, target, settle);
       },
-      py::arg("tensor"), py::arg("device") = py::none());
+      py::arg("tensor"), py::arg("device") = py::none(), py::arg("settle") = true);
   m.def("_finish", [] {
     py::gil_scoped_release no_gil;
     finish_materialization();

@@ -379,7 +379,10 @@ at::Tensor early_value(LazyStorage& storage) {
   return value;
 }
 
-void materialize_tensor(const at::Tensor& t, c10::optional<c10::Device> device) {
+void materialize_tensor(
+    const at::Tensor& t,
+    c10::optional<c10::Device> device,
+    bool settle) {
   std::lock_guard<std::recursive_mutex> lock(graph_mutex());
   auto* impl = get_pending_impl(t);
   if (impl == nullptr) {
@@ -390,7 +393,9 @@ void materialize_tensor(const at::Tensor& t, c10::optional<c10::Device> device) 
     GeneratorStateGuard guard;
     materialize_storage(*storage, device.value_or(storage->home_device));
   }
-  rng_settle();
+  if (settle) {
+    rng_settle();
+  }
 }
 
 void finish_materialization() {

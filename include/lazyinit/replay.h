@@ -50,8 +50,13 @@ void materialize_storage(LazyStorage& storage, c10::Device device);
 at::Tensor early_value(LazyStorage& storage);
 
 // Materializes the tensor in place (all views of its storage). No-op for
-// tensors that are not pending.
-void materialize_tensor(const at::Tensor& t, c10::optional<c10::Device> device);
+// tensors that are not pending. `settle`: settle the generators afterwards
+// (a whole module passes false for each tensor and calls
+// finish_materialization() once: settling walks every random node).
+void materialize_tensor(
+    const at::Tensor& t,
+    c10::optional<c10::Device> device,
+    bool settle = true);
 // Frees the buffer kept for draw-only replays.
 void release_scratch();
 // Settles generators once a batch of materializations is done.

@@ -78,7 +78,7 @@ def materialize(obj: T, device: DeviceLike = None, progress: Optional[bool] = No
     bar = _progress_bar(sum(t.numel() * t.element_size() for t in pending), progress)
     try:
         for t in pending:
-            _C._materialize(t, target)
+            _C._materialize(t, target, settle=False)  # settled once, by _finish()
             if bar is not None:
                 bar.update(t.numel() * t.element_size())
     finally:
