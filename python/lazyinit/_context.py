@@ -52,11 +52,14 @@ class _LazyFactoryMode(TorchFunctionMode):
         self._factories = _factories()
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
+        # Every torch call made in the context passes here: keep the common
+        # case (not a factory) to one set lookup.
+        if func not in self._factories:
+            return func(*args, **(kwargs or {}))
         kwargs = dict(kwargs or {})
-        if func in self._factories and kwargs.get("device") is None:
-            # torch.normal(mean_tensor, std_tensor) follows its inputs.
-            if not any(isinstance(a, torch.Tensor) for a in args):
-                kwargs["device"] = "lazy"
+        # torch.normal(mean_tensor, std_tensor) follows its inputs.
+        if kwargs.get("device") is None and not any(isinstance(a, torch.Tensor) for a in args):
+            kwargs["device"] = "lazy"
         return func(*args, **kwargs)
 
 
