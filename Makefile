@@ -15,6 +15,8 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 BUILD := build
 JOBS ?= $(shell nproc)
+# Extra CMake options, e.g. CMAKE_ARGS=-DLAZYINIT_CUDA_KERNELS=ON on a GPU machine.
+CMAKE_ARGS ?=
 
 # Debian packages, installed only when PYTHON is Debian's own python3.
 APT_PACKAGES := cmake g++ make ccache libtorch-dev python3-torch python3-dev \
@@ -53,7 +55,7 @@ venv: $(VPY)
 build: deps venv
 	@prefix=$$($(PYTHON) -c "import os, torch.utils as u; p = u.cmake_prefix_path; print(p if os.path.isdir(os.path.join(p, 'Torch')) else '')"); \
 	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-	  -DPython3_EXECUTABLE=$(PYTHON) $${prefix:+-DCMAKE_PREFIX_PATH=$$prefix} >$(BUILD).log 2>&1 \
+	  -DPython3_EXECUTABLE=$(PYTHON) $${prefix:+-DCMAKE_PREFIX_PATH=$$prefix} $(CMAKE_ARGS) >$(BUILD).log 2>&1 \
 	  || { cat $(BUILD).log; exit 1; }
 	cmake --build $(BUILD) -j $(JOBS)
 	$(VPY) -c "import lazyinit; print('lazyinit OK: torch', __import__('torch').__version__, 'device type', lazyinit.device_type)"
@@ -68,7 +70,8 @@ test: test-cpp test-python
 
 # On a machine with a CUDA GPU: every GPU test in one command.
 test-gpu: build
-	$(VPY) -m pytest -q -rfE tests/python/test_cuda.py tests/python/test_hf_timm.py
+	$(VPY) -m pytest -q -rfE tests/python/test_cuda.py tests/python/test_hf_timm.py \
+	  tests/python/test_shard_cuda.py
 
 bench-gpu: build
 	$(VPY) benchmarks/gpu_materialize.py --hf --plot docs/gpu_materialize.png

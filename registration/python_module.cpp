@@ -2,6 +2,7 @@
 #include <lazyinit/device.h>
 #include <lazyinit/graph.h>
 #include <lazyinit/lazy_tensor_impl.h>
+#include <lazyinit/philox_region.h>
 #include <lazyinit/registration.h>
 #include <lazyinit/replay.h>
 #include <lazyinit/rng.h>
@@ -128,6 +129,16 @@ PYBIND11_MODULE(_C, m) {
   m.def("_live_nodes", &live_node_count);
   m.def("_discard", &discard);
   m.def("_initial_seed", &rng_initial_seed);
+  m.def(
+      "_philox_region_fill",
+      [](const at::Tensor& out, const std::string& kind, uint64_t seed, uint64_t offset,
+         int64_t numel, int64_t begin, int64_t grid_limit, double a, double b) {
+        py::gil_scoped_release no_gil;
+        TORCH_CHECK(kind == "normal" || kind == "uniform", "kind: 'normal' or 'uniform'");
+        philox_region_fill(
+            out, kind == "normal" ? PhiloxFill::kNormal : PhiloxFill::kUniform,
+            PhiloxState{seed, offset}, numel, begin, grid_limit, a, b);
+      });
   m.def("_set_philox_grid_limits", [](const std::vector<int64_t>& limits) {
     py::gil_scoped_release no_gil;
     set_philox_grid_limits(limits);

@@ -1,4 +1,5 @@
 #include <lazyinit/philox.h>
+#include <lazyinit/philox_region.h>
 
 #include <lazyinit/compat.h>
 #include <lazyinit/replay.h>
@@ -320,5 +321,15 @@ bool philox_settle(RngChain& chain) {
   write_state(gen, *end);
   return true;
 }
+
+#ifndef LAZYINIT_CUDA_KERNELS
+void philox_region_fill(
+    const at::Tensor&, PhiloxFill, const PhiloxState&, int64_t, int64_t, int64_t, double, double) {
+  TORCH_CHECK(
+      false,
+      "lazyinit: built without its CUDA kernels; rebuild with "
+      "-DLAZYINIT_CUDA_KERNELS=ON on a machine with nvcc and a CUDA torch.");
+}
+#endif
 
 }  // namespace lazyinit
