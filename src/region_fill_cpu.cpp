@@ -1,0 +1,194 @@
+// Region generators for PyTorch's CPU random kernels (torch 1.13's
+// ATen/native/cpu/DistributionTemplates.h and DistributionKernels.cpp, whose
+// behaviour tests/python/test_shard.py checks against eager per dtype):
+//
+// uniform_: cpu_serial_kernel draws one value per element, in memory order,
+//   from uniform_real_distribution<scalar_t>: one 32-bit mt19937 output for
+//   float / half / bfloat16, two (random64) for double.
+// normal_ on a contiguous tensor of >= 16 elements (normal_fill): first one
+//   uniform per element for the whole tensor, then Box-Muller on each block
+//   of 16 (element j pairs with j + 8); when numel % 16 != 0, 16 more
+//   uniforms are drawn and the last 16 elements are recomputed from them.
+//   Smaller or non-contiguous tensors take a serial path through
+//   normal_distribution<double>, which uses the generator's cached normal
+//   sample; those are run whole (only when tiny) or fall back.
+//
+// The values themselves come from PyTorch's own kernel run on a piece of
+// the same dtype positioned in the mt19937 stream, so the arithmetic
+// (AVX2 or not) is the kernel's; only the position mapping is emulated.
+#include <lazyinit/shard_replay.h>
+
+#include <ATen/ops/empty.h>
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+
+namespace lazyinit {
+namespace {
+
+// Elements generated per kernel call, so scratch stays small (a multiple
+// of the 16-element Box-Muller block).
+constexpr int64_t kChunk = int64_t{1} << 20;
+constexpr int64_t kBlock = 16;
+
+const TensorRef& self_ref(const Node& node) {
+  return node.tensors[node.self_slot].ref;
+}
+
+// mt19937 outputs per uniform, or -1 for dtypes these kernels do not take.
+int64_t draws_per_uniform(caffe2::TypeMeta dtype) {
+  const auto t = dtype.toScalarType();
+  if (t == at::kDouble) {
+    return 2;
+  }
+  if (t == at::kFloat || t == at::kHalf || t == at::kBFloat16) {
+    return 1;
+  }
+  return -1;
+}
+
+// Generates from a position in the stream onwards, forward only.
+class StreamCursor {
+ public:
+  explicit StreamCursor(const GenState& start) : state_(start) {}
+
+  void seek(int64_t position) {
+    TORCH_INTERNAL_ASSERT(position >= position_, "region generator seeks backwards");
+    discard_draws(state_.engine, position - position_);
+    position_ = position;
+  }
+  // Runs the node on `self`, which consumes `draws` outputs.
+  void run(Node& node, const at::Tensor& self, int64_t draws) {
+    run_random_node(node, state_, self);
+    position_ += draws;
+  }
+
+ private:
+  GenState state_;
+  int64_t position_ = 0;
+};
+
+int64_t uniform_draws(const Node& node) {
+  const TensorRef& self = self_ref(node);
+  const int64_t per = draws_per_uniform(self.dtype);
+  if (per < 0) {
+    return -1;
+  }
+  int64_t n = 1;
+  for (int64_t s : self.geometry.sizes) {
+    n *= s;
+  }
+  return n * per;
+}
+
+int64_t normal_draws(const Node& node) {
+  const TensorRef& self = self_ref(node);
+  const int64_t per = draws_per_uniform(self.dtype);
+  int64_t begin = 0;
+  int64_t n = 0;
+  const bool contiguous = contiguous_range(self.geometry, &begin, &n);
+  if (per < 0) {
+    return -1;
+  }
+  if (n == 0) {
+    return 0;
+  }
+  if (!contiguous || n < kBlock) {
+    return -1;  // the serial path: depends on the cached normal sample
+  }
+  return (n + (n % kBlock != 0 ? kBlock : 0)) * per;
+}
+
+bool fill_uniform(Node& node, const GenState& start, int64_t numel,
+                  std::vector<RegionRequest>& requests) {
+  const int64_t per = draws_per_uniform(self_ref(node).dtype);
+  if (per < 0) {
+    return false;
+  }
+  StreamCursor cursor(start);
+  for (auto& r : requests) {
+    for (int64_t b = r.begin; b < r.end; b += kChunk) {
+      const int64_t e = std::min(r.end, b + kChunk);
+      cursor.seek(b * per);
+      cursor.run(node, r.out.narrow(0, b - r.begin, e - b), (e - b) * per);
+    }
+  }
+  return true;
+}
+
+bool fill_normal(Node& node, const GenState& start, int64_t n,
+                 std::vector<RegionRequest>& requests) {
+  const int64_t per = draws_per_uniform(self_ref(node).dtype);
+  if (per < 0) {
+    return false;
+  }
+  const auto options = requests.front().out.options();
+  StreamCursor cursor(start);
+  if (n < kBlock) {
+    // Serial kernel: run it whole (at most 15 elements) and cut.
+    at::Tensor whole = at::empty({n}, options);
+    cursor.run(node, whole, 0);
+    for (auto& r : requests) {
+      r.out.copy_(whole.narrow(0, r.begin, r.end - r.begin));
+    }
+    return true;
+  }
+  const int64_t tail_start = n % kBlock != 0 ? n - kBlock : n;
+  // Blocks [last_begin, generated) of the latest chunk, for a request that
+  // starts inside a block the previous request ended in.
+  at::Tensor last;
+  int64_t last_begin = 0;
+  int64_t generated = 0;
+  for (auto& r : requests) {
+    const int64_t main_end = std::min(r.end, tail_start);
+    int64_t b = r.begin;
+    if (b < main_end && b < generated) {
+      const int64_t e = std::min(main_end, generated);
+      r.out.narrow(0, 0, e - b).copy_(last.narrow(0, b - last_begin, e - b));
+      b = e;
+    }
+    while (b < main_end) {
+      const int64_t chunk_begin = b / kBlock * kBlock;
+      const int64_t e = std::min(main_end, chunk_begin + kChunk);
+      // Whole blocks; never past n since main_end <= n - n % 16.
+      const int64_t chunk_end = (e + kBlock - 1) / kBlock * kBlock;
+      last = at::empty({chunk_end - chunk_begin}, options);
+      cursor.seek(chunk_begin * per);
+      cursor.run(node, last, (chunk_end - chunk_begin) * per);
+      last_begin = chunk_begin;
+      generated = chunk_end;
+      r.out.narrow(0, b - r.begin, e - b).copy_(last.narrow(0, b - chunk_begin, e - b));
+      b = e;
+    }
+  }
+  if (tail_start < n) {
+    at::Tensor tail;
+    for (auto& r : requests) {
+      const int64_t b = std::max(r.begin, tail_start);
+      if (b >= r.end) {
+        continue;
+      }
+      if (!tail.defined()) {
+        // Drawn after the n uniforms of the main pass.
+        tail = at::empty({kBlock}, options);
+        cursor.seek(n * per);
+        cursor.run(node, tail, kBlock * per);
+      }
+      r.out.narrow(0, b - r.begin, r.end - b).copy_(tail.narrow(0, b - tail_start, r.end - b));
+    }
+  }
+  return true;
+}
+
+struct RegisterCpuFills {
+  RegisterCpuFills() {
+    register_draw_count("aten::uniform_", uniform_draws);
+    register_draw_count("aten::normal_", normal_draws);
+    register_region_fill("aten::uniform_", c10::DeviceType::CPU, fill_uniform);
+    register_region_fill("aten::normal_", c10::DeviceType::CPU, fill_normal);
+  }
+};
+const RegisterCpuFills register_cpu_fills;
+
+}  // namespace
+}  // namespace lazyinit

@@ -1,0 +1,530 @@
+#include <lazyinit/shard_replay.h>
+
+#include <lazyinit/device.h>
+#include <lazyinit/lazy_tensor_impl.h>
+#include <lazyinit/replay.h>
+#include <lazyinit/tensor_args.h>
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/core/grad_mode.h>
+#include <ATen/ops/as_strided.h>
+#include <ATen/ops/empty.h>
+#include <c10/core/DefaultDtype.h>
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <map>
+#include <mutex>
+#include <set>
+#include <unordered_map>
+#include <unordered_set>
+#include <utility>
+
+namespace lazyinit {
+namespace {
+
+constexpr size_t kKeptReasons = 16;
+
+std::map<std::pair<std::string, c10::DeviceType>, RegionFill>& fill_table() {
+  static std::map<std::pair<std::string, c10::DeviceType>, RegionFill> table;
+  return table;
+}
+
+std::unordered_map<std::string, DrawCount>& count_table() {
+  static std::unordered_map<std::string, DrawCount> table;
+  return table;
+}
+
+ShardStats& counters() {
+  static ShardStats stats;
+  return stats;
+}
+
+std::unordered_set<int64_t>& fell_back_ids() {
+  static std::unordered_set<int64_t> ids;
+  return ids;
+}
+
+// Element-wise in-place ops whose kernels give the same value for an element
+// wherever it sits in the tensor. Ops with a transcendental vectorized path
+// (exp_, tanh_, ...) are left out: PyTorch's AVX2 (Sleef) and scalar code
+// may differ in the last bit, and which elements take the scalar tail
+// depends on where a range starts. erfinv_ has only a scalar kernel on CPU.
+const std::set<std::string>& local_ops() {
+  static const std::set<std::string> names = {
+      "aten::fill_", "aten::zero_", "aten::copy_", "aten::mul_", "aten::div_",
+      "aten::add_", "aten::sub_", "aten::clamp_", "aten::clamp_min_",
+      "aten::clamp_max_", "aten::erfinv_", "aten::neg_", "aten::abs_",
+      "aten::sqrt_", "aten::reciprocal_", "aten::relu_", "aten::sign_",
+      "aten::floor_", "aten::ceil_", "aten::trunc_", "aten::masked_fill_",
+  };
+  return names;
+}
+
+// Same list as the whole-storage replay's: ops that write every element of
+// their first argument without reading it.
+const std::set<std::string>& overwriting_ops() {
+  static const std::set<std::string> names = {
+      "aten::normal_", "aten::uniform_", "aten::random_", "aten::fill_",
+      "aten::zero_", "aten::copy_", "aten::exponential_", "aten::cauchy_",
+      "aten::log_normal_", "aten::geometric_", "aten::bernoulli_",
+  };
+  return names;
+}
+
+int64_t numel_of(const Geometry& g) {
+  int64_t n = 1;
+  for (int64_t s : g.sizes) {
+    n *= s;
+  }
+  return n;
+}
+
+const std::string& op_name(const Node& node) {
+  return node.op->schema().name();
+}
+
+bool overwrites_storage(const LazyStorage& storage, const Node& node) {
+  if (node.is_constant() || node.self_slot < 0 || overwriting_ops().count(op_name(node)) == 0) {
+    return false;
+  }
+  for (size_t i = 0; i < node.tensors.size(); ++i) {
+    if (static_cast<int64_t>(i) != node.self_slot &&
+        node.tensors[i].ref.kind == TensorRef::Kind::kSelf) {
+      return false;
+    }
+  }
+  int64_t begin = 0;
+  int64_t numel = 0;
+  return contiguous_range(node.tensors[node.self_slot].ref.geometry, &begin, &numel) &&
+      begin == 0 && numel == storage.numel();
+}
+
+// Value a constant-filling creation op writes, or nullopt for other ops.
+// `empty` gives an undefined value, like the kernel.
+c10::optional<c10::optional<c10::Scalar>> creation_fill(const Node& node) {
+  const std::string& name = op_name(node);
+  if (name == "aten::empty" || name == "aten::empty_strided" || name == "aten::new_empty" ||
+      name == "aten::new_empty_strided" || name == "aten::empty_like") {
+    return c10::optional<c10::Scalar>();
+  }
+  if (name == "aten::zeros" || name == "aten::new_zeros" || name == "aten::zeros_like") {
+    return c10::optional<c10::Scalar>(c10::Scalar(0));
+  }
+  if (name == "aten::ones" || name == "aten::new_ones" || name == "aten::ones_like") {
+    return c10::optional<c10::Scalar>(c10::Scalar(1));
+  }
+  if (name == "aten::full" || name == "aten::new_full" || name == "aten::full_like") {
+    const auto& args = node.op->schema().arguments();
+    for (size_t i = 0; i < args.size(); ++i) {
+      if (args[i].name() == "fill_value" && node.args[i].isScalar()) {
+        return c10::optional<c10::Scalar>(node.args[i].toScalar());
+      }
+    }
+  }
+  return c10::nullopt;
+}
+
+// Why `node` (a write to `storage`) cannot be replayed over spans, or empty.
+std::string not_local(const LazyStorage& storage, const Node& node, c10::DeviceType device) {
+  const std::string& name = op_name(node);
+  if (node.self_slot < 0) {
+    return name + " does not write its storage through an argument";
+  }
+  const TensorRef& self = node.tensors[node.self_slot].ref;
+  int64_t begin = 0;
+  int64_t numel = 0;
+  if (self.kind != TensorRef::Kind::kSelf || self.dtype != storage.dtype ||
+      !contiguous_range(self.geometry, &begin, &numel)) {
+    return name + " writes a non-contiguous (or reinterpreted) view";
+  }
+  if (node.is_random()) {
+    if (find_region_fill(name, device) == nullptr) {
+      return name + " has no region generator for " + c10::DeviceTypeName(device);
+    }
+  } else if (local_ops().count(name) == 0) {
+    return name + " is not known to be element-local";
+  }
+  for (size_t i = 0; i < node.tensors.size(); ++i) {
+    if (static_cast<int64_t>(i) == node.self_slot) {
+      continue;
+    }
+    const TensorRef& ref = node.tensors[i].ref;
+    switch (ref.kind) {
+      case TensorRef::Kind::kSelf:
+        if (ref.geometry != self.geometry || ref.dtype != self.dtype) {
+          return name + " reads another part of its own storage";
+        }
+        break;
+      case TensorRef::Kind::kLazy:
+        return name + " reads another lazy tensor";
+      case TensorRef::Kind::kReal:
+        if (ref.real.numel() != 1 && ref.real.sizes() != c10::IntArrayRef(self.geometry.sizes)) {
+          return name + " broadcasts a real tensor";
+        }
+        break;
+    }
+  }
+  const auto& args = node.op->schema().arguments();
+  for (size_t i = 0; i < args.size(); ++i) {
+    // a + alpha * b: the vectorized kernel fuses it (fmadd), the scalar
+    // tail does not, so only alpha == 1 is position-independent.
+    if (args[i].name() == "alpha" && node.args[i].isScalar() &&
+        node.args[i].toScalar().toDouble() != 1.0) {
+      return name + " with alpha != 1";
+    }
+  }
+  return std::string();
+}
+
+class DefaultDtypeGuard {
+ public:
+  explicit DefaultDtypeGuard(caffe2::TypeMeta dtype) : saved_(c10::get_default_dtype()) {
+    c10::set_default_dtype(dtype);
+  }
+  ~DefaultDtypeGuard() { c10::set_default_dtype(saved_); }
+  DefaultDtypeGuard(const DefaultDtypeGuard&) = delete;
+  DefaultDtypeGuard& operator=(const DefaultDtypeGuard&) = delete;
+
+ private:
+  caffe2::TypeMeta saved_;
+};
+
+// Makes chain.states[index] known: by counting draws where the op's
+// consumption is known (no memory), else by running the node into scratch.
+void ensure_state_by_draws(RngChain& chain, int64_t index) {
+  int64_t known = index;
+  while (!chain.states[known]) {
+    --known;
+  }
+  for (int64_t i = known; i < index; ++i) {
+    if (chain.states[i + 1]) {
+      continue;
+    }
+    NodePtr node = chain.nodes[i].lock();
+    if (!node) {
+      auto it = chain.dead.find(i);
+      TORCH_INTERNAL_ASSERT(it != chain.dead.end(), "random node ", i, " was lost");
+      node = it->second;
+    }
+    const int64_t draws = draw_count(*node);
+    if (draws >= 0) {
+      GenState state = *chain.states[i];
+      discard_draws(state.engine, draws);
+      counters().draws_skipped += draws;
+      rng_record_state_after(chain, *node, std::move(state));
+    } else {
+      Replayer cpu{c10::Device(c10::kCPU)};
+      rng_ensure_state(chain, i + 1, cpu);
+      ++counters().rng_scratch_runs;
+    }
+  }
+}
+
+// Replays `storage` at its current version over `spans` into one buffer
+// (the spans' elements, concatenated). Returns false, with a reason, when
+// the tape is not element-local; nothing is changed then.
+class SpanReplay {
+ public:
+  SpanReplay(LazyStorage& storage, std::vector<Span> spans, c10::Device device)
+      : storage_(storage), spans_(std::move(spans)), device_(device) {}
+
+  bool run(at::Tensor* out, std::string* why) {
+    if (!plan(why)) {
+      return false;
+    }
+    int64_t total = 0;
+    for (const Span& s : spans_) {
+      total += s.size();
+    }
+    buffer_ = at::empty({total}, at::TensorOptions().dtype(storage_.dtype).device(device_));
+    int64_t at = 0;
+    for (const Span& s : spans_) {
+      parts_.push_back(buffer_.narrow(0, at, s.size()));
+      at += s.size();
+    }
+    if (source_.defined()) {
+      for (size_t i = 0; i < spans_.size(); ++i) {
+        parts_[i].copy_(source_.narrow(0, spans_[i].begin, spans_[i].size()));
+      }
+    } else if (fill_.has_value() && fill_->has_value()) {
+      buffer_.fill_(**fill_);
+    }
+    const int64_t version = storage_.version;
+    for (int64_t k = start_ + 1; k <= version; ++k) {
+      if (!apply(*storage_.tape[k].node, why)) {
+        return false;
+      }
+    }
+    *out = buffer_;
+    return true;
+  }
+
+ private:
+  // Picks the starting value and checks every later node is local.
+  bool plan(std::string* why) {
+    const int64_t version = storage_.version;
+    if (storage_.cached.defined() && storage_.cached_version == version) {
+      start_ = version;
+      source_ = storage_.cached;
+      return true;
+    }
+    start_ = -1;
+    for (int64_t k = version; k >= 0; --k) {
+      if (storage_.tape[k].node->is_constant()) {
+        start_ = k;
+        source_ = storage_.tape[k].node->constant;
+        break;
+      }
+    }
+    for (int64_t k = version; k > std::max<int64_t>(start_, 0); --k) {
+      if (overwrites_storage(storage_, *storage_.tape[k].node)) {
+        start_ = k - 1;
+        source_ = at::Tensor();
+        break;
+      }
+    }
+    if (start_ < 0) {
+      const Node& creation = *storage_.tape.front().node;
+      auto fill = creation_fill(creation);
+      if (!fill.has_value()) {
+        *why = "created by " + op_name(creation) + ", which is not a constant fill";
+        return false;
+      }
+      fill_ = *fill;
+      start_ = 0;
+    }
+    for (int64_t k = start_ + 1; k <= version; ++k) {
+      *why = not_local(storage_, *storage_.tape[k].node, device_.type());
+      if (!why->empty()) {
+        return false;
+      }
+    }
+    if (source_.defined()) {
+      source_ = source_.to(device_);
+    }
+    return true;
+  }
+
+  bool apply(Node& node, std::string* why) {
+    const TensorRef& self = node.tensors[node.self_slot].ref;
+    int64_t begin = 0;
+    int64_t numel = 0;
+    contiguous_range(self.geometry, &begin, &numel);
+    std::vector<RegionRequest> requests;
+    for (size_t i = 0; i < spans_.size(); ++i) {
+      const int64_t lo = std::max(spans_[i].begin, begin);
+      const int64_t hi = std::min(spans_[i].end, begin + numel);
+      if (lo < hi) {
+        requests.push_back(
+            {lo - begin, hi - begin, parts_[i].narrow(0, lo - spans_[i].begin, hi - lo)});
+      }
+    }
+    if (requests.empty()) {
+      return true;
+    }
+    at::NoGradGuard no_grad;
+    DefaultDtypeGuard dtype(node.default_dtype);
+    if (node.is_random()) {
+      RngChain& chain = *node.chain;
+      ensure_state_by_draws(chain, node.rng_index);
+      const RegionFill* fill = find_region_fill(op_name(node), device_.type());
+      if (!(*fill)(node, *chain.states[node.rng_index], numel, requests)) {
+        *why = op_name(node) + ": the region generator declined this call";
+        return false;
+      }
+      return true;
+    }
+    for (auto& r : requests) {
+      std::vector<c10::IValue> stack = node.args;
+      copy_tensor_lists(stack);
+      for (const auto& slot : node.tensors) {
+        at::Tensor t;
+        if (slot.ref.kind == TensorRef::Kind::kSelf) {
+          t = r.out;
+        } else {
+          Replayer checker(device_);
+          at::Tensor real = checker.resolve(slot.ref, at::Tensor());
+          if (real.numel() == 1) {
+            // Keep 0-dim vs dimensioned: it decides the computation dtype.
+            t = real.dim() == 0 ? real : real.reshape({1});
+          } else {
+            t = real.reshape({-1}).narrow(0, r.begin, r.end - r.begin);
+          }
+          t = t.to(device_);
+        }
+        set_tensor(stack, slot.arg, slot.element, t);
+      }
+      for (size_t i : node.device_args) {
+        stack[i] = c10::IValue(device_);
+      }
+      node.op->callBoxed(&stack);
+    }
+    return true;
+  }
+
+  LazyStorage& storage_;
+  std::vector<Span> spans_;
+  c10::Device device_;
+  int64_t start_ = 0;
+  at::Tensor source_;                         // value at start_ (flat), if any
+  c10::optional<c10::optional<c10::Scalar>> fill_;  // creation fill, if any
+  at::Tensor buffer_;
+  std::vector<at::Tensor> parts_;
+};
+
+void note_fallback(const LazyStorage& storage, const std::string& why) {
+  auto& stats = counters();
+  ++stats.fallbacks;
+  fell_back_ids().insert(storage.id);
+  stats.fallback_reasons.push_back("storage " + std::to_string(storage.id) + ": " + why);
+  if (stats.fallback_reasons.size() > kKeptReasons) {
+    stats.fallback_reasons.erase(stats.fallback_reasons.begin());
+  }
+}
+
+at::Tensor contiguous_copy(const at::Tensor& piece, c10::Device device) {
+  at::Tensor out = at::empty(piece.sizes(), piece.options().device(device));
+  out.copy_(piece);
+  return out;
+}
+
+void check_shard_device(c10::Device device) {
+  TORCH_CHECK(
+      !is_lazy_device(device) && device.type() != c10::DeviceType::Meta,
+      "lazyinit: cannot materialize a shard onto '", device.str(),
+      "': pick a device that holds data, such as \"cpu\" or \"cuda\".");
+}
+
+}  // namespace
+
+void register_region_fill(const std::string& op, c10::DeviceType device, RegionFill fill) {
+  fill_table()[{op, device}] = std::move(fill);
+}
+
+const RegionFill* find_region_fill(const std::string& op, c10::DeviceType device) {
+  auto it = fill_table().find({op, device});
+  return it == fill_table().end() ? nullptr : &it->second;
+}
+
+void register_draw_count(const std::string& op, DrawCount count) {
+  count_table()[op] = std::move(count);
+}
+
+int64_t draw_count(const Node& node) {
+  if (node.is_constant()) {
+    return -1;
+  }
+  auto it = count_table().find(op_name(node));
+  return it == count_table().end() ? -1 : it->second(node);
+}
+
+ShardStats shard_stats() {
+  std::lock_guard<std::recursive_mutex> lock(graph_mutex());
+  return counters();
+}
+
+void reset_shard_stats() {
+  std::lock_guard<std::recursive_mutex> lock(graph_mutex());
+  counters() = ShardStats();
+  fell_back_ids().clear();
+}
+
+bool storage_fell_back(int64_t storage_id) {
+  std::lock_guard<std::recursive_mutex> lock(graph_mutex());
+  return fell_back_ids().count(storage_id) > 0;
+}
+
+bool contiguous_range(const Geometry& g, int64_t* begin, int64_t* numel) {
+  *begin = g.offset;
+  *numel = numel_of(g);
+  int64_t expected = 1;
+  for (int64_t d = static_cast<int64_t>(g.sizes.size()) - 1; d >= 0; --d) {
+    if (g.sizes[d] != 1 && g.strides[d] != expected) {
+      return *numel == 0;
+    }
+    expected *= g.sizes[d];
+  }
+  return true;
+}
+
+void discard_draws(at::mt19937& engine, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    engine();
+  }
+}
+
+void run_random_node(Node& node, GenState& state, const at::Tensor& self) {
+  thread_local at::Generator gen = at::make_generator<at::CPUGeneratorImpl>();
+  std::vector<c10::IValue> stack = node.args;
+  copy_tensor_lists(stack);
+  const auto& slot = node.tensors[node.self_slot];
+  set_tensor(stack, slot.arg, slot.element, self);
+  const auto& args = node.op->schema().arguments();
+  for (size_t i = 0; i < args.size(); ++i) {
+    auto type = args[i].type();
+    if (auto opt = type->cast<c10::OptionalType>()) {
+      type = opt->getElementType();
+    }
+    if (type->kind() == c10::TypeKind::GeneratorType) {
+      stack[i] = c10::IValue(gen);
+    }
+  }
+  state.apply(gen);
+  at::NoGradGuard no_grad;
+  node.op->callBoxed(&stack);
+  state = GenState::of(gen);
+}
+
+at::Tensor materialize_shard(
+    const at::Tensor& t,
+    const std::vector<Placement>& placements,
+    c10::Device device) {
+  check_shard_device(device);
+  std::lock_guard<std::recursive_mutex> lock(graph_mutex());
+  const LocalPiece piece = local_piece(t.sizes(), placements);
+  auto* impl = get_pending_impl(t);
+  if (impl == nullptr) {
+    return contiguous_copy(piece.slice(t), device);
+  }
+  LazyStoragePtr storage = impl->lazy_storage();
+  storage->check_usable();
+  ++counters().shards;
+  GeneratorStateGuard generators;
+  const Geometry geometry = impl->geometry();
+  std::string why;
+  if (impl->dtype() != storage->dtype) {
+    why = "the tensor reinterprets its storage (view(dtype))";
+  } else {
+    bool in_order = true;
+    std::vector<Span> spans = storage_spans(geometry, piece, &in_order);
+    const int64_t lo = spans.empty() ? 0 : spans.front().begin;
+    SpanReplay replay(*storage, std::move(spans), device);
+    at::Tensor buffer;
+    if (replay.run(&buffer, &why)) {
+      ++counters().pushed_down;
+      if (in_order) {
+        return buffer.view(piece.shape());
+      }
+      at::Tensor full =
+          at::as_strided(buffer, geometry.sizes, geometry.strides, geometry.offset - lo);
+      return contiguous_copy(piece.slice(full), device);
+    }
+  }
+  // Whole storage, then slice. The value is not kept: keeping it would hold
+  // the full tensor in memory, which sharding exists to avoid.
+  note_fallback(*storage, why);
+  const bool had_cache = storage->cached.defined();
+  Replayer replayer(device);
+  at::Tensor base = replayer.value(*storage, storage->version);
+  at::Tensor full = at::as_strided(
+      typed_view(base, impl->dtype()), geometry.sizes, geometry.strides, geometry.offset);
+  at::Tensor out = contiguous_copy(piece.slice(full), device);
+  if (!had_cache) {
+    storage->cached = at::Tensor();
+    storage->cached_version = -1;
+  }
+  return out;
+}
+
+}  // namespace lazyinit
