@@ -24,6 +24,9 @@ namespace lazyinit {
 namespace {
 
 constexpr size_t kKeptReasons = 16;
+// Lazy operands of element-wise ops up to this many elements are replayed
+// whole (a 256 KiB fp32 buffer at most).
+constexpr int64_t kSmallLazy = int64_t{1} << 16;
 
 std::map<std::pair<std::string, c10::DeviceType>, RegionFill>& fill_table() {
   static std::map<std::pair<std::string, c10::DeviceType>, RegionFill> table;
@@ -157,7 +160,15 @@ std::string not_local(const LazyStorage& storage, const Node& node, c10::DeviceT
         }
         break;
       case TensorRef::Kind::kLazy:
-        return name + " reads another lazy tensor";
+        // Small lazy operands (torch.tensor(3.0) or an arange made under
+        // the context) are replayed whole; large ones would cost memory.
+        if (ref.storage->numel() > kSmallLazy) {
+          return name + " reads another large lazy tensor";
+        }
+        if (numel_of(ref.geometry) != 1 && ref.geometry.sizes != self.geometry.sizes) {
+          return name + " broadcasts a lazy tensor";
+        }
+        break;
       case TensorRef::Kind::kReal:
         if (ref.real.numel() != 1 && ref.real.sizes() != c10::IntArrayRef(self.geometry.sizes)) {
           return name + " broadcasts a real tensor";
@@ -343,8 +354,10 @@ class SpanReplay {
         if (slot.ref.kind == TensorRef::Kind::kSelf) {
           t = r.out;
         } else {
-          Replayer checker(device_);
-          at::Tensor real = checker.resolve(slot.ref, at::Tensor());
+          // Checks real operands were not modified since recording, and
+          // replays small lazy ones whole.
+          Replayer replayer(device_);
+          at::Tensor real = replayer.resolve(slot.ref, at::Tensor());
           if (real.numel() == 1) {
             // Keep 0-dim vs dimensioned: it decides the computation dtype.
             t = real.dim() == 0 ? real : real.reshape({1});
