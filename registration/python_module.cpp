@@ -167,6 +167,7 @@ PYBIND11_MODULE(_C, m) {
     d["shards"] = s.shards;
     d["pushed_down"] = s.pushed_down;
     d["fallbacks"] = s.fallbacks;
+    d["whole"] = s.whole;
     d["rng_scratch_runs"] = s.rng_scratch_runs;
     d["draws_skipped"] = s.draws_skipped;
     d["fallback_reasons"] = s.fallback_reasons;

@@ -118,7 +118,9 @@ def materialize_module_shards(
 def shard_stats() -> Dict[str, Any]:
     """Process-wide counters of :func:`materialize_shard`: ``shards`` (calls
     on lazy tensors), ``pushed_down`` (of those, replayed over the piece
-    only), ``fallbacks`` (whole storage replayed, then sliced),
+    only), ``whole`` (the piece is the whole storage, e.g. ``Replicate()``:
+    replayed whole, which costs nothing extra), ``fallbacks`` (a non-local
+    op: whole storage replayed, then sliced),
     ``rng_scratch_runs`` (random ops run whole into scratch to find the
     generator position after them), ``draws_skipped`` (mt19937 outputs
     skipped to reach positions) and ``fallback_reasons`` (the latest few)."""
