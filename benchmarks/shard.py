@@ -57,8 +57,13 @@ def _build(shape: str, layers: int, seed: int, lazy: bool):
         return Llama(cfg)
 
 
-def _placement(model, rank: int, world: int):
-    """FSDP2-style: parameters sharded on dim 0, buffers replicated."""
+LAYOUTS = ("fsdp", "dim1", "tp2-fsdp")
+
+
+def _placement(model, rank: int, world: int, layout: str = "fsdp"):
+    """Buffers replicated; parameters: "fsdp" Shard(0) (FSDP2 / DTensor),
+    "dim1" Shard(1) of matrices (one storage span per row), "tp2-fsdp"
+    tensor parallel over 2 on dim 0, then FSDP over world/2 on dim 1."""
     import lazyinit
 
     buffers = {name for name, _ in model.named_buffers()}
@@ -66,8 +71,26 @@ def _placement(model, rank: int, world: int):
     def fn(name, tensor):
         if name in buffers or tensor.dim() == 0:
             return lazyinit.Replicate()
-        return lazyinit.Shard(0, rank, world)
+        if tensor.dim() == 1 or layout == "fsdp":
+            return lazyinit.Shard(0, rank, world)
+        if layout == "dim1":
+            return lazyinit.Shard(1, rank, world)
+        inner = world // 2
+        return [lazyinit.Shard(0, rank // inner, 2), lazyinit.Shard(1, rank % inner, inner)]
     return fn
+
+
+def _expected(full, placement):
+    import torch
+    import lazyinit
+
+    items = placement if isinstance(placement, list) else [placement]
+    for p in items:
+        if isinstance(p, lazyinit.Shard):
+            chunks = torch.chunk(full, p.world_size, p.dim)
+            full = (chunks[p.rank] if p.rank < len(chunks)
+                    else full.narrow(p.dim, full.shape[p.dim], 0))
+    return full
 
 
 def worker_rank(args) -> Dict:
@@ -78,27 +101,20 @@ def worker_rank(args) -> Dict:
     model = _build(args.shape, args.layers, args.seed, lazy=True)
     _reset_peak()
     base = _rss("VmRSS")
-    t0 = time.perf_counter()
-    shards = lazyinit.materialize_module_shards(model, _placement(model, args.rank, args.world))
-    seconds = time.perf_counter() - t0
+    t0, c0 = time.perf_counter(), time.process_time()
+    shards = lazyinit.materialize_module_shards(
+        model, _placement(model, args.rank, args.world, args.layout))
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     peak = _rss("VmHWM")
     shard_bytes = sum(t.numel() * t.element_size() for t in shards.values())
-    out = {"rank": args.rank, "seconds": seconds, "peak_above_base": peak - base,
+    out = {"rank": args.rank, "seconds": seconds, "cpu": cpu, "peak_above_base": peak - base,
            "shard_bytes": shard_bytes, "stats": lazyinit.shard_stats()}
     if args.check:
         eager = _build(args.shape, args.layers, args.seed, lazy=False)
         state = dict(list(eager.named_parameters()) + list(eager.named_buffers()))
-        placement = _placement(eager, args.rank, args.world)
+        placement = _placement(eager, args.rank, args.world, args.layout)
         for name, piece in shards.items():
-            full = state[name]
-            chunks = torch.chunk(full, args.world, 0) if full.dim() else [full]
-            if isinstance(placement(name, full), lazyinit.Replicate):
-                want = full
-            elif args.rank < len(chunks):
-                want = chunks[args.rank]
-            else:
-                want = full.narrow(0, full.shape[0], 0)
-            assert torch.equal(piece, want), name
+            assert torch.equal(piece, _expected(state[name], placement(name, state[name]))), name
         out["checked"] = len(shards)
     return out
 
@@ -111,19 +127,19 @@ def worker_full(args) -> Dict:
     model = _build(args.shape, args.layers, args.seed, lazy=True)
     _reset_peak()
     base = _rss("VmRSS")
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     lazyinit.materialize(model, "cpu", progress=False)
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     peak = _rss("VmHWM")
     nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    return {"layers": args.layers, "seconds": seconds, "peak_above_base": peak - base,
+    return {"layers": args.layers, "seconds": seconds, "cpu": cpu, "peak_above_base": peak - base,
             "param_bytes": nbytes}
 
 
 def run_worker(args, **extra) -> Dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--worker",
            "--shape", args.shape, "--world", str(args.world), "--seed", str(args.seed),
-           "--threads", str(args.threads)]
+           "--threads", str(args.threads), "--layout", args.layout]
     for k, v in extra.items():
         cmd += [f"--{k}"] if v is True else [f"--{k}", str(v)]
     if args.check:
@@ -141,6 +157,7 @@ def main(argv=None) -> int:
     ap.add_argument("--world", type=int, default=8)
     ap.add_argument("--ranks", default="", help="comma-separated (default: all)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--layout", default="fsdp", choices=LAYOUTS)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--check", action="store_true", help="compare with eager (small shapes)")
     ap.add_argument("--skip-full", action="store_true")
@@ -157,18 +174,19 @@ def main(argv=None) -> int:
     from models import llama_config
     mib = 2 ** 20
     cfg = llama_config(args.shape)
-    print(f"shape {args.shape}, world {args.world}, torch {torch.__version__}, "
+    print(f"shape {args.shape}, world {args.world}, layout {args.layout}, torch {torch.__version__}, "
           f"{os.cpu_count()} cores, threads {args.threads}, "
           f"{time.strftime('%Y-%m-%d', time.gmtime())}")
     ranks = [int(r) for r in args.ranks.split(",")] if args.ranks else list(range(args.world))
-    print("| rank | seconds | peak RSS above lazy model, MiB | shard MiB | pushed down | fallbacks | whole |")
-    print("|---|---|---|---|---|---|---|")
+    print("| rank | seconds | CPU seconds | peak RSS above lazy model, MiB | shard MiB "
+          "| pushed down | fallbacks | whole |")
+    print("|---|---|---|---|---|---|---|---|")
     results: List[Dict] = []
     for r in ranks:
         res = run_worker(args, rank=r)
         results.append(res)
         s = res["stats"]
-        print(f"| {r} | {res['seconds']:.1f} | {res['peak_above_base'] / mib:.0f} "
+        print(f"| {r} | {res['seconds']:.1f} | {res['cpu']:.1f} | {res['peak_above_base'] / mib:.0f} "
               f"| {res['shard_bytes'] / mib:.0f} | {s['pushed_down']} | {s['fallbacks']} "
               f"| {s['whole']} |", flush=True)
     if args.skip_full:
@@ -180,7 +198,8 @@ def main(argv=None) -> int:
     layer_bytes = full[1]["param_bytes"] - full[0]["param_bytes"]
     full_bytes = full[0]["param_bytes"] - layer_bytes + layer_bytes * cfg.num_hidden_layers
     for f in full:
-        print(f"full materialization, {f['layers']} layer(s): {f['seconds']:.1f} s, "
+        print(f"full materialization, {f['layers']} layer(s): {f['seconds']:.1f} s "
+              f"({f['cpu']:.1f} s CPU), "
               f"peak RSS above lazy model {f['peak_above_base'] / mib:.0f} MiB, "
               f"parameters {f['param_bytes'] / mib:.0f} MiB")
     print(f"full materialization, {cfg.num_hidden_layers} layers (extrapolated): "
