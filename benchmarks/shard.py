@@ -163,7 +163,8 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-full", action="store_true")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--rank", type=int, default=-1, help=argparse.SUPPRESS)
-    ap.add_argument("--layers", type=int, default=-1, help=argparse.SUPPRESS)
+    ap.add_argument("--layers", type=int, default=-1,
+                    help="cut the model to this many decoder layers (with --check)")
     ap.add_argument("--full", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
@@ -183,7 +184,7 @@ def main(argv=None) -> int:
     print("|---|---|---|---|---|---|---|---|")
     results: List[Dict] = []
     for r in ranks:
-        res = run_worker(args, rank=r)
+        res = run_worker(args, rank=r, layers=args.layers)
         results.append(res)
         s = res["stats"]
         print(f"| {r} | {res['seconds']:.1f} | {res['cpu']:.1f} | {res['peak_above_base'] / mib:.0f} "

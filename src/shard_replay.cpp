@@ -542,6 +542,10 @@ at::Tensor materialize_shard(
   LazyStoragePtr storage = impl->lazy_storage();
   storage->check_usable();
   ++counters().shards;
+  if (piece.numel() == 0) {
+    ++counters().pushed_down;  // an empty piece (a rank past the last chunk)
+    return at::empty(piece.shape(), at::TensorOptions().dtype(impl->dtype()).device(device));
+  }
   GeneratorStateGuard generators;
   const Geometry geometry = impl->geometry();
   std::string why;
@@ -559,9 +563,16 @@ at::Tensor materialize_shard(
       if (in_order) {
         return buffer.view(piece.shape());
       }
-      at::Tensor full =
-          at::as_strided(buffer, geometry.sizes, geometry.strides, geometry.offset - lo);
-      return contiguous_copy(piece.slice(full), device);
+      // The buffer holds storage [lo, hi): view the piece's box in it.
+      int64_t box_offset = geometry.offset - lo;
+      for (size_t d = 0; d < piece.box_start.size(); ++d) {
+        box_offset += piece.box_start[d] * geometry.strides[d];
+      }
+      at::Tensor box = at::as_strided(buffer, piece.box_sizes, geometry.strides, box_offset);
+      if (piece.flat) {
+        box = box.reshape({-1}).narrow(0, piece.flat_start, piece.flat_end - piece.flat_start);
+      }
+      return contiguous_copy(box, device);
     }
     if (whole) {
       why.clear();  // the piece needs every element anyway: not a fallback

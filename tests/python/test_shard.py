@@ -139,6 +139,34 @@ def test_every_shard_equals_the_eager_slice_in_random_order(kind: str, dtype: to
     assert torch.equal(torch.get_rng_state(), eager_state)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+def test_pieces_longer_than_a_generation_chunk(dtype: torch.dtype) -> None:
+    """Region generators work in chunks of 2**20 elements: pieces that cross
+    chunk boundaries, at odd offsets, with a normal_ tail."""
+    def build(dtype):
+        return {"n": torch.empty(3 * 2**20 + 7, dtype=dtype).normal_(),
+                "u": torch.empty(2**20 + 3, 3, dtype=dtype).uniform_()}
+
+    eager, _, lazy = build_both(build, dtype)
+    for name, p in [("n", Shard(0, 1, 3)), ("n", Shard(0, 2, 3)), ("n", FlatRange(5, 2**21 + 9)),
+                    ("u", Shard(0, 0, 2)), ("u", Shard(1, 1, 3)), ("n", Shard(0, 0, 3))]:
+        assert torch.equal(lazyinit.materialize_shard(lazy[name], p), expected_piece(eager[name], p))
+
+
+def test_shards_of_views_of_a_lazy_tensor() -> None:
+    """The tensor asked for may itself be a view: transposed (its rows are
+    not contiguous in storage: one bounding span), a column slice, a row."""
+    eager, _, lazy = build_both(nn_init_model, torch.float32)
+    lazyinit.reset_shard_stats()
+    views = [lambda t: t.t(), lambda t: t[:, 3:9], lambda t: t[5], lambda t: t[2:30:3]]
+    rng = random.Random(0)
+    for view in views:
+        e, l = view(eager["normal"]), view(lazy["normal"])
+        for p in placements_for(e.shape, rng, worlds=(1, 2, 5)):
+            assert torch.equal(lazyinit.materialize_shard(l, p), expected_piece(e, p)), p
+    assert lazyinit.shard_stats()["fallbacks"] == 0
+
+
 def test_shards_leave_the_generator_and_later_recording_alone() -> None:
     def build(dtype):
         a = torch.empty(300, 7).normal_()
@@ -186,6 +214,9 @@ def _fallback_model() -> nn.Module:
     m.small = nn.Parameter(torch.empty(6, 10))
     with torch.no_grad():                     # a small lazy operand: pushed down
         m.small.copy_(m.lin.weight * 2)
+    # Pushed down; its generator position is found by counting the draws of
+    # everything above, the transposed uniform_ included.
+    m.after = nn.Linear(31, 17)
     return m
 
 
@@ -196,6 +227,10 @@ def test_non_local_tapes_fall_back_exactly_and_are_counted() -> None:
     with lazyinit.LazyInitContext():
         lazy = _fallback_model()
     lazyinit.reset_shard_stats()
+    # First, so that its generator position comes from counted draws only.
+    assert torch.equal(lazyinit.materialize_shard(lazy.after.weight, Shard(0, 1, 2)),
+                       expected_piece(eager.after.weight, Shard(0, 1, 2)))
+    assert lazyinit.shard_stats()["rng_scratch_runs"] == 0
     want = {n: t for n, t in list(eager.named_parameters()) + list(eager.named_buffers())}
     for w in (1, 2, 5):
         for r in range(w):
@@ -210,8 +245,8 @@ def test_non_local_tapes_fall_back_exactly_and_are_counted() -> None:
     for why in ("created by aten::cat", "non-contiguous", "reads another large lazy tensor"):
         assert why in reasons, reasons
     s = lazyinit.stats(lazy)
-    assert s.shard_fallbacks == 4  # ortho, t, cat, other; lin.*, small pushed down
-    assert s.parameters_lazy == 6
+    assert s.shard_fallbacks == 4  # ortho, t, cat, other; lin.*, small, after.* pushed down
+    assert s.parameters_lazy == 8
     lazyinit.materialize(lazy)
     for name, t in want.items():
         assert torch.equal(dict(list(lazy.named_parameters()) + list(lazy.named_buffers()))[name], t)
