@@ -223,7 +223,6 @@ void ensure_state_by_draws(RngChain& chain, int64_t index) {
     if (draws >= 0) {
       GenState state = *chain.states[i];
       discard_draws(state.engine, draws);
-      counters().draws_skipped += draws;
       rng_record_state_after(chain, *node, std::move(state));
     } else {
       Replayer cpu{c10::Device(c10::kCPU)};
@@ -489,6 +488,7 @@ void discard_draws(at::mt19937& engine, int64_t n) {
   }
   // Mirrors operator(): `if (--left_ == 0) next_state(); next_++`, without
   // tempering the outputs nobody reads: twice as fast as drawing them.
+  counters().draws_skipped += n;
   at::mt19937_data_pod d = engine.data();
   while (n > 0) {
     if (d.left_ > 1) {
