@@ -5,7 +5,6 @@
 #include <lazyinit/replay.h>
 #include <lazyinit/tensor_args.h>
 
-#include <ATen/CPUGeneratorImpl.h>
 #include <ATen/core/grad_mode.h>
 #include <ATen/ops/as_strided.h>
 #include <ATen/ops/empty.h>
@@ -13,7 +12,6 @@
 #include <c10/util/Exception.h>
 
 #include <algorithm>
-#include <array>
 #include <map>
 #include <mutex>
 #include <set>
@@ -277,7 +275,7 @@ class SpanReplay {
     const int64_t version = storage_.version;
     if (storage_.cached.defined() && storage_.cached_version == version) {
       start_ = version;
-      source_ = storage_.cached;
+      source_ = storage_.cached.to(device_);
       return true;
     }
     start_ = -1;
@@ -443,6 +441,10 @@ void reset_shard_stats() {
   fell_back_ids().clear();
 }
 
+void count_skipped_draws(int64_t n) {
+  counters().draws_skipped += n;
+}
+
 bool storage_fell_back(int64_t storage_id) {
   std::lock_guard<std::recursive_mutex> lock(graph_mutex());
   return fell_back_ids().count(storage_id) > 0;
@@ -459,73 +461,6 @@ bool contiguous_range(const Geometry& g, int64_t* begin, int64_t* numel) {
     expected *= g.sizes[d];
   }
   return true;
-}
-
-namespace {
-
-// mt19937's state transition (the engine's private next_state()).
-void twist_state(std::array<uint32_t, at::MERSENNE_STATE_N>& state) {
-  constexpr int n = at::MERSENNE_STATE_N;
-  constexpr int m = at::MERSENNE_STATE_M;
-  auto twist = [](uint32_t u, uint32_t v) {
-    const uint32_t mixed = (u & at::UMASK) | (v & at::LMASK);
-    return (mixed >> 1) ^ ((v & 1) ? at::MATRIX_A : 0);
-  };
-  for (int i = 0; i < n - m; ++i) {
-    state[i] = state[i + m] ^ twist(state[i], state[i + 1]);
-  }
-  for (int i = n - m; i < n - 1; ++i) {
-    state[i] = state[i + m - n] ^ twist(state[i], state[i + 1]);
-  }
-  state[n - 1] = state[m - 1] ^ twist(state[n - 1], state[0]);
-}
-
-}  // namespace
-
-void discard_draws(at::mt19937& engine, int64_t n) {
-  if (n <= 0) {
-    return;
-  }
-  // Mirrors operator(): `if (--left_ == 0) next_state(); next_++`, without
-  // tempering the outputs nobody reads: twice as fast as drawing them.
-  counters().draws_skipped += n;
-  at::mt19937_data_pod d = engine.data();
-  while (n > 0) {
-    if (d.left_ > 1) {
-      const int64_t k = std::min<int64_t>(n, d.left_ - 1);
-      d.left_ -= static_cast<int>(k);
-      d.next_ += static_cast<uint32_t>(k);
-      n -= k;
-    } else {
-      twist_state(d.state_);
-      d.left_ = at::MERSENNE_STATE_N;
-      d.next_ = 1;
-      n -= 1;
-    }
-  }
-  engine.set_data(d);
-}
-
-void run_random_node(Node& node, GenState& state, const at::Tensor& self) {
-  thread_local at::Generator gen = at::make_generator<at::CPUGeneratorImpl>();
-  std::vector<c10::IValue> stack = node.args;
-  copy_tensor_lists(stack);
-  const auto& slot = node.tensors[node.self_slot];
-  set_tensor(stack, slot.arg, slot.element, self);
-  const auto& args = node.op->schema().arguments();
-  for (size_t i = 0; i < args.size(); ++i) {
-    auto type = args[i].type();
-    if (auto opt = type->cast<c10::OptionalType>()) {
-      type = opt->getElementType();
-    }
-    if (type->kind() == c10::TypeKind::GeneratorType) {
-      stack[i] = c10::IValue(gen);
-    }
-  }
-  state.apply(gen);
-  at::NoGradGuard no_grad;
-  node.op->callBoxed(&stack);
-  state = GenState::of(gen);
 }
 
 at::Tensor materialize_shard(

@@ -67,6 +67,8 @@ ShardStats shard_stats();
 void reset_shard_stats();
 // Whether a shard of this storage has fallen back to whole replay.
 bool storage_fell_back(int64_t storage_id);
+// Adds to ShardStats::draws_skipped (called by discard_draws).
+void count_skipped_draws(int64_t n);
 
 // The local piece of `t` under `placements`, as a new contiguous tensor on
 // `device`. For a lazy tensor, nothing is materialized and the generators
