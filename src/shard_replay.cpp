@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <set>
 #include <unordered_map>
@@ -127,6 +128,32 @@ c10::optional<c10::optional<c10::Scalar>> creation_fill(const Node& node) {
   return c10::nullopt;
 }
 
+// a + alpha * b: the vectorized kernel fuses it (fmadd), the scalar tail
+// does not, so only alpha == 1 is position-independent.
+std::string bad_alpha(const Node& node) {
+  const auto& args = node.op->schema().arguments();
+  for (size_t i = 0; i < args.size(); ++i) {
+    if (args[i].name() == "alpha" && node.args[i].isScalar() &&
+        node.args[i].toScalar().toDouble() != 1.0) {
+      return op_name(node) + " with alpha != 1";
+    }
+  }
+  return std::string();
+}
+
+// Out-of-place element-wise ops that may create a storage from lazy inputs
+// of the same shape (the same position-independence rule as local_ops).
+const std::set<std::string>& derived_ops() {
+  static const std::set<std::string> names = {
+      "aten::_to_copy", "aten::clone", "aten::mul", "aten::div", "aten::add",
+      "aten::sub", "aten::neg", "aten::abs", "aten::clamp", "aten::clamp_min",
+      "aten::clamp_max", "aten::erfinv", "aten::sqrt", "aten::reciprocal",
+      "aten::relu", "aten::sign", "aten::floor", "aten::ceil", "aten::trunc",
+      "aten::masked_fill",
+  };
+  return names;
+}
+
 // Why `node` (a write to `storage`) cannot be replayed over spans, or empty.
 std::string not_local(const LazyStorage& storage, const Node& node, c10::DeviceType device) {
   const std::string& name = op_name(node);
@@ -175,16 +202,7 @@ std::string not_local(const LazyStorage& storage, const Node& node, c10::DeviceT
         break;
     }
   }
-  const auto& args = node.op->schema().arguments();
-  for (size_t i = 0; i < args.size(); ++i) {
-    // a + alpha * b: the vectorized kernel fuses it (fmadd), the scalar
-    // tail does not, so only alpha == 1 is position-independent.
-    if (args[i].name() == "alpha" && node.args[i].isScalar() &&
-        node.args[i].toScalar().toDouble() != 1.0) {
-      return name + " with alpha != 1";
-    }
-  }
-  return std::string();
+  return bad_alpha(node);
 }
 
 class DefaultDtypeGuard {
@@ -235,13 +253,16 @@ void ensure_state_by_draws(RngChain& chain, int64_t index) {
 // the tape is not element-local; nothing is changed then.
 class SpanReplay {
  public:
-  SpanReplay(LazyStorage& storage, std::vector<Span> spans, c10::Device device)
-      : storage_(storage), spans_(std::move(spans)), device_(device) {}
+  SpanReplay(LazyStorage& storage, int64_t version, std::vector<Span> spans, c10::Device device)
+      : storage_(storage), version_(version), spans_(std::move(spans)), device_(device) {}
 
   bool run(at::Tensor* out, std::string* why) {
-    if (!plan(why)) {
-      return false;
-    }
+    return plan(why) && execute(out, why);
+  }
+
+ private:
+  // After plan() succeeded: computes the spans' values.
+  bool execute(at::Tensor* out, std::string* why) {
     int64_t total = 0;
     for (const Span& s : spans_) {
       total += s.size();
@@ -258,9 +279,10 @@ class SpanReplay {
       }
     } else if (fill_.has_value() && fill_->has_value()) {
       buffer_.fill_(**fill_);
+    } else if (derived_ != nullptr && !run_derived(why)) {
+      return false;
     }
-    const int64_t version = storage_.version;
-    for (int64_t k = start_ + 1; k <= version; ++k) {
+    for (int64_t k = start_ + 1; k <= version_; ++k) {
       if (!apply(*storage_.tape[k].node, why)) {
         return false;
       }
@@ -269,10 +291,106 @@ class SpanReplay {
     return true;
   }
 
- private:
+  // Storages made by an element-wise op (x.to(torch.bfloat16), x * 2,
+  // x.clone()) from lazy inputs of the same shape: the inputs are replayed
+  // over the same spans, then the op runs on each span.
+  bool plan_derived(Node& creation, std::string* why) {
+    const std::string& name = op_name(creation);
+    int64_t begin = 0;
+    int64_t numel = 0;
+    const Geometry& out = storage_.creation_geometry;
+    if (derived_ops().count(name) == 0 || storage_.tape.front().element >= 0 ||
+        storage_.tape.front().output != 0 || !contiguous_range(out, &begin, &numel) ||
+        begin != 0 || numel != storage_.numel()) {
+      *why = "created by " + name + ", which is neither a constant fill nor element-wise";
+      return false;
+    }
+    *why = bad_alpha(creation);
+    if (!why->empty()) {
+      return false;
+    }
+    for (size_t i = 0; i < creation.tensors.size(); ++i) {
+      const TensorRef& ref = creation.tensors[i].ref;
+      const int64_t n = numel_of(ref.geometry);
+      if (ref.kind == TensorRef::Kind::kReal) {
+        if (ref.real.numel() != 1 && ref.real.sizes() != c10::IntArrayRef(out.sizes)) {
+          *why = name + " broadcasts a real tensor";
+          return false;
+        }
+        continue;
+      }
+      TORCH_INTERNAL_ASSERT(ref.kind == TensorRef::Kind::kLazy);
+      if (n == 1 && ref.storage->numel() <= kSmallLazy) {
+        continue;  // resolved whole, like a scalar
+      }
+      int64_t in_begin = 0;
+      int64_t in_numel = 0;
+      if (ref.geometry.sizes != out.sizes || ref.dtype != ref.storage->dtype ||
+          !contiguous_range(ref.geometry, &in_begin, &in_numel)) {
+        *why = name + " reads a lazy tensor of another shape or layout";
+        return false;
+      }
+      std::vector<Span> shifted = spans_;
+      for (Span& sp : shifted) {
+        sp.begin += in_begin;
+        sp.end += in_begin;
+      }
+      auto input = std::make_unique<SpanReplay>(
+          *ref.storage, ref.version, std::move(shifted), device_);
+      std::string inner;
+      if (!input->plan(&inner)) {
+        *why = name + " reads a lazy tensor that is not element-local (" + inner + ")";
+        return false;
+      }
+      inputs_.emplace_back(i, std::move(input));
+    }
+    derived_ = &creation;
+    return true;
+  }
+
+  bool run_derived(std::string* why) {
+    std::vector<at::Tensor> values(derived_->tensors.size());
+    for (auto& input : inputs_) {
+      if (!input.second->execute(&values[input.first], why)) {
+        return false;
+      }
+    }
+    at::NoGradGuard no_grad;
+    DefaultDtypeGuard dtype(derived_->default_dtype);
+    int64_t at = 0;
+    for (size_t i = 0; i < spans_.size(); ++i) {
+      std::vector<c10::IValue> stack = derived_->args;
+      copy_tensor_lists(stack);
+      for (size_t j = 0; j < derived_->tensors.size(); ++j) {
+        const auto& slot = derived_->tensors[j];
+        at::Tensor t;
+        if (values[j].defined()) {
+          t = values[j].narrow(0, at, spans_[i].size());
+        } else {
+          Replayer replayer(device_);
+          t = replayer.resolve(slot.ref, at::Tensor());
+          t = (t.dim() == 0 ? t : t.reshape({-1})).to(device_);
+          if (t.numel() != 1) {
+            t = t.narrow(0, spans_[i].begin, spans_[i].size());
+          }
+        }
+        set_tensor(stack, slot.arg, slot.element, t);
+      }
+      for (size_t d : derived_->device_args) {
+        stack[d] = c10::IValue(device_);
+      }
+      derived_->op->callBoxed(&stack);
+      parts_[i].copy_(stack[storage_.tape.front().output].toTensor());
+      at += spans_[i].size();
+    }
+    return true;
+  }
+
+ public:
   // Picks the starting value and checks every later node is local.
   bool plan(std::string* why) {
-    const int64_t version = storage_.version;
+    storage_.check_usable();
+    const int64_t version = version_;
     if (storage_.cached.defined() && storage_.cached_version == version) {
       start_ = version;
       source_ = storage_.cached.to(device_);
@@ -294,13 +412,13 @@ class SpanReplay {
       }
     }
     if (start_ < 0) {
-      const Node& creation = *storage_.tape.front().node;
+      Node& creation = *storage_.tape.front().node;
       auto fill = creation_fill(creation);
-      if (!fill.has_value()) {
-        *why = "created by " + op_name(creation) + ", which is not a constant fill";
+      if (fill.has_value()) {
+        fill_ = *fill;
+      } else if (!plan_derived(creation, why)) {
         return false;
       }
-      fill_ = *fill;
       start_ = 0;
     }
     for (int64_t k = start_ + 1; k <= version; ++k) {
@@ -315,6 +433,7 @@ class SpanReplay {
     return true;
   }
 
+ private:
   bool apply(Node& node, std::string* why) {
     const TensorRef& self = node.tensors[node.self_slot].ref;
     int64_t begin = 0;
@@ -375,8 +494,11 @@ class SpanReplay {
   }
 
   LazyStorage& storage_;
+  int64_t version_;
   std::vector<Span> spans_;
   c10::Device device_;
+  Node* derived_ = nullptr;  // element-wise creation op, if the start is one
+  std::vector<std::pair<size_t, std::unique_ptr<SpanReplay>>> inputs_;  // its lazy inputs
   int64_t start_ = 0;
   at::Tensor source_;                         // value at start_ (flat), if any
   c10::optional<c10::optional<c10::Scalar>> fill_;  // creation fill, if any
@@ -491,7 +613,7 @@ at::Tensor materialize_shard(
     std::vector<Span> spans = storage_spans(geometry, piece, &in_order);
     const int64_t lo = spans.empty() ? 0 : spans.front().begin;
     const bool whole = spans.size() == 1 && lo == 0 && spans.front().end == storage->numel();
-    SpanReplay replay(*storage, std::move(spans), device);
+    SpanReplay replay(*storage, storage->version, std::move(spans), device);
     at::Tensor buffer;
     if (replay.run(&buffer, &why)) {
       ++(whole ? counters().whole : counters().pushed_down);
