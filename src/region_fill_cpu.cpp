@@ -27,6 +27,7 @@
 
 #include <algorithm>
 #include <array>
+#include <functional>
 
 namespace lazyinit {
 namespace {
@@ -74,26 +75,38 @@ void discard_draws(at::mt19937& engine, int64_t n) {
   engine.set_data(d);
 }
 
-void run_random_node(Node& node, GenState& state, const at::Tensor& self) {
+namespace {
+
+// Runs `call` on a private CPU generator set to `state`, then stores the
+// state after it: region replay never moves the user's generators.
+void with_generator(GenState& state, const std::function<void(at::Generator&)>& call) {
   thread_local at::Generator gen = at::make_generator<at::CPUGeneratorImpl>();
+  state.apply(gen);
+  at::NoGradGuard no_grad;
+  call(gen);
+  state = GenState::of(gen);
+}
+
+}  // namespace
+
+void run_random_node(Node& node, GenState& state, const at::Tensor& self) {
   std::vector<c10::IValue> stack = node.args;
   copy_tensor_lists(stack);
   const auto& slot = node.tensors[node.self_slot];
   set_tensor(stack, slot.arg, slot.element, self);
-  const auto& args = node.op->schema().arguments();
-  for (size_t i = 0; i < args.size(); ++i) {
-    auto type = args[i].type();
-    if (auto opt = type->cast<c10::OptionalType>()) {
-      type = opt->getElementType();
+  with_generator(state, [&](at::Generator& gen) {
+    const auto& args = node.op->schema().arguments();
+    for (size_t i = 0; i < args.size(); ++i) {
+      auto type = args[i].type();
+      if (auto opt = type->cast<c10::OptionalType>()) {
+        type = opt->getElementType();
+      }
+      if (type->kind() == c10::TypeKind::GeneratorType) {
+        stack[i] = c10::IValue(gen);
+      }
     }
-    if (type->kind() == c10::TypeKind::GeneratorType) {
-      stack[i] = c10::IValue(gen);
-    }
-  }
-  state.apply(gen);
-  at::NoGradGuard no_grad;
-  node.op->callBoxed(&stack);
-  state = GenState::of(gen);
+    node.op->callBoxed(&stack);
+  });
 }
 
 namespace {
@@ -119,24 +132,48 @@ int64_t draws_per_uniform(caffe2::TypeMeta dtype) {
   return -1;
 }
 
+// Fills a tensor from a generator state (advancing it) as the recorded op
+// would fill its whole output: the node's own op for in-place fills, the
+// kernel a random factory runs (randn: empty + normal_(0, 1)).
+using Kernel = std::function<void(GenState& state, const at::Tensor& out)>;
+
+Kernel node_kernel(Node& node) {
+  return [&node](GenState& state, const at::Tensor& out) { run_random_node(node, state, out); };
+}
+
+Kernel factory_kernel(bool normal) {
+  return [normal](GenState& state, const at::Tensor& out) {
+    with_generator(state, [&](at::Generator& gen) {
+      // What at::randn / at::rand run on the empty result (torch 1.13).
+      if (normal) {
+        out.normal_(0, 1, gen);
+      } else {
+        out.uniform_(0, 1, gen);
+      }
+    });
+  };
+}
+
 // Generates from a position in the stream onwards, forward only.
 class StreamCursor {
  public:
-  explicit StreamCursor(const GenState& start) : state_(start) {}
+  StreamCursor(const GenState& start, Kernel kernel)
+      : state_(start), kernel_(std::move(kernel)) {}
 
   void seek(int64_t position) {
     TORCH_INTERNAL_ASSERT(position >= position_, "region generator seeks backwards");
     discard_draws(state_.engine, position - position_);
     position_ = position;
   }
-  // Runs the node on `self`, which consumes `draws` outputs.
-  void run(Node& node, const at::Tensor& self, int64_t draws) {
-    run_random_node(node, state_, self);
+  // Fills `out`, which consumes `draws` outputs.
+  void run(const at::Tensor& out, int64_t draws) {
+    kernel_(state_, out);
     position_ += draws;
   }
 
  private:
   GenState state_;
+  Kernel kernel_;
   int64_t position_ = 0;
 };
 
@@ -171,35 +208,35 @@ int64_t normal_draws(const Node& node) {
   return (n + (n % kBlock != 0 ? kBlock : 0)) * per;
 }
 
-bool fill_uniform(Node& node, const GenState& start, int64_t numel,
-                  std::vector<RegionRequest>& requests) {
-  const int64_t per = draws_per_uniform(self_ref(node).dtype);
+bool fill_uniform_with(Kernel kernel, const GenState& start, int64_t numel,
+                       std::vector<RegionRequest>& requests) {
+  const int64_t per = draws_per_uniform(requests.front().out.dtype());
   if (per < 0) {
     return false;
   }
-  StreamCursor cursor(start);
+  StreamCursor cursor(start, std::move(kernel));
   for (auto& r : requests) {
     for (int64_t b = r.begin; b < r.end; b += kChunk) {
       const int64_t e = std::min(r.end, b + kChunk);
       cursor.seek(b * per);
-      cursor.run(node, r.out.narrow(0, b - r.begin, e - b), (e - b) * per);
+      cursor.run(r.out.narrow(0, b - r.begin, e - b), (e - b) * per);
     }
   }
   return true;
 }
 
-bool fill_normal(Node& node, const GenState& start, int64_t n,
-                 std::vector<RegionRequest>& requests) {
-  const int64_t per = draws_per_uniform(self_ref(node).dtype);
+bool fill_normal_with(Kernel kernel, const GenState& start, int64_t n,
+                      std::vector<RegionRequest>& requests) {
+  const int64_t per = draws_per_uniform(requests.front().out.dtype());
   if (per < 0) {
     return false;
   }
   const auto options = requests.front().out.options();
-  StreamCursor cursor(start);
+  StreamCursor cursor(start, std::move(kernel));
   if (n < kBlock) {
     // Serial kernel: run it whole (at most 15 elements) and cut.
     at::Tensor whole = at::empty({n}, options);
-    cursor.run(node, whole, 0);
+    cursor.run(whole, 0);
     for (auto& r : requests) {
       r.out.copy_(whole.narrow(0, r.begin, r.end - r.begin));
     }
@@ -215,7 +252,7 @@ bool fill_normal(Node& node, const GenState& start, int64_t n,
   auto get_block = [&](int64_t begin) -> const at::Tensor& {
     if (begin != block_begin) {
       cursor.seek(begin * per);
-      cursor.run(node, block, kBlock * per);
+      cursor.run(block, kBlock * per);
       block_begin = begin;
     }
     return block;
@@ -234,7 +271,7 @@ bool fill_normal(Node& node, const GenState& start, int64_t n,
       }
       const int64_t e = std::min(main_end / kBlock * kBlock, b + kChunk);
       cursor.seek(b * per);
-      cursor.run(node, r.out.narrow(0, b - r.begin, e - b), (e - b) * per);
+      cursor.run(r.out.narrow(0, b - r.begin, e - b), (e - b) * per);
       b = e;
     }
   }
@@ -249,7 +286,7 @@ bool fill_normal(Node& node, const GenState& start, int64_t n,
         // Drawn after the n uniforms of the main pass.
         tail = at::empty({kBlock}, options);
         cursor.seek(n * per);
-        cursor.run(node, tail, kBlock * per);
+        cursor.run(tail, kBlock * per);
       }
       r.out.narrow(0, b - r.begin, r.end - b).copy_(tail.narrow(0, b - tail_start, r.end - b));
     }
@@ -257,12 +294,74 @@ bool fill_normal(Node& node, const GenState& start, int64_t n,
   return true;
 }
 
+// Output numel and dtype of a random factory (randn / rand) from its
+// arguments; the recorder pins dtype, so it is always set.
+bool factory_output(const Node& node, int64_t* numel, caffe2::TypeMeta* dtype) {
+  const auto& args = node.op->schema().arguments();
+  bool have_size = false;
+  *dtype = node.default_dtype;
+  for (size_t i = 0; i < args.size(); ++i) {
+    if (args[i].name() == "size" && node.args[i].isIntList()) {
+      *numel = 1;
+      for (int64_t s : node.args[i].toIntVector()) {
+        *numel *= s;
+      }
+      have_size = true;
+    } else if (args[i].name() == "dtype" && node.args[i].isInt()) {
+      *dtype = c10::scalarTypeToTypeMeta(static_cast<c10::ScalarType>(node.args[i].toInt()));
+    } else if (args[i].name() == "names" && !node.args[i].isNone()) {
+      return false;
+    }
+  }
+  return have_size;
+}
+
+int64_t rand_draws(const Node& node) {
+  int64_t n = 0;
+  caffe2::TypeMeta dtype;
+  if (!factory_output(node, &n, &dtype)) {
+    return -1;
+  }
+  const int64_t per = draws_per_uniform(dtype);
+  return per < 0 ? -1 : n * per;
+}
+
+int64_t randn_draws(const Node& node) {
+  int64_t n = 0;
+  caffe2::TypeMeta dtype;
+  if (!factory_output(node, &n, &dtype)) {
+    return -1;
+  }
+  const int64_t per = draws_per_uniform(dtype);
+  if (per < 0 || (n > 0 && n < kBlock)) {
+    return -1;  // the serial path: depends on the cached normal sample
+  }
+  return (n + (n % kBlock != 0 ? kBlock : 0)) * per;
+}
+
 struct RegisterCpuFills {
   RegisterCpuFills() {
     register_draw_count("aten::uniform_", uniform_draws);
     register_draw_count("aten::normal_", normal_draws);
-    register_region_fill("aten::uniform_", c10::DeviceType::CPU, fill_uniform);
-    register_region_fill("aten::normal_", c10::DeviceType::CPU, fill_normal);
+    register_draw_count("aten::rand", rand_draws);
+    register_draw_count("aten::randn", randn_draws);
+    constexpr auto cpu = c10::DeviceType::CPU;
+    register_region_fill("aten::uniform_", cpu, [](Node& node, const GenState& start,
+                                                   int64_t n, std::vector<RegionRequest>& r) {
+      return fill_uniform_with(node_kernel(node), start, n, r);
+    });
+    register_region_fill("aten::normal_", cpu, [](Node& node, const GenState& start,
+                                                  int64_t n, std::vector<RegionRequest>& r) {
+      return fill_normal_with(node_kernel(node), start, n, r);
+    });
+    register_region_fill("aten::rand", cpu, [](Node&, const GenState& start, int64_t n,
+                                               std::vector<RegionRequest>& r) {
+      return fill_uniform_with(factory_kernel(false), start, n, r);
+    });
+    register_region_fill("aten::randn", cpu, [](Node&, const GenState& start, int64_t n,
+                                                std::vector<RegionRequest>& r) {
+      return fill_normal_with(factory_kernel(true), start, n, r);
+    });
   }
 };
 const RegisterCpuFills register_cpu_fills;

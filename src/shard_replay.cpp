@@ -281,6 +281,14 @@ class SpanReplay {
       buffer_.fill_(**fill_);
     } else if (derived_ != nullptr && !run_derived(why)) {
       return false;
+    } else if (random_creation_ != nullptr) {
+      std::vector<RegionRequest> requests;
+      for (size_t i = 0; i < spans_.size(); ++i) {
+        requests.push_back({spans_[i].begin, spans_[i].end, parts_[i]});
+      }
+      if (!requests.empty() && !fill_random(*random_creation_, storage_.numel(), requests, why)) {
+        return false;
+      }
     }
     for (int64_t k = start_ + 1; k <= version_; ++k) {
       if (!apply(*storage_.tape[k].node, why)) {
@@ -345,6 +353,36 @@ class SpanReplay {
       inputs_.emplace_back(i, std::move(input));
     }
     derived_ = &creation;
+    return true;
+  }
+
+  // Random factories (torch.randn / torch.rand) with a region generator,
+  // whose output is the whole storage in order.
+  bool plan_random_creation(Node& creation, std::string* why) {
+    const std::string& name = op_name(creation);
+    int64_t begin = 0;
+    int64_t numel = 0;
+    if (find_region_fill(name, device_.type()) == nullptr ||
+        storage_.tape.front().element >= 0 || storage_.tape.front().output != 0 ||
+        !contiguous_range(storage_.creation_geometry, &begin, &numel) || begin != 0 ||
+        numel != storage_.numel()) {
+      *why = "created by " + name + ", which has no region generator for " +
+          c10::DeviceTypeName(device_.type());
+      return false;
+    }
+    random_creation_ = &creation;
+    return true;
+  }
+
+  bool fill_random(Node& node, int64_t numel, std::vector<RegionRequest>& requests,
+                   std::string* why) {
+    RngChain& chain = *node.chain;
+    ensure_state_by_draws(chain, node.rng_index);
+    const RegionFill* fill = find_region_fill(op_name(node), device_.type());
+    if (!(*fill)(node, *chain.states[node.rng_index], numel, requests)) {
+      *why = op_name(node) + ": the region generator declined this call";
+      return false;
+    }
     return true;
   }
 
@@ -416,6 +454,10 @@ class SpanReplay {
       auto fill = creation_fill(creation);
       if (fill.has_value()) {
         fill_ = *fill;
+      } else if (creation.is_random()) {
+        if (!plan_random_creation(creation, why)) {
+          return false;
+        }
       } else if (!plan_derived(creation, why)) {
         return false;
       }
@@ -454,14 +496,7 @@ class SpanReplay {
     at::NoGradGuard no_grad;
     DefaultDtypeGuard dtype(node.default_dtype);
     if (node.is_random()) {
-      RngChain& chain = *node.chain;
-      ensure_state_by_draws(chain, node.rng_index);
-      const RegionFill* fill = find_region_fill(op_name(node), device_.type());
-      if (!(*fill)(node, *chain.states[node.rng_index], numel, requests)) {
-        *why = op_name(node) + ": the region generator declined this call";
-        return false;
-      }
-      return true;
+      return fill_random(node, numel, requests, why);
     }
     for (auto& r : requests) {
       std::vector<c10::IValue> stack = node.args;
@@ -498,6 +533,7 @@ class SpanReplay {
   std::vector<Span> spans_;
   c10::Device device_;
   Node* derived_ = nullptr;  // element-wise creation op, if the start is one
+  Node* random_creation_ = nullptr;  // random factory, if the start is one
   std::vector<std::pair<size_t, std::unique_ptr<SpanReplay>>> inputs_;  // its lazy inputs
   int64_t start_ = 0;
   at::Tensor source_;                         // value at start_ (flat), if any

@@ -33,7 +33,8 @@ struct RegionRequest {
 
 // Fills `requests` (sorted by begin, disjoint) with exactly the values
 // `node` writes at those positions when run whole from generator state
-// `start`. `numel` is the size of the view the node writes (contiguous).
+// `start`. `numel` is the size of the view the node writes (contiguous), or
+// of the output for random factories (torch.randn).
 // Returns false when it cannot reproduce this call exactly (the caller then
 // falls back); it may not have written anything in that case.
 using RegionFill = std::function<bool(

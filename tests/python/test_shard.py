@@ -79,6 +79,9 @@ def nn_init_model(dtype: torch.dtype) -> Dict[str, torch.Tensor]:
     nn.init.uniform_(new("uniform_1x40", 1, 40))
     if dtype != torch.float16:  # erfinv_ has no Half CPU kernel in torch 1.13
         nn.init.trunc_normal_(new("trunc", 129, 7), std=0.02)
+    t["randn_scaled"] = torch.randn(37, 5, dtype=dtype) * 0.02  # random factory, then mul
+    t["rand"] = torch.rand(41, dtype=dtype)
+    t["randn_tiny"] = torch.randn(3, 4, dtype=dtype)  # < 16: serial kernel
     return t
 
 
