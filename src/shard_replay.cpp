@@ -9,6 +9,7 @@
 #include <ATen/ops/as_strided.h>
 #include <ATen/ops/empty.h>
 #include <c10/core/DefaultDtype.h>
+#include <c10/core/impl/DeviceGuardImplInterface.h>
 #include <c10/util/Exception.h>
 
 #include <algorithm>
@@ -563,6 +564,15 @@ void check_shard_device(c10::Device device) {
       !is_lazy_device(device) && device.type() != c10::DeviceType::Meta,
       "lazyinit: cannot materialize a shard onto '", device.str(),
       "': pick a device that holds data, such as \"cpu\" or \"cuda\".");
+  if (device.is_cpu()) {
+    return;
+  }
+  const bool known = c10::impl::hasDeviceGuardImpl(device.type());
+  const auto count = known ? c10::impl::getDeviceGuardImpl(device.type())->deviceCount() : 0;
+  TORCH_CHECK(
+      count > 0 && (!device.has_index() || device.index() < count),
+      "lazyinit: cannot materialize a shard onto '", device.str(), "': ", count,
+      " device(s) of that type are available in this torch build. Use device=\"cpu\".");
 }
 
 }  // namespace

@@ -283,6 +283,22 @@ def test_real_tensors_and_placement_errors() -> None:
         y = torch.empty(4, 4).normal_()
     with pytest.raises(RuntimeError, match="holds data"):
         lazyinit.materialize_shard(y, Shard(0, 0, 2), device="meta")
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="cannot materialize a shard onto 'cuda'"):
+            lazyinit.materialize_shard(y, Shard(0, 0, 2), device="cuda")
+
+
+def test_shard_of_a_tensor_whose_value_was_needed_early() -> None:
+    """A value computed early (tolist) is cached: pieces start from it."""
+    def build(dtype):
+        t = torch.empty(50, 3, dtype=dtype).normal_()
+        t.tolist()
+        t.mul_(2)
+        return {"t": t}
+
+    eager, _, lazy = build_both(build, torch.float32)
+    for p in (Shard(0, 1, 3), Shard(1, 2, 3), FlatRange(7, 99)):
+        assert torch.equal(lazyinit.materialize_shard(lazy["t"], p), expected_piece(eager["t"], p))
 
 
 _MEMORY_SCRIPT = textwrap.dedent("""
