@@ -208,7 +208,8 @@ int64_t normal_draws(const Node& node) {
   return (n + (n % kBlock != 0 ? kBlock : 0)) * per;
 }
 
-bool fill_uniform_with(Kernel kernel, const GenState& start, int64_t numel,
+// One draw (or two) per element, wherever the range sits: numel is unused.
+bool fill_uniform_with(Kernel kernel, const GenState& start, int64_t /*numel*/,
                        std::vector<RegionRequest>& requests) {
   const int64_t per = draws_per_uniform(requests.front().out.dtype());
   if (per < 0) {
@@ -346,22 +347,22 @@ struct RegisterCpuFills {
     register_draw_count("aten::rand", rand_draws);
     register_draw_count("aten::randn", randn_draws);
     constexpr auto cpu = c10::DeviceType::CPU;
-    register_region_fill("aten::uniform_", cpu, [](Node& node, const GenState& start,
-                                                   int64_t n, std::vector<RegionRequest>& r) {
-      return fill_uniform_with(node_kernel(node), start, n, r);
-    });
-    register_region_fill("aten::normal_", cpu, [](Node& node, const GenState& start,
-                                                  int64_t n, std::vector<RegionRequest>& r) {
-      return fill_normal_with(node_kernel(node), start, n, r);
-    });
-    register_region_fill("aten::rand", cpu, [](Node&, const GenState& start, int64_t n,
-                                               std::vector<RegionRequest>& r) {
-      return fill_uniform_with(factory_kernel(false), start, n, r);
-    });
-    register_region_fill("aten::randn", cpu, [](Node&, const GenState& start, int64_t n,
-                                                std::vector<RegionRequest>& r) {
-      return fill_normal_with(factory_kernel(true), start, n, r);
-    });
+    register_region_fill(
+        "aten::uniform_", cpu, [](Node& node, int64_t n, std::vector<RegionRequest>& r) {
+          return fill_uniform_with(node_kernel(node), cpu_state_before(node), n, r);
+        });
+    register_region_fill(
+        "aten::normal_", cpu, [](Node& node, int64_t n, std::vector<RegionRequest>& r) {
+          return fill_normal_with(node_kernel(node), cpu_state_before(node), n, r);
+        });
+    register_region_fill(
+        "aten::rand", cpu, [](Node& node, int64_t n, std::vector<RegionRequest>& r) {
+          return fill_uniform_with(factory_kernel(false), cpu_state_before(node), n, r);
+        });
+    register_region_fill(
+        "aten::randn", cpu, [](Node& node, int64_t n, std::vector<RegionRequest>& r) {
+          return fill_normal_with(factory_kernel(true), cpu_state_before(node), n, r);
+        });
   }
 };
 const RegisterCpuFills register_cpu_fills;

@@ -32,13 +32,14 @@ struct RegionRequest {
 };
 
 // Fills `requests` (sorted by begin, disjoint) with exactly the values
-// `node` writes at those positions when run whole from generator state
-// `start`. `numel` is the size of the view the node writes (contiguous), or
-// of the output for random factories (torch.randn).
-// Returns false when it cannot reproduce this call exactly (the caller then
-// falls back); it may not have written anything in that case.
-using RegionFill = std::function<bool(
-    Node& node, const GenState& start, int64_t numel, std::vector<RegionRequest>& requests)>;
+// `node` writes at those positions when run whole on the target device.
+// `numel` is the size of the view the node writes (contiguous), or of the
+// output for random factories (torch.randn). The generator position is the
+// fill's business: CPU fills ask cpu_state_before(node); a CUDA fill would
+// compute the node's Philox offset. Returns false when it cannot reproduce
+// this call exactly (the caller then falls back).
+using RegionFill =
+    std::function<bool(Node& node, int64_t numel, std::vector<RegionRequest>& requests)>;
 
 // Number of generator draws (32-bit outputs of mt19937) `node` consumes
 // when run whole, where it is known without running it; -1 otherwise.
@@ -51,6 +52,11 @@ void register_region_fill(const std::string& op, c10::DeviceType device, RegionF
 const RegionFill* find_region_fill(const std::string& op, c10::DeviceType device);
 void register_draw_count(const std::string& op, DrawCount count);
 int64_t draw_count(const Node& node);
+
+// The CPU generator state before random node `node`, made known by counting
+// the draws of earlier nodes of its chain (no memory), or by running them
+// into scratch where their draw count is unknown.
+GenState cpu_state_before(Node& node);
 
 // Process-wide counters (lazyinit.shard_stats()).
 struct ShardStats {
@@ -78,6 +84,20 @@ at::Tensor materialize_shard(
     const at::Tensor& t,
     const std::vector<Placement>& placements,
     c10::Device device);
+
+// Replays `storage` at `version` over `spans` (sorted, disjoint storage
+// element ranges) into one buffer holding the spans' elements concatenated.
+// Returns false, with the reason, when the tape is not element-local (see
+// the top of this file); nothing observable has changed then.
+bool replay_spans(
+    LazyStorage& storage,
+    int64_t version,
+    std::vector<Span> spans,
+    c10::Device device,
+    at::Tensor* out,
+    std::string* why);
+
+int64_t geometry_numel(const Geometry& g);
 
 // If the view `g` is a contiguous run of storage elements (row-major, size-1
 // dims ignored), its first element and length.
