@@ -120,3 +120,53 @@ TEST(ShardReplay, EveryShardEqualsTheEagerSliceInAnyOrder) {
 
 }  // namespace
 }  // namespace lazyinit
+
+namespace lazyinit {
+namespace {
+
+// RAII: swaps in a region generator and puts the previous one back.
+class RegionFillOverride {
+ public:
+  RegionFillOverride(std::string op, c10::DeviceType device, RegionFill fill)
+      : op_(std::move(op)), device_(device), saved_(*find_region_fill(op_, device)) {
+    register_region_fill(op_, device_, std::move(fill));
+  }
+  ~RegionFillOverride() { register_region_fill(op_, device_, saved_); }
+  RegionFillOverride(const RegionFillOverride&) = delete;
+  RegionFillOverride& operator=(const RegionFillOverride&) = delete;
+
+ private:
+  std::string op_;
+  c10::DeviceType device_;
+  RegionFill saved_;
+};
+
+TEST(ShardReplay, ARegionGeneratorThatDeclinesFallsBackExactly) {
+  at::manual_seed(11);
+  at::Tensor eager = at::empty({40, 6}).normal_(0, 2);
+  at::manual_seed(11);
+  at::Tensor lazy = at::empty({40, 6}, testing::lazy_options()).normal_(0, 2);
+  reset_shard_stats();
+  int calls = 0;
+  {
+    RegionFillOverride decline(
+        "aten::normal_", c10::DeviceType::CPU,
+        [&](Node&, int64_t, std::vector<RegionRequest>&) {
+          ++calls;
+          return false;
+        });
+    std::vector<Placement> p{Placement::shard(0, 1, 3)};
+    EXPECT_TRUE(at::equal(
+        materialize_shard(lazy, p, c10::Device(c10::kCPU)), local_piece(eager.sizes(), p).slice(eager)));
+  }
+  EXPECT_EQ(calls, 1);
+  EXPECT_EQ(shard_stats().fallbacks, 1);
+  std::vector<Placement> p{Placement::shard(0, 2, 3)};
+  EXPECT_TRUE(at::equal(
+      materialize_shard(lazy, p, c10::Device(c10::kCPU)), local_piece(eager.sizes(), p).slice(eager)));
+  EXPECT_EQ(shard_stats().fallbacks, 1);  // the CPU generator is back
+  EXPECT_EQ(shard_stats().pushed_down, 1);
+}
+
+}  // namespace
+}  // namespace lazyinit
