@@ -71,6 +71,8 @@ def nn_init_model(dtype: torch.dtype) -> Dict[str, torch.Tensor]:
     nn.init.kaiming_uniform_(new("kaiming", 4097, 11), a=math.sqrt(5))
     nn.init.normal_(new("normal", 37, 33), std=0.02)
     nn.init.xavier_normal_(new("xavier", 33, 17))
+    nn.init.xavier_uniform_(new("xavier_u", 18, 5))
+    nn.init.kaiming_normal_(new("kaiming_n", 21, 9), nonlinearity="relu")
     nn.init.uniform_(new("uniform_tiny", 3, 5), -0.5, 0.5)
     nn.init.normal_(new("normal_tiny", 7), std=0.02)   # < 16: serial kernel
     nn.init.normal_(new("normal_15", 3, 5))
@@ -106,6 +108,8 @@ def edit_model(dtype: torch.dtype) -> Dict[str, torch.Tensor]:
     t["derived"].add_(1)
     t["derived_rows"] = base[3:9].clone().to(dtype)
     t["derived_sum"] = (t["zeros_view"] + torch.ones(23, 6, dtype=dtype)) / 3
+    base.mul_(0.5)  # the derived ones read the version before this
+    t["base_after"] = base
     return t
 
 
