@@ -275,6 +275,13 @@ def test_real_tensors_and_placement_errors() -> None:
     piece.fill_(0)
     assert x.sum() == 435  # a copy, not a view
     assert lazyinit.chunk_bounds(5, 3, 4) == (5, 5)
+    assert torch.equal(lazyinit.materialize_shard(x, Shard(-1, 1, 4)), x.chunk(4, -1)[1])
+    with lazyinit.LazyInitContext():
+        z = torch.zeros(5, 6)
+        z[:, 2].fill_(1.0)  # a strided write: falls back, still exact
+    assert torch.equal(lazyinit.materialize_shard(z, Shard(-1, 1, 4)),
+                       expected_piece(torch.zeros(5, 6).index_fill_(1, torch.tensor([2]), 1.0),
+                                      Shard(-1, 1, 4)))
     with pytest.raises(ValueError):
         Shard(0, 3, 3)
     with pytest.raises(RuntimeError, match="out of range"):
