@@ -6,12 +6,15 @@
 #include <lazyinit/registration.h>
 #include <lazyinit/replay.h>
 #include <lazyinit/rng.h>
+#include <lazyinit/shard_replay.h>
 
 #include <ATen/ops/as_strided.h>
 #include <torch/csrc/utils/pybind.h>
 #include <torch/python.h>
 
+#include <array>
 #include <string>
+#include <vector>
 
 namespace py = pybind11;
 
@@ -64,6 +67,28 @@ void discard(const at::Tensor& t) {
   storage.tape.clear();
   storage.cached = at::Tensor();
   storage.state = StorageState::kDiscarded;
+}
+
+// Placements from Python as (kind, a, b, c): (0, ...) Replicate,
+// (1, dim, rank, world_size) Shard, (2, start, end, _) FlatRange.
+std::vector<Placement> placements_from(const std::vector<std::array<int64_t, 4>>& items) {
+  std::vector<Placement> out;
+  for (const auto& p : items) {
+    switch (p[0]) {
+      case 0:
+        out.push_back(Placement::replicate());
+        break;
+      case 1:
+        out.push_back(Placement::shard(p[1], p[2], p[3]));
+        break;
+      case 2:
+        out.push_back(Placement::flat_range(p[1], p[2]));
+        break;
+      default:
+        TORCH_CHECK(false, "lazyinit: unknown placement kind ", p[0]);
+    }
+  }
+  return out;
 }
 
 }  // namespace
@@ -142,6 +167,31 @@ PYBIND11_MODULE(_C, m) {
   m.def("_set_philox_grid_limits", [](const std::vector<int64_t>& limits) {
     py::gil_scoped_release no_gil;
     set_philox_grid_limits(limits);
+  });
+  m.def(
+      "_materialize_shard",
+      [](const at::Tensor& t, const std::vector<std::array<int64_t, 4>>& placements,
+         const std::string& device) {
+        auto list = placements_from(placements);
+        py::gil_scoped_release no_gil;
+        return materialize_shard(t, list, c10::Device(device));
+      });
+  m.def("_shard_stats", [] {
+    ShardStats s = shard_stats();
+    py::dict d;
+    d["shards"] = s.shards;
+    d["pushed_down"] = s.pushed_down;
+    d["fallbacks"] = s.fallbacks;
+    d["whole"] = s.whole;
+    d["rng_scratch_runs"] = s.rng_scratch_runs;
+    d["draws_skipped"] = s.draws_skipped;
+    d["fallback_reasons"] = s.fallback_reasons;
+    return d;
+  });
+  m.def("_reset_shard_stats", &reset_shard_stats);
+  m.def("_shard_fell_back", [](const at::Tensor& t) {
+    auto* impl = get_pending_impl(t);
+    return impl != nullptr && storage_fell_back(impl->lazy_storage()->id);
   });
   m.def("_rng_catch_up", [] {
     py::gil_scoped_release no_gil;

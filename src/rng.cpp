@@ -147,6 +147,15 @@ bool GenState::operator==(const GenState& other) const {
 
 RngChain::RngChain(at::Generator gen) : generator(std::move(gen)) {}
 
+void rng_record_state_after(RngChain& chain, Node& node, GenState state) {
+  record_state_after(chain, node, std::move(state));
+  chain.dead.erase(node.rng_index);
+}
+
+void rng_ensure_state(RngChain& chain, int64_t index, Replayer& replayer) {
+  ensure_state(chain, index, replayer);
+}
+
 bool is_random_op(const c10::FunctionSchema& schema) {
   for (const auto& arg : schema.arguments()) {
     auto t = arg.type();

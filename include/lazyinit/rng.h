@@ -107,4 +107,11 @@ uint64_t rng_initial_seed();
 
 bool is_random_op(const c10::FunctionSchema& schema);
 
+// For region replay (src/shard_replay.cpp), which advances generators by
+// counting draws instead of running nodes into scratch buffers.
+// Records the state after chain node `node` (a no-op when already known).
+void rng_record_state_after(RngChain& chain, Node& node, GenState state);
+// Makes states[index] known, running earlier nodes into scratch as needed.
+void rng_ensure_state(RngChain& chain, int64_t index, Replayer& replayer);
+
 }  // namespace lazyinit

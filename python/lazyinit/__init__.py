@@ -30,18 +30,36 @@ from ._materialize import (  # noqa: E402
     replay_count,
     stats,
 )
+from ._shard import (  # noqa: E402
+    FlatRange,
+    Replicate,
+    Shard,
+    chunk_bounds,
+    materialize_module_shards,
+    materialize_shard,
+    reset_shard_stats,
+    shard_stats,
+)
 
 #: The device type lazy tensors report ("lazy", or "privateuseone"'s rename).
 device_type: str = _C._lazy_device_type()
 
 __all__ = [
+    "FlatRange",
     "LazyInitContext",
     "LazyStats",
+    "Replicate",
+    "Shard",
+    "chunk_bounds",
     "discard",
     "device_type",
     "is_lazy",
     "live_graph_nodes",
     "materialize",
+    "materialize_module_shards",
+    "materialize_shard",
     "replay_count",
+    "reset_shard_stats",
+    "shard_stats",
     "stats",
 ]

@@ -95,6 +95,9 @@ class LazyStats:
     ``lazy``: still awaiting materialization; ``materialized``: real now;
     ``early``: whose values had to be computed before materialization (an op
     needed them), whether or not they have been materialized since.
+    ``shard_fallbacks``: lazy tensors for which
+    :func:`lazyinit.materialize_shard` had to replay the whole storage and
+    slice it (an op on its tape is not element-local).
     """
 
     parameters_lazy: int = 0
@@ -106,6 +109,7 @@ class LazyStats:
     elements_lazy: int = 0
     elements_materialized: int = 0
     elements_early: int = 0
+    shard_fallbacks: int = 0
 
 
 def stats(module: torch.nn.Module) -> LazyStats:
@@ -122,6 +126,8 @@ def stats(module: torch.nn.Module) -> LazyStats:
         else:  # materialized by lazyinit, or created real
             setattr(s, kind + "_materialized", getattr(s, kind + "_materialized") + 1)
             s.elements_materialized += n
+        if state == _LAZY and _C._shard_fell_back(t):
+            s.shard_fallbacks += 1
         if state != 0 and _C._was_early(t):
             setattr(s, kind + "_early", getattr(s, kind + "_early") + 1)
             s.elements_early += n

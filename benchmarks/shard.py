@@ -1,0 +1,215 @@
+#!/usr/bin/env python3
+"""Materialize-on-shard benchmark: a Llama-shaped model (tests/python/models.py)
+built lazily, then each rank of a world materializes only its own shards.
+
+Each measurement runs in a fresh process. Per rank: time of
+``materialize_module_shards`` for all of that rank's shards (FSDP2-style
+``Shard(0, rank, world)`` for every parameter, buffers replicated), and its
+peak RSS above the RSS after building the lazy model (peak reset with
+/proc/self/clear_refs, Linux). Full materialization of the same shape does
+not fit a small machine (7B fp32 is 27 GB), so it is measured on the same
+shape cut to 1 and 2 decoder layers and extrapolated linearly to the full
+layer count (the embedding, head and norm are the fixed part); its memory is
+the parameter bytes themselves.
+
+    .venv/bin/python benchmarks/shard.py --shape 7b --world 8
+    .venv/bin/python benchmarks/shard.py --shape tiny --world 8 --check   # + equality with eager
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Dict, List
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "tests", "python"))
+sys.path.insert(0, os.path.join(HERE, "..", "python"))
+
+
+def _rss(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _reset_peak() -> None:
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def _build(shape: str, layers: int, seed: int, lazy: bool):
+    import torch
+    import lazyinit
+    from models import Llama, llama_config
+
+    overrides = {} if layers < 0 else {"num_hidden_layers": layers}
+    cfg = llama_config(shape, **overrides)
+    torch.manual_seed(seed)
+    if not lazy:
+        return Llama(cfg)
+    with lazyinit.LazyInitContext():
+        return Llama(cfg)
+
+
+LAYOUTS = ("fsdp", "dim1", "tp2-fsdp")
+
+
+def _placement(model, rank: int, world: int, layout: str = "fsdp"):
+    """Buffers replicated; parameters: "fsdp" Shard(0) (FSDP2 / DTensor),
+    "dim1" Shard(1) of matrices (one storage span per row), "tp2-fsdp"
+    tensor parallel over 2 on dim 0, then FSDP over world/2 on dim 1."""
+    import lazyinit
+
+    buffers = {name for name, _ in model.named_buffers()}
+
+    def fn(name, tensor):
+        if name in buffers or tensor.dim() == 0:
+            return lazyinit.Replicate()
+        if tensor.dim() == 1 or layout == "fsdp":
+            return lazyinit.Shard(0, rank, world)
+        if layout == "dim1":
+            return lazyinit.Shard(1, rank, world)
+        inner = world // 2
+        return [lazyinit.Shard(0, rank // inner, 2), lazyinit.Shard(1, rank % inner, inner)]
+    return fn
+
+
+def _expected(full, placement):
+    import torch
+    import lazyinit
+
+    items = placement if isinstance(placement, list) else [placement]
+    for p in items:
+        if isinstance(p, lazyinit.Shard):
+            chunks = torch.chunk(full, p.world_size, p.dim)
+            full = (chunks[p.rank] if p.rank < len(chunks)
+                    else full.narrow(p.dim, full.shape[p.dim], 0))
+    return full
+
+
+def worker_rank(args) -> Dict:
+    import torch
+    import lazyinit
+
+    torch.set_num_threads(args.threads)
+    model = _build(args.shape, args.layers, args.seed, lazy=True)
+    _reset_peak()
+    base = _rss("VmRSS")
+    t0, c0 = time.perf_counter(), time.process_time()
+    shards = lazyinit.materialize_module_shards(
+        model, _placement(model, args.rank, args.world, args.layout))
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+    peak = _rss("VmHWM")
+    shard_bytes = sum(t.numel() * t.element_size() for t in shards.values())
+    out = {"rank": args.rank, "seconds": seconds, "cpu": cpu, "peak_above_base": peak - base,
+           "shard_bytes": shard_bytes, "stats": lazyinit.shard_stats()}
+    if args.check:
+        eager = _build(args.shape, args.layers, args.seed, lazy=False)
+        state = dict(list(eager.named_parameters()) + list(eager.named_buffers()))
+        placement = _placement(eager, args.rank, args.world, args.layout)
+        for name, piece in shards.items():
+            assert torch.equal(piece, _expected(state[name], placement(name, state[name]))), name
+        out["checked"] = len(shards)
+    return out
+
+
+def worker_full(args) -> Dict:
+    import torch
+    import lazyinit
+
+    torch.set_num_threads(args.threads)
+    model = _build(args.shape, args.layers, args.seed, lazy=True)
+    _reset_peak()
+    base = _rss("VmRSS")
+    t0, c0 = time.perf_counter(), time.process_time()
+    lazyinit.materialize(model, "cpu", progress=False)
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+    peak = _rss("VmHWM")
+    nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    return {"layers": args.layers, "seconds": seconds, "cpu": cpu, "peak_above_base": peak - base,
+            "param_bytes": nbytes}
+
+
+def run_worker(args, **extra) -> Dict:
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker",
+           "--shape", args.shape, "--world", str(args.world), "--seed", str(args.seed),
+           "--threads", str(args.threads), "--layout", args.layout]
+    for k, v in extra.items():
+        cmd += [f"--{k}"] if v is True else [f"--{k}", str(v)]
+    if args.check:
+        cmd.append("--check")
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shape", default="7b")
+    ap.add_argument("--world", type=int, default=8)
+    ap.add_argument("--ranks", default="", help="comma-separated (default: all)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--layout", default="fsdp", choices=LAYOUTS)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--check", action="store_true", help="compare with eager (small shapes)")
+    ap.add_argument("--skip-full", action="store_true")
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--rank", type=int, default=-1, help=argparse.SUPPRESS)
+    ap.add_argument("--layers", type=int, default=-1,
+                    help="cut the model to this many decoder layers (with --check)")
+    ap.add_argument("--full", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker_full(args) if args.full else worker_rank(args)))
+        return 0
+
+    import torch
+    from models import llama_config
+    mib = 2 ** 20
+    cfg = llama_config(args.shape)
+    print(f"shape {args.shape}, world {args.world}, layout {args.layout}, torch {torch.__version__}, "
+          f"{os.cpu_count()} cores, threads {args.threads}, "
+          f"{time.strftime('%Y-%m-%d', time.gmtime())}")
+    ranks = [int(r) for r in args.ranks.split(",")] if args.ranks else list(range(args.world))
+    print("| rank | seconds | CPU seconds | peak RSS above lazy model, MiB | shard MiB "
+          "| pushed down | fallbacks | whole |")
+    print("|---|---|---|---|---|---|---|---|")
+    results: List[Dict] = []
+    for r in ranks:
+        res = run_worker(args, rank=r, layers=args.layers)
+        results.append(res)
+        s = res["stats"]
+        print(f"| {r} | {res['seconds']:.1f} | {res['cpu']:.1f} | {res['peak_above_base'] / mib:.0f} "
+              f"| {res['shard_bytes'] / mib:.0f} | {s['pushed_down']} | {s['fallbacks']} "
+              f"| {s['whole']} |", flush=True)
+    if args.skip_full:
+        return 0
+    full = [run_worker(args, full=True, layers=n) for n in (1, 2)]
+    per_layer = full[1]["seconds"] - full[0]["seconds"]
+    fixed = full[0]["seconds"] - per_layer
+    est = fixed + per_layer * cfg.num_hidden_layers
+    layer_bytes = full[1]["param_bytes"] - full[0]["param_bytes"]
+    full_bytes = full[0]["param_bytes"] - layer_bytes + layer_bytes * cfg.num_hidden_layers
+    for f in full:
+        print(f"full materialization, {f['layers']} layer(s): {f['seconds']:.1f} s "
+              f"({f['cpu']:.1f} s CPU), "
+              f"peak RSS above lazy model {f['peak_above_base'] / mib:.0f} MiB, "
+              f"parameters {f['param_bytes'] / mib:.0f} MiB")
+    print(f"full materialization, {cfg.num_hidden_layers} layers (extrapolated): "
+          f"{est:.0f} s, parameters {full_bytes / 2**30:.1f} GiB")
+    worst = max(results, key=lambda r: r["seconds"])
+    print(f"slowest rank {worst['rank']}: {worst['seconds']:.1f} s "
+          f"({worst['seconds'] / est:.2f}x the full materialization estimate)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+// Materialize-on-shard: the local piece of a lazy tensor, computed by
+// replaying its storage's tape only over the storage spans the piece covers
+// (DESIGN.md, "Placement" and "RNG"). The lazy tensor stays lazy.
+//
+// A tape is pushed down to the spans when every node is element-local:
+// a creation that fills a constant, random fills that a registered region
+// generator reproduces exactly, and whitelisted element-wise in-place ops on
+// contiguous ranges of the storage. Anything else (orthogonal_'s QR, reads of
+// other lazy storages, transposed writes, unknown ops) falls back to
+// replaying the whole storage and slicing it, counted in ShardStats.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/core/Device.h>
+
+#include <lazyinit/graph.h>
+#include <lazyinit/placement.h>
+#include <lazyinit/rng.h>
+
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace lazyinit {
+
+// A range [begin, end) of a random node's elements (row-major in the view
+// it writes) and the contiguous 1-D tensor that receives them.
+struct RegionRequest {
+  int64_t begin = 0;
+  int64_t end = 0;
+  at::Tensor out;
+};
+
+// Fills `requests` (sorted by begin, disjoint) with exactly the values
+// `node` writes at those positions when run whole on the target device.
+// `numel` is the size of the view the node writes (contiguous), or of the
+// output for random factories (torch.randn). The generator position is the
+// fill's business: CPU fills ask cpu_state_before(node); a CUDA fill would
+// compute the node's Philox offset. Returns false when it cannot reproduce
+// this call exactly (the caller then falls back).
+using RegionFill =
+    std::function<bool(Node& node, int64_t numel, std::vector<RegionRequest>& requests)>;
+
+// Number of generator draws (32-bit outputs of mt19937) `node` consumes
+// when run whole, where it is known without running it; -1 otherwise.
+using DrawCount = std::function<int64_t(const Node& node)>;
+
+// Region generators by operator name ("aten::normal_") and target device
+// type. The CPU ones (src/region_fill_cpu.cpp) emulate PyTorch's CPU
+// kernels; a CUDA one (Philox for an index range) plugs in the same way.
+void register_region_fill(const std::string& op, c10::DeviceType device, RegionFill fill);
+const RegionFill* find_region_fill(const std::string& op, c10::DeviceType device);
+void register_draw_count(const std::string& op, DrawCount count);
+int64_t draw_count(const Node& node);
+
+// The CPU generator state before random node `node`, made known by counting
+// the draws of earlier nodes of its chain (no memory), or by running them
+// into scratch where their draw count is unknown.
+GenState cpu_state_before(Node& node);
+
+// Process-wide counters (lazyinit.shard_stats()).
+struct ShardStats {
+  int64_t shards = 0;           // materialize_shard calls on lazy tensors
+  int64_t pushed_down = 0;      // of those, replayed over the spans only
+  int64_t fallbacks = 0;        // of those, whole storage replayed + sliced
+  int64_t whole = 0;            // of those, pieces covering their whole storage
+                                // (Replicate): replayed whole, not a fallback
+  int64_t rng_scratch_runs = 0; // random nodes run whole into scratch to
+                                // learn the generator state after them
+  int64_t draws_skipped = 0;    // mt19937 outputs discarded to reach a position
+  std::vector<std::string> fallback_reasons;  // the latest few, newest last
+};
+ShardStats shard_stats();
+void reset_shard_stats();
+// Whether a shard of this storage has fallen back to whole replay.
+bool storage_fell_back(int64_t storage_id);
+// Adds to ShardStats::draws_skipped (called by discard_draws).
+void count_skipped_draws(int64_t n);
+
+// The local piece of `t` under `placements`, as a new contiguous tensor on
+// `device`. For a lazy tensor, nothing is materialized and the generators
+// are left as they were; for a real one, the piece is copied.
+at::Tensor materialize_shard(
+    const at::Tensor& t,
+    const std::vector<Placement>& placements,
+    c10::Device device);
+
+// Replays `storage` at `version` over `spans` (sorted, disjoint storage
+// element ranges) into one buffer holding the spans' elements concatenated.
+// Returns false, with the reason, when the tape is not element-local (see
+// the top of this file); nothing observable has changed then.
+bool replay_spans(
+    LazyStorage& storage,
+    int64_t version,
+    std::vector<Span> spans,
+    c10::Device device,
+    at::Tensor* out,
+    std::string* why);
+
+int64_t geometry_numel(const Geometry& g);
+
+// If the view `g` is a contiguous run of storage elements (row-major, size-1
+// dims ignored), its first element and length.
+bool contiguous_range(const Geometry& g, int64_t* begin, int64_t* numel);
+
+// Runs `node` (a random op) whole from generator state `state` on `self`
+// through a private generator, leaving the state after the call in `state`.
+void run_random_node(Node& node, GenState& state, const at::Tensor& self);
+
+// The mt19937 engine advanced by `n` outputs.
+void discard_draws(at::mt19937& engine, int64_t n);
+
+}  // namespace lazyinit

@@ -1,0 +1,205 @@
+#include <lazyinit/placement.h>
+
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <sstream>
+
+namespace lazyinit {
+namespace {
+
+// Past this many rows a piece is cut out of one bounding span instead: the
+// per-span work of region replay would cost more than the memory it saves.
+constexpr int64_t kMaxSpans = int64_t{1} << 20;
+
+int64_t product(const std::vector<int64_t>& v) {
+  int64_t n = 1;
+  for (int64_t x : v) {
+    n *= x;
+  }
+  return n;
+}
+
+}  // namespace
+
+Placement Placement::replicate() {
+  return Placement{};
+}
+
+Placement Placement::shard(int64_t dim, int64_t rank, int64_t world_size) {
+  TORCH_CHECK(
+      world_size >= 1 && rank >= 0 && rank < world_size,
+      "lazyinit: Shard(dim=", dim, ", rank=", rank, ", world_size=", world_size,
+      ") needs world_size >= 1 and 0 <= rank < world_size.");
+  Placement p;
+  p.kind = Kind::kShard;
+  p.dim = dim;
+  p.rank = rank;
+  p.world_size = world_size;
+  return p;
+}
+
+Placement Placement::flat_range(int64_t start, int64_t end) {
+  TORCH_CHECK(
+      0 <= start && start <= end,
+      "lazyinit: FlatRange(", start, ", ", end, ") needs 0 <= start <= end.");
+  Placement p;
+  p.kind = Kind::kFlatRange;
+  p.start = start;
+  p.end = end;
+  return p;
+}
+
+std::string Placement::str() const {
+  std::ostringstream out;
+  switch (kind) {
+    case Kind::kReplicate:
+      out << "Replicate()";
+      break;
+    case Kind::kShard:
+      out << "Shard(dim=" << dim << ", rank=" << rank << ", world_size=" << world_size << ")";
+      break;
+    case Kind::kFlatRange:
+      out << "FlatRange(" << start << ", " << end << ")";
+      break;
+  }
+  return out.str();
+}
+
+std::pair<int64_t, int64_t> chunk_bounds(int64_t size, int64_t rank, int64_t world_size) {
+  TORCH_INTERNAL_ASSERT(size >= 0 && world_size >= 1 && rank >= 0 && rank < world_size);
+  const int64_t chunk = (size + world_size - 1) / world_size;
+  const int64_t begin = std::min(rank * chunk, size);
+  const int64_t end = std::min(begin + chunk, size);
+  return {begin, end};
+}
+
+std::vector<int64_t> LocalPiece::shape() const {
+  if (flat) {
+    return {flat_end - flat_start};
+  }
+  return box_sizes;
+}
+
+int64_t LocalPiece::numel() const {
+  return flat ? flat_end - flat_start : product(box_sizes);
+}
+
+at::Tensor LocalPiece::slice(const at::Tensor& full) const {
+  at::Tensor t = full;
+  for (size_t d = 0; d < box_sizes.size(); ++d) {
+    t = t.narrow(static_cast<int64_t>(d), box_start[d], box_sizes[d]);
+  }
+  if (flat) {
+    t = t.reshape({-1}).narrow(0, flat_start, flat_end - flat_start);
+  }
+  return t;
+}
+
+LocalPiece local_piece(c10::IntArrayRef sizes, const std::vector<Placement>& placements) {
+  LocalPiece piece;
+  piece.box_sizes = sizes.vec();
+  piece.box_start.assign(sizes.size(), 0);
+  for (const Placement& p : placements) {
+    switch (p.kind) {
+      case Placement::Kind::kReplicate:
+        break;
+      case Placement::Kind::kShard: {
+        const int64_t ndim = piece.flat ? 1 : static_cast<int64_t>(piece.box_sizes.size());
+        TORCH_CHECK(
+            ndim > 0, "lazyinit: cannot apply ", p.str(), " to a 0-dim tensor; use Replicate().");
+        TORCH_CHECK(
+            p.dim >= -ndim && p.dim < ndim, "lazyinit: ", p.str(), " is out of range for a piece of ",
+            ndim, " dim(s)", piece.flat ? " (a FlatRange leaves a 1-D piece)" : "", ".");
+        const int64_t dim = p.dim < 0 ? p.dim + ndim : p.dim;
+        if (piece.flat) {
+          auto b = chunk_bounds(piece.flat_end - piece.flat_start, p.rank, p.world_size);
+          piece.flat_end = piece.flat_start + b.second;
+          piece.flat_start += b.first;
+        } else {
+          auto b = chunk_bounds(piece.box_sizes[dim], p.rank, p.world_size);
+          piece.box_start[dim] += b.first;
+          piece.box_sizes[dim] = b.second - b.first;
+        }
+        break;
+      }
+      case Placement::Kind::kFlatRange: {
+        const int64_t n = piece.numel();
+        TORCH_CHECK(
+            p.start >= 0 && p.start <= p.end && p.end <= n, "lazyinit: ", p.str(),
+            " does not fit a piece of ", n, " elements; pass 0 <= start <= end <= ", n, ".");
+        const int64_t base = piece.flat ? piece.flat_start : 0;
+        piece.flat = true;
+        piece.flat_start = base + p.start;
+        piece.flat_end = base + p.end;
+        break;
+      }
+    }
+  }
+  return piece;
+}
+
+std::vector<Span> storage_spans(const Geometry& g, const LocalPiece& piece, bool* in_order) {
+  std::vector<Span> spans;
+  *in_order = true;
+  const int64_t total = piece.numel();
+  if (total == 0) {
+    return spans;
+  }
+  const int64_t ndim = static_cast<int64_t>(g.sizes.size());
+  if (ndim == 0) {
+    spans.push_back({g.offset, g.offset + 1});
+    return spans;
+  }
+  const int64_t last = ndim - 1;
+  const int64_t row = piece.box_sizes[last];
+  const int64_t first_elem = piece.flat ? piece.flat_start : 0;
+  const int64_t end_elem = piece.flat ? piece.flat_end : total + first_elem;
+  const int64_t first_row = first_elem / row;
+  const int64_t last_row = (end_elem - 1) / row;
+  bool rows_ok = (g.strides[last] == 1 || row == 1) && last_row - first_row < kMaxSpans;
+  for (int64_t d = 0; d < ndim && rows_ok; ++d) {
+    rows_ok = g.strides[d] >= 0;
+  }
+  if (rows_ok) {
+    for (int64_t r = first_row; r <= last_row && rows_ok; ++r) {
+      // Storage position of (outer index of row r, box_start[last]).
+      int64_t pos = g.offset + piece.box_start[last] * g.strides[last];
+      int64_t rest = r;
+      for (int64_t d = last - 1; d >= 0; --d) {
+        pos += (piece.box_start[d] + rest % piece.box_sizes[d]) * g.strides[d];
+        rest /= piece.box_sizes[d];
+      }
+      const int64_t lo = r == first_row ? first_elem - r * row : 0;
+      const int64_t hi = r == last_row ? end_elem - r * row : row;
+      Span s{pos + lo * g.strides[last], pos + (hi - 1) * g.strides[last] + 1};
+      if (row == 1 || g.strides[last] == 1) {
+        if (!spans.empty() && s.begin < spans.back().end) {
+          rows_ok = false;  // overlapping or decreasing: not a plain layout
+        } else if (!spans.empty() && s.begin == spans.back().end) {
+          spans.back().end = s.end;
+        } else {
+          spans.push_back(s);
+        }
+      }
+    }
+    if (rows_ok) {
+      return spans;
+    }
+    spans.clear();
+  }
+  // One span bounding the box.
+  *in_order = false;
+  int64_t lo = g.offset;
+  int64_t hi = g.offset;
+  for (int64_t d = 0; d < ndim; ++d) {
+    const int64_t from = piece.box_start[d] * g.strides[d];
+    const int64_t to = (piece.box_start[d] + piece.box_sizes[d] - 1) * g.strides[d];
+    lo += std::min(from, to);
+    hi += std::max(from, to);
+  }
+  spans.push_back({lo, hi + 1});
+  return spans;
+}
+
+}  // namespace lazyinit

@@ -1,0 +1,371 @@
+// Region generators for PyTorch's CPU random kernels (torch 1.13's
+// ATen/native/cpu/DistributionTemplates.h and DistributionKernels.cpp, whose
+// behaviour tests/python/test_shard.py checks against eager per dtype):
+//
+// uniform_: cpu_serial_kernel draws one value per element, in memory order,
+//   from uniform_real_distribution<scalar_t>: one 32-bit mt19937 output for
+//   float / half / bfloat16, two (random64) for double.
+// normal_ on a contiguous tensor of >= 16 elements (normal_fill): first one
+//   uniform per element for the whole tensor, then Box-Muller on each block
+//   of 16 (element j pairs with j + 8); when numel % 16 != 0, 16 more
+//   uniforms are drawn and the last 16 elements are recomputed from them.
+//   Smaller or non-contiguous tensors take a serial path through
+//   normal_distribution<double>, which uses the generator's cached normal
+//   sample; those are run whole (only when tiny) or fall back.
+//
+// The values themselves come from PyTorch's own kernel run on a piece of
+// the same dtype positioned in the mt19937 stream, so the arithmetic
+// (AVX2 or not) is the kernel's; only the position mapping is emulated.
+#include <lazyinit/shard_replay.h>
+
+#include <lazyinit/tensor_args.h>
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/core/grad_mode.h>
+#include <ATen/ops/empty.h>
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <array>
+#include <functional>
+
+namespace lazyinit {
+namespace {
+
+// mt19937's state transition (the engine's private next_state()).
+void twist_state(std::array<uint32_t, at::MERSENNE_STATE_N>& state) {
+  constexpr int n = at::MERSENNE_STATE_N;
+  constexpr int m = at::MERSENNE_STATE_M;
+  auto twist = [](uint32_t u, uint32_t v) {
+    const uint32_t mixed = (u & at::UMASK) | (v & at::LMASK);
+    return (mixed >> 1) ^ ((v & 1) ? at::MATRIX_A : 0);
+  };
+  for (int i = 0; i < n - m; ++i) {
+    state[i] = state[i + m] ^ twist(state[i], state[i + 1]);
+  }
+  for (int i = n - m; i < n - 1; ++i) {
+    state[i] = state[i + m - n] ^ twist(state[i], state[i + 1]);
+  }
+  state[n - 1] = state[m - 1] ^ twist(state[n - 1], state[0]);
+}
+
+}  // namespace
+
+void discard_draws(at::mt19937& engine, int64_t n) {
+  if (n <= 0) {
+    return;
+  }
+  // Mirrors operator(): `if (--left_ == 0) next_state(); next_++`, without
+  // tempering the outputs nobody reads: twice as fast as drawing them.
+  count_skipped_draws(n);
+  at::mt19937_data_pod d = engine.data();
+  while (n > 0) {
+    if (d.left_ > 1) {
+      const int64_t k = std::min<int64_t>(n, d.left_ - 1);
+      d.left_ -= static_cast<int>(k);
+      d.next_ += static_cast<uint32_t>(k);
+      n -= k;
+    } else {
+      twist_state(d.state_);
+      d.left_ = at::MERSENNE_STATE_N;
+      d.next_ = 1;
+      n -= 1;
+    }
+  }
+  engine.set_data(d);
+}
+
+namespace {
+
+// Runs `call` on a private CPU generator set to `state`, then stores the
+// state after it: region replay never moves the user's generators.
+void with_generator(GenState& state, const std::function<void(at::Generator&)>& call) {
+  thread_local at::Generator gen = at::make_generator<at::CPUGeneratorImpl>();
+  state.apply(gen);
+  at::NoGradGuard no_grad;
+  call(gen);
+  state = GenState::of(gen);
+}
+
+}  // namespace
+
+void run_random_node(Node& node, GenState& state, const at::Tensor& self) {
+  std::vector<c10::IValue> stack = node.args;
+  copy_tensor_lists(stack);
+  const auto& slot = node.tensors[node.self_slot];
+  set_tensor(stack, slot.arg, slot.element, self);
+  with_generator(state, [&](at::Generator& gen) {
+    const auto& args = node.op->schema().arguments();
+    for (size_t i = 0; i < args.size(); ++i) {
+      auto type = args[i].type();
+      if (auto opt = type->cast<c10::OptionalType>()) {
+        type = opt->getElementType();
+      }
+      if (type->kind() == c10::TypeKind::GeneratorType) {
+        stack[i] = c10::IValue(gen);
+      }
+    }
+    node.op->callBoxed(&stack);
+  });
+}
+
+namespace {
+
+// Elements generated per kernel call (a multiple of the 16-element
+// Box-Muller block).
+constexpr int64_t kChunk = int64_t{1} << 20;
+constexpr int64_t kBlock = 16;
+
+const TensorRef& self_ref(const Node& node) {
+  return node.tensors[node.self_slot].ref;
+}
+
+// mt19937 outputs per uniform, or -1 for dtypes these kernels do not take.
+int64_t draws_per_uniform(caffe2::TypeMeta dtype) {
+  const auto t = dtype.toScalarType();
+  if (t == at::kDouble) {
+    return 2;
+  }
+  if (t == at::kFloat || t == at::kHalf || t == at::kBFloat16) {
+    return 1;
+  }
+  return -1;
+}
+
+// Fills a tensor from a generator state (advancing it) as the recorded op
+// would fill its whole output: the node's own op for in-place fills, the
+// kernel a random factory runs (randn: empty + normal_(0, 1)).
+using Kernel = std::function<void(GenState& state, const at::Tensor& out)>;
+
+Kernel node_kernel(Node& node) {
+  return [&node](GenState& state, const at::Tensor& out) { run_random_node(node, state, out); };
+}
+
+Kernel factory_kernel(bool normal) {
+  return [normal](GenState& state, const at::Tensor& out) {
+    with_generator(state, [&](at::Generator& gen) {
+      // What at::randn / at::rand run on the empty result (torch 1.13).
+      if (normal) {
+        out.normal_(0, 1, gen);
+      } else {
+        out.uniform_(0, 1, gen);
+      }
+    });
+  };
+}
+
+// Generates from a position in the stream onwards, forward only.
+class StreamCursor {
+ public:
+  StreamCursor(const GenState& start, Kernel kernel)
+      : state_(start), kernel_(std::move(kernel)) {}
+
+  void seek(int64_t position) {
+    TORCH_INTERNAL_ASSERT(position >= position_, "region generator seeks backwards");
+    discard_draws(state_.engine, position - position_);
+    position_ = position;
+  }
+  // Fills `out`, which consumes `draws` outputs.
+  void run(const at::Tensor& out, int64_t draws) {
+    kernel_(state_, out);
+    position_ += draws;
+  }
+
+ private:
+  GenState state_;
+  Kernel kernel_;
+  int64_t position_ = 0;
+};
+
+int64_t uniform_draws(const Node& node) {
+  const TensorRef& self = self_ref(node);
+  const int64_t per = draws_per_uniform(self.dtype);
+  if (per < 0) {
+    return -1;
+  }
+  int64_t n = 1;
+  for (int64_t s : self.geometry.sizes) {
+    n *= s;
+  }
+  return n * per;
+}
+
+int64_t normal_draws(const Node& node) {
+  const TensorRef& self = self_ref(node);
+  const int64_t per = draws_per_uniform(self.dtype);
+  int64_t begin = 0;
+  int64_t n = 0;
+  const bool contiguous = contiguous_range(self.geometry, &begin, &n);
+  if (per < 0) {
+    return -1;
+  }
+  if (n == 0) {
+    return 0;
+  }
+  if (!contiguous || n < kBlock) {
+    return -1;  // the serial path: depends on the cached normal sample
+  }
+  return (n + (n % kBlock != 0 ? kBlock : 0)) * per;
+}
+
+// One draw (or two) per element, wherever the range sits: numel is unused.
+bool fill_uniform_with(Kernel kernel, const GenState& start, int64_t /*numel*/,
+                       std::vector<RegionRequest>& requests) {
+  const int64_t per = draws_per_uniform(requests.front().out.dtype());
+  if (per < 0) {
+    return false;
+  }
+  StreamCursor cursor(start, std::move(kernel));
+  for (auto& r : requests) {
+    for (int64_t b = r.begin; b < r.end; b += kChunk) {
+      const int64_t e = std::min(r.end, b + kChunk);
+      cursor.seek(b * per);
+      cursor.run(r.out.narrow(0, b - r.begin, e - b), (e - b) * per);
+    }
+  }
+  return true;
+}
+
+bool fill_normal_with(Kernel kernel, const GenState& start, int64_t n,
+                      std::vector<RegionRequest>& requests) {
+  const int64_t per = draws_per_uniform(requests.front().out.dtype());
+  if (per < 0) {
+    return false;
+  }
+  const auto options = requests.front().out.options();
+  StreamCursor cursor(start, std::move(kernel));
+  if (n < kBlock) {
+    // Serial kernel: run it whole (at most 15 elements) and cut.
+    at::Tensor whole = at::empty({n}, options);
+    cursor.run(whole, 0);
+    for (auto& r : requests) {
+      r.out.copy_(whole.narrow(0, r.begin, r.end - r.begin));
+    }
+    return true;
+  }
+  const int64_t tail_start = n % kBlock != 0 ? n - kBlock : n;
+  // Whole blocks inside a request are generated straight into the output
+  // (no scratch: a scratch buffer per chunk fragmented the heap by ~30%);
+  // partial blocks at a request's ends go through one 16-element buffer,
+  // kept for a next request that starts in the same block.
+  at::Tensor block = at::empty({kBlock}, options);
+  int64_t block_begin = -1;
+  auto get_block = [&](int64_t begin) -> const at::Tensor& {
+    if (begin != block_begin) {
+      cursor.seek(begin * per);
+      cursor.run(block, kBlock * per);
+      block_begin = begin;
+    }
+    return block;
+  };
+  for (auto& r : requests) {
+    const int64_t main_end = std::min(r.end, tail_start);
+    int64_t b = r.begin;
+    while (b < main_end) {
+      const int64_t first = b / kBlock * kBlock;
+      if (first < b || first + kBlock > main_end) {
+        // Never past n: first + 16 <= n - n % 16 as main_end <= that.
+        const int64_t e = std::min(main_end, first + kBlock);
+        r.out.narrow(0, b - r.begin, e - b).copy_(get_block(first).narrow(0, b - first, e - b));
+        b = e;
+        continue;
+      }
+      const int64_t e = std::min(main_end / kBlock * kBlock, b + kChunk);
+      cursor.seek(b * per);
+      cursor.run(r.out.narrow(0, b - r.begin, e - b), (e - b) * per);
+      b = e;
+    }
+  }
+  if (tail_start < n) {
+    at::Tensor tail;
+    for (auto& r : requests) {
+      const int64_t b = std::max(r.begin, tail_start);
+      if (b >= r.end) {
+        continue;
+      }
+      if (!tail.defined()) {
+        // Drawn after the n uniforms of the main pass.
+        tail = at::empty({kBlock}, options);
+        cursor.seek(n * per);
+        cursor.run(tail, kBlock * per);
+      }
+      r.out.narrow(0, b - r.begin, r.end - b).copy_(tail.narrow(0, b - tail_start, r.end - b));
+    }
+  }
+  return true;
+}
+
+// Output numel and dtype of a random factory (randn / rand) from its
+// arguments; the recorder pins dtype, so it is always set.
+bool factory_output(const Node& node, int64_t* numel, caffe2::TypeMeta* dtype) {
+  const auto& args = node.op->schema().arguments();
+  bool have_size = false;
+  *dtype = node.default_dtype;
+  for (size_t i = 0; i < args.size(); ++i) {
+    if (args[i].name() == "size" && node.args[i].isIntList()) {
+      *numel = 1;
+      for (int64_t s : node.args[i].toIntVector()) {
+        *numel *= s;
+      }
+      have_size = true;
+    } else if (args[i].name() == "dtype" && node.args[i].isInt()) {
+      *dtype = c10::scalarTypeToTypeMeta(static_cast<c10::ScalarType>(node.args[i].toInt()));
+    } else if (args[i].name() == "names" && !node.args[i].isNone()) {
+      return false;
+    }
+  }
+  return have_size;
+}
+
+int64_t rand_draws(const Node& node) {
+  int64_t n = 0;
+  caffe2::TypeMeta dtype;
+  if (!factory_output(node, &n, &dtype)) {
+    return -1;
+  }
+  const int64_t per = draws_per_uniform(dtype);
+  return per < 0 ? -1 : n * per;
+}
+
+int64_t randn_draws(const Node& node) {
+  int64_t n = 0;
+  caffe2::TypeMeta dtype;
+  if (!factory_output(node, &n, &dtype)) {
+    return -1;
+  }
+  const int64_t per = draws_per_uniform(dtype);
+  if (per < 0 || (n > 0 && n < kBlock)) {
+    return -1;  // the serial path: depends on the cached normal sample
+  }
+  return (n + (n % kBlock != 0 ? kBlock : 0)) * per;
+}
+
+struct RegisterCpuFills {
+  RegisterCpuFills() {
+    register_draw_count("aten::uniform_", uniform_draws);
+    register_draw_count("aten::normal_", normal_draws);
+    register_draw_count("aten::rand", rand_draws);
+    register_draw_count("aten::randn", randn_draws);
+    constexpr auto cpu = c10::DeviceType::CPU;
+    register_region_fill(
+        "aten::uniform_", cpu, [](Node& node, int64_t n, std::vector<RegionRequest>& r) {
+          return fill_uniform_with(node_kernel(node), cpu_state_before(node), n, r);
+        });
+    register_region_fill(
+        "aten::normal_", cpu, [](Node& node, int64_t n, std::vector<RegionRequest>& r) {
+          return fill_normal_with(node_kernel(node), cpu_state_before(node), n, r);
+        });
+    register_region_fill(
+        "aten::rand", cpu, [](Node& node, int64_t n, std::vector<RegionRequest>& r) {
+          return fill_uniform_with(factory_kernel(false), cpu_state_before(node), n, r);
+        });
+    register_region_fill(
+        "aten::randn", cpu, [](Node& node, int64_t n, std::vector<RegionRequest>& r) {
+          return fill_normal_with(factory_kernel(true), cpu_state_before(node), n, r);
+        });
+  }
+};
+const RegisterCpuFills register_cpu_fills;
+
+}  // namespace
+}  // namespace lazyinit

@@ -1,0 +1,271 @@
+#include <lazyinit/shard_replay.h>
+
+#include <lazyinit/device.h>
+#include <lazyinit/lazy_tensor_impl.h>
+#include <lazyinit/replay.h>
+
+#include <ATen/ops/as_strided.h>
+#include <ATen/ops/empty.h>
+#include <c10/core/impl/DeviceGuardImplInterface.h>
+#include <c10/util/Exception.h>
+
+#include <map>
+#include <mutex>
+#include <unordered_map>
+#include <unordered_set>
+#include <utility>
+
+namespace lazyinit {
+namespace {
+
+constexpr size_t kKeptReasons = 16;
+
+std::map<std::pair<std::string, c10::DeviceType>, RegionFill>& fill_table() {
+  static std::map<std::pair<std::string, c10::DeviceType>, RegionFill> table;
+  return table;
+}
+
+std::unordered_map<std::string, DrawCount>& count_table() {
+  static std::unordered_map<std::string, DrawCount> table;
+  return table;
+}
+
+ShardStats& counters() {
+  static ShardStats stats;
+  return stats;
+}
+
+std::unordered_set<int64_t>& fell_back_ids() {
+  static std::unordered_set<int64_t> ids;
+  return ids;
+}
+
+// Makes chain.states[index] known: by counting draws where the op's
+// consumption is known (no memory), else by running the node into scratch.
+void ensure_state_by_draws(RngChain& chain, int64_t index) {
+  int64_t known = index;
+  while (!chain.states[known]) {
+    --known;
+  }
+  for (int64_t i = known; i < index; ++i) {
+    if (chain.states[i + 1]) {
+      continue;
+    }
+    NodePtr node = chain.nodes[i].lock();
+    if (!node) {
+      auto it = chain.dead.find(i);
+      TORCH_INTERNAL_ASSERT(it != chain.dead.end(), "random node ", i, " was lost");
+      node = it->second;
+    }
+    const int64_t draws = draw_count(*node);
+    if (draws >= 0) {
+      GenState state = *chain.states[i];
+      discard_draws(state.engine, draws);
+      rng_record_state_after(chain, *node, std::move(state));
+    } else {
+      Replayer cpu{c10::Device(c10::kCPU)};
+      rng_ensure_state(chain, i + 1, cpu);
+      ++counters().rng_scratch_runs;
+    }
+  }
+}
+
+const std::string& op_name(const Node& node) {
+  return node.op->schema().name();
+}
+
+void note_fallback(const LazyStorage& storage, const std::string& why) {
+  auto& stats = counters();
+  ++stats.fallbacks;
+  fell_back_ids().insert(storage.id);
+  stats.fallback_reasons.push_back("storage " + std::to_string(storage.id) + ": " + why);
+  if (stats.fallback_reasons.size() > kKeptReasons) {
+    stats.fallback_reasons.erase(stats.fallback_reasons.begin());
+  }
+}
+
+at::Tensor contiguous_copy(const at::Tensor& piece, c10::Device device) {
+  at::Tensor out = at::empty(piece.sizes(), piece.options().device(device));
+  out.copy_(piece);
+  return out;
+}
+
+void check_shard_device(c10::Device device) {
+  TORCH_CHECK(
+      !is_lazy_device(device) && device.type() != c10::DeviceType::Meta,
+      "lazyinit: cannot materialize a shard onto '", device.str(),
+      "': pick a device that holds data, such as \"cpu\" or \"cuda\".");
+  if (device.is_cpu()) {
+    return;
+  }
+  const bool known = c10::impl::hasDeviceGuardImpl(device.type());
+  const auto count = known ? c10::impl::getDeviceGuardImpl(device.type())->deviceCount() : 0;
+  TORCH_CHECK(
+      count > 0 && (!device.has_index() || device.index() < count),
+      "lazyinit: cannot materialize a shard onto '", device.str(), "': ", count,
+      " device(s) of that type are available in this torch build. Use device=\"cpu\".");
+}
+
+}  // namespace
+
+void register_region_fill(const std::string& op, c10::DeviceType device, RegionFill fill) {
+  fill_table()[{op, device}] = std::move(fill);
+}
+
+const RegionFill* find_region_fill(const std::string& op, c10::DeviceType device) {
+  auto it = fill_table().find({op, device});
+  return it == fill_table().end() ? nullptr : &it->second;
+}
+
+void register_draw_count(const std::string& op, DrawCount count) {
+  count_table()[op] = std::move(count);
+}
+
+int64_t draw_count(const Node& node) {
+  if (node.is_constant()) {
+    return -1;
+  }
+  auto it = count_table().find(op_name(node));
+  return it == count_table().end() ? -1 : it->second(node);
+}
+
+ShardStats shard_stats() {
+  std::lock_guard<std::recursive_mutex> lock(graph_mutex());
+  return counters();
+}
+
+void reset_shard_stats() {
+  std::lock_guard<std::recursive_mutex> lock(graph_mutex());
+  counters() = ShardStats();
+  fell_back_ids().clear();
+}
+
+void count_skipped_draws(int64_t n) {
+  counters().draws_skipped += n;
+}
+
+GenState cpu_state_before(Node& node) {
+  TORCH_INTERNAL_ASSERT(node.is_random());
+  std::lock_guard<std::recursive_mutex> lock(graph_mutex());
+  RngChain& chain = *node.chain;
+  ensure_state_by_draws(chain, node.rng_index);
+  return *chain.states[node.rng_index];
+}
+
+bool storage_fell_back(int64_t storage_id) {
+  std::lock_guard<std::recursive_mutex> lock(graph_mutex());
+  return fell_back_ids().count(storage_id) > 0;
+}
+
+int64_t geometry_numel(const Geometry& g) {
+  int64_t n = 1;
+  for (int64_t size : g.sizes) {
+    n *= size;
+  }
+  return n;
+}
+
+bool contiguous_range(const Geometry& g, int64_t* begin, int64_t* numel) {
+  *begin = g.offset;
+  *numel = geometry_numel(g);
+  int64_t expected = 1;
+  for (int64_t d = static_cast<int64_t>(g.sizes.size()) - 1; d >= 0; --d) {
+    if (g.sizes[d] != 1 && g.strides[d] != expected) {
+      return *numel == 0;
+    }
+    expected *= g.sizes[d];
+  }
+  return true;
+}
+
+at::Tensor materialize_shard(
+    const at::Tensor& t,
+    const std::vector<Placement>& placements,
+    c10::Device device) {
+  check_shard_device(device);
+  std::lock_guard<std::recursive_mutex> lock(graph_mutex());
+  const LocalPiece piece = local_piece(t.sizes(), placements);
+  auto* impl = get_pending_impl(t);
+  if (impl == nullptr) {
+    return contiguous_copy(piece.slice(t), device);
+  }
+  LazyStoragePtr storage = impl->lazy_storage();
+  storage->check_usable();
+  ++counters().shards;
+  if (piece.numel() == 0) {
+    ++counters().pushed_down;  // an empty piece (a rank past the last chunk)
+    return at::empty(piece.shape(), at::TensorOptions().dtype(impl->dtype()).device(device));
+  }
+  GeneratorStateGuard generators;
+  const Geometry geometry = impl->geometry();
+  std::string why;
+  if (impl->dtype() != storage->dtype) {
+    why = "the tensor reinterprets its storage (view(dtype))";
+  } else {
+    bool in_order = true;
+    std::vector<Span> spans = storage_spans(geometry, piece, &in_order);
+    const int64_t lo = spans.empty() ? 0 : spans.front().begin;
+    const bool whole = spans.size() == 1 && lo == 0 && spans.front().end == storage->numel();
+    at::Tensor buffer;
+    if (replay_spans(*storage, storage->version, std::move(spans), device, &buffer, &why)) {
+      ++(whole ? counters().whole : counters().pushed_down);
+      if (in_order) {
+        return buffer.view(piece.shape());
+      }
+      // The buffer holds storage [lo, hi): view the piece's box in it.
+      int64_t box_offset = geometry.offset - lo;
+      for (size_t d = 0; d < piece.box_start.size(); ++d) {
+        box_offset += piece.box_start[d] * geometry.strides[d];
+      }
+      at::Tensor box = at::as_strided(buffer, piece.box_sizes, geometry.strides, box_offset);
+      if (piece.flat) {
+        box = box.reshape({-1}).narrow(0, piece.flat_start, piece.flat_end - piece.flat_start);
+      }
+      return contiguous_copy(box, device);
+    }
+    if (whole) {
+      why.clear();  // the piece needs every element anyway: not a fallback
+    }
+  }
+  // Whole storage, then slice. Values are not kept: keeping them would hold
+  // full tensors in memory, which sharding exists to avoid.
+  if (why.empty()) {
+    ++counters().whole;
+  } else {
+    note_fallback(*storage, why);
+  }
+  // Storages without a cached value now (this one and those its tape reads)
+  // get none from this replay either.
+  std::vector<LazyStoragePtr> uncached;
+  if (!storage->cached.defined()) {
+    uncached.push_back(storage);
+  }
+  for (const auto& entry : storage->tape) {
+    for (const auto& slot : entry.node->tensors) {
+      if (slot.ref.kind == TensorRef::Kind::kLazy && !slot.ref.storage->cached.defined()) {
+        uncached.push_back(slot.ref.storage);
+      }
+    }
+  }
+  // Generator positions by counting draws where possible, so the replay
+  // below runs no earlier random node into scratch.
+  for (const auto& entry : storage->tape) {
+    if (entry.node->is_random() && entry.node->chain->generator.device().is_cpu()) {
+      ensure_state_by_draws(*entry.node->chain, entry.node->rng_index);
+    }
+  }
+  Replayer replayer(device);
+  at::Tensor base = replayer.value(*storage, storage->version);
+  at::Tensor full = at::as_strided(
+      typed_view(base, impl->dtype()), geometry.sizes, geometry.strides, geometry.offset);
+  at::Tensor out = contiguous_copy(piece.slice(full), device);
+  for (auto& s : uncached) {
+    if (s->state == StorageState::kLazy) {
+      s->cached = at::Tensor();
+      s->cached_version = -1;
+    }
+  }
+  return out;
+}
+
+}  // namespace lazyinit

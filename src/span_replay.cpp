@@ -1,0 +1,493 @@
+// Span replay (materialize-on-shard): a storage's tape replayed over some
+// of its elements only. See include/lazyinit/shard_replay.h.
+#include <lazyinit/shard_replay.h>
+
+#include <lazyinit/replay.h>
+#include <lazyinit/tensor_args.h>
+
+#include <ATen/core/grad_mode.h>
+#include <ATen/ops/empty.h>
+#include <c10/core/DefaultDtype.h>
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <memory>
+#include <set>
+#include <string>
+#include <utility>
+
+namespace lazyinit {
+namespace {
+
+// Lazy operands of element-wise ops up to this many elements are replayed
+// whole (a 256 KiB fp32 buffer at most).
+constexpr int64_t kSmallLazy = int64_t{1} << 16;
+
+// Element-wise in-place ops whose kernels give the same value for an element
+// wherever it sits in the tensor. Ops with a transcendental vectorized path
+// (exp_, tanh_, ...) are left out: PyTorch's AVX2 (Sleef) and scalar code
+// may differ in the last bit, and which elements take the scalar tail
+// depends on where a range starts. erfinv_ has only a scalar kernel on CPU.
+const std::set<std::string>& local_ops() {
+  static const std::set<std::string> names = {
+      "aten::fill_", "aten::zero_", "aten::copy_", "aten::mul_", "aten::div_",
+      "aten::add_", "aten::sub_", "aten::clamp_", "aten::clamp_min_",
+      "aten::clamp_max_", "aten::erfinv_", "aten::neg_", "aten::abs_",
+      "aten::sqrt_", "aten::reciprocal_", "aten::relu_", "aten::sign_",
+      "aten::floor_", "aten::ceil_", "aten::trunc_", "aten::masked_fill_",
+  };
+  return names;
+}
+
+// Same list as the whole-storage replay's: ops that write every element of
+// their first argument without reading it.
+const std::set<std::string>& overwriting_ops() {
+  static const std::set<std::string> names = {
+      "aten::normal_", "aten::uniform_", "aten::random_", "aten::fill_",
+      "aten::zero_", "aten::copy_", "aten::exponential_", "aten::cauchy_",
+      "aten::log_normal_", "aten::geometric_", "aten::bernoulli_",
+  };
+  return names;
+}
+
+const std::string& op_name(const Node& node) {
+  return node.op->schema().name();
+}
+
+bool overwrites_storage(const LazyStorage& storage, const Node& node) {
+  if (node.is_constant() || node.self_slot < 0 || overwriting_ops().count(op_name(node)) == 0) {
+    return false;
+  }
+  for (size_t i = 0; i < node.tensors.size(); ++i) {
+    if (static_cast<int64_t>(i) != node.self_slot &&
+        node.tensors[i].ref.kind == TensorRef::Kind::kSelf) {
+      return false;
+    }
+  }
+  int64_t begin = 0;
+  int64_t numel = 0;
+  return contiguous_range(node.tensors[node.self_slot].ref.geometry, &begin, &numel) &&
+      begin == 0 && numel == storage.numel();
+}
+
+// Value a constant-filling creation op writes, or nullopt for other ops.
+// `empty` gives an undefined value, like the kernel.
+c10::optional<c10::optional<c10::Scalar>> creation_fill(const Node& node) {
+  const std::string& name = op_name(node);
+  if (name == "aten::empty" || name == "aten::empty_strided" || name == "aten::new_empty" ||
+      name == "aten::new_empty_strided" || name == "aten::empty_like") {
+    return c10::optional<c10::Scalar>();
+  }
+  if (name == "aten::zeros" || name == "aten::new_zeros" || name == "aten::zeros_like") {
+    return c10::optional<c10::Scalar>(c10::Scalar(0));
+  }
+  if (name == "aten::ones" || name == "aten::new_ones" || name == "aten::ones_like") {
+    return c10::optional<c10::Scalar>(c10::Scalar(1));
+  }
+  if (name == "aten::full" || name == "aten::new_full" || name == "aten::full_like") {
+    const auto& args = node.op->schema().arguments();
+    for (size_t i = 0; i < args.size(); ++i) {
+      if (args[i].name() == "fill_value" && node.args[i].isScalar()) {
+        return c10::optional<c10::Scalar>(node.args[i].toScalar());
+      }
+    }
+  }
+  return c10::nullopt;
+}
+
+// a + alpha * b: the vectorized kernel fuses it (fmadd), the scalar tail
+// does not, so only alpha == 1 is position-independent.
+std::string bad_alpha(const Node& node) {
+  const auto& args = node.op->schema().arguments();
+  for (size_t i = 0; i < args.size(); ++i) {
+    if (args[i].name() == "alpha" && node.args[i].isScalar() &&
+        node.args[i].toScalar().toDouble() != 1.0) {
+      return op_name(node) + " with alpha != 1";
+    }
+  }
+  return std::string();
+}
+
+// Out-of-place element-wise ops that may create a storage from lazy inputs
+// of the same shape (the same position-independence rule as local_ops).
+const std::set<std::string>& derived_ops() {
+  static const std::set<std::string> names = {
+      "aten::_to_copy", "aten::clone", "aten::mul", "aten::div", "aten::add",
+      "aten::sub", "aten::neg", "aten::abs", "aten::clamp", "aten::clamp_min",
+      "aten::clamp_max", "aten::erfinv", "aten::sqrt", "aten::reciprocal",
+      "aten::relu", "aten::sign", "aten::floor", "aten::ceil", "aten::trunc",
+      "aten::masked_fill",
+  };
+  return names;
+}
+
+// Why `node` (a write to `storage`) cannot be replayed over spans, or empty.
+std::string not_local(const LazyStorage& storage, const Node& node, c10::DeviceType device) {
+  const std::string& name = op_name(node);
+  if (node.self_slot < 0) {
+    return name + " does not write its storage through an argument";
+  }
+  const TensorRef& self = node.tensors[node.self_slot].ref;
+  int64_t begin = 0;
+  int64_t numel = 0;
+  if (self.kind != TensorRef::Kind::kSelf || self.dtype != storage.dtype ||
+      !contiguous_range(self.geometry, &begin, &numel)) {
+    return name + " writes a non-contiguous (or reinterpreted) view";
+  }
+  if (node.is_random()) {
+    if (find_region_fill(name, device) == nullptr) {
+      return name + " has no region generator for " + c10::DeviceTypeName(device);
+    }
+  } else if (local_ops().count(name) == 0) {
+    return name + " is not known to be element-local";
+  }
+  for (size_t i = 0; i < node.tensors.size(); ++i) {
+    if (static_cast<int64_t>(i) == node.self_slot) {
+      continue;
+    }
+    const TensorRef& ref = node.tensors[i].ref;
+    switch (ref.kind) {
+      case TensorRef::Kind::kSelf:
+        if (ref.geometry != self.geometry || ref.dtype != self.dtype) {
+          return name + " reads another part of its own storage";
+        }
+        break;
+      case TensorRef::Kind::kLazy:
+        // Small lazy operands (torch.tensor(3.0) or an arange made under
+        // the context) are replayed whole; large ones would cost memory.
+        if (ref.storage->numel() > kSmallLazy) {
+          return name + " reads another large lazy tensor";
+        }
+        if (geometry_numel(ref.geometry) != 1 && ref.geometry.sizes != self.geometry.sizes) {
+          return name + " broadcasts a lazy tensor";
+        }
+        break;
+      case TensorRef::Kind::kReal:
+        if (ref.real.numel() != 1 && ref.real.sizes() != c10::IntArrayRef(self.geometry.sizes)) {
+          return name + " broadcasts a real tensor";
+        }
+        break;
+    }
+  }
+  return bad_alpha(node);
+}
+
+class DefaultDtypeGuard {
+ public:
+  explicit DefaultDtypeGuard(caffe2::TypeMeta dtype) : saved_(c10::get_default_dtype()) {
+    c10::set_default_dtype(dtype);
+  }
+  ~DefaultDtypeGuard() { c10::set_default_dtype(saved_); }
+  DefaultDtypeGuard(const DefaultDtypeGuard&) = delete;
+  DefaultDtypeGuard& operator=(const DefaultDtypeGuard&) = delete;
+
+ private:
+  caffe2::TypeMeta saved_;
+};
+
+// Replays `storage` at its current version over `spans` into one buffer
+// (the spans' elements, concatenated). Returns false, with a reason, when
+// the tape is not element-local; nothing is changed then.
+class SpanReplay {
+ public:
+  SpanReplay(LazyStorage& storage, int64_t version, std::vector<Span> spans, c10::Device device)
+      : storage_(storage), version_(version), spans_(std::move(spans)), device_(device) {}
+
+  bool run(at::Tensor* out, std::string* why) {
+    return plan(why) && execute(out, why);
+  }
+
+ private:
+  // After plan() succeeded: computes the spans' values.
+  bool execute(at::Tensor* out, std::string* why) {
+    int64_t total = 0;
+    for (const Span& s : spans_) {
+      total += s.size();
+    }
+    buffer_ = at::empty({total}, at::TensorOptions().dtype(storage_.dtype).device(device_));
+    int64_t at = 0;
+    for (const Span& s : spans_) {
+      parts_.push_back(buffer_.narrow(0, at, s.size()));
+      at += s.size();
+    }
+    if (source_.defined()) {
+      for (size_t i = 0; i < spans_.size(); ++i) {
+        parts_[i].copy_(source_.narrow(0, spans_[i].begin, spans_[i].size()));
+      }
+    } else if (fill_.has_value() && fill_->has_value()) {
+      buffer_.fill_(**fill_);
+    } else if (derived_ != nullptr && !run_derived(why)) {
+      return false;
+    } else if (random_creation_ != nullptr) {
+      std::vector<RegionRequest> requests;
+      for (size_t i = 0; i < spans_.size(); ++i) {
+        requests.push_back({spans_[i].begin, spans_[i].end, parts_[i]});
+      }
+      if (!requests.empty() && !fill_random(*random_creation_, storage_.numel(), requests, why)) {
+        return false;
+      }
+    }
+    for (int64_t k = start_ + 1; k <= version_; ++k) {
+      if (!apply(*storage_.tape[k].node, why)) {
+        return false;
+      }
+    }
+    *out = buffer_;
+    return true;
+  }
+
+  // Storages made by an element-wise op (x.to(torch.bfloat16), x * 2,
+  // x.clone()) from lazy inputs of the same shape: the inputs are replayed
+  // over the same spans, then the op runs on each span.
+  bool plan_derived(Node& creation, std::string* why) {
+    const std::string& name = op_name(creation);
+    int64_t begin = 0;
+    int64_t numel = 0;
+    const Geometry& out = storage_.creation_geometry;
+    if (derived_ops().count(name) == 0 || storage_.tape.front().element >= 0 ||
+        storage_.tape.front().output != 0 || !contiguous_range(out, &begin, &numel) ||
+        begin != 0 || numel != storage_.numel()) {
+      *why = "created by " + name + ", which is neither a constant fill nor element-wise";
+      return false;
+    }
+    *why = bad_alpha(creation);
+    if (!why->empty()) {
+      return false;
+    }
+    for (size_t i = 0; i < creation.tensors.size(); ++i) {
+      const TensorRef& ref = creation.tensors[i].ref;
+      const int64_t n = geometry_numel(ref.geometry);
+      if (ref.kind == TensorRef::Kind::kReal) {
+        if (ref.real.numel() != 1 && ref.real.sizes() != c10::IntArrayRef(out.sizes)) {
+          *why = name + " broadcasts a real tensor";
+          return false;
+        }
+        continue;
+      }
+      TORCH_INTERNAL_ASSERT(ref.kind == TensorRef::Kind::kLazy);
+      if (n == 1 && ref.storage->numel() <= kSmallLazy) {
+        continue;  // resolved whole, like a scalar
+      }
+      int64_t in_begin = 0;
+      int64_t in_numel = 0;
+      if (ref.geometry.sizes != out.sizes || ref.dtype != ref.storage->dtype ||
+          !contiguous_range(ref.geometry, &in_begin, &in_numel)) {
+        *why = name + " reads a lazy tensor of another shape or layout";
+        return false;
+      }
+      std::vector<Span> shifted = spans_;
+      for (Span& sp : shifted) {
+        sp.begin += in_begin;
+        sp.end += in_begin;
+      }
+      auto input = std::make_unique<SpanReplay>(
+          *ref.storage, ref.version, std::move(shifted), device_);
+      std::string inner;
+      if (!input->plan(&inner)) {
+        *why = name + " reads a lazy tensor that is not element-local (" + inner + ")";
+        return false;
+      }
+      inputs_.emplace_back(i, std::move(input));
+    }
+    derived_ = &creation;
+    return true;
+  }
+
+  // Random factories (torch.randn / torch.rand) with a region generator,
+  // whose output is the whole storage in order.
+  bool plan_random_creation(Node& creation, std::string* why) {
+    const std::string& name = op_name(creation);
+    int64_t begin = 0;
+    int64_t numel = 0;
+    if (find_region_fill(name, device_.type()) == nullptr ||
+        storage_.tape.front().element >= 0 || storage_.tape.front().output != 0 ||
+        !contiguous_range(storage_.creation_geometry, &begin, &numel) || begin != 0 ||
+        numel != storage_.numel()) {
+      *why = "created by " + name + ", which has no region generator for " +
+          c10::DeviceTypeName(device_.type());
+      return false;
+    }
+    random_creation_ = &creation;
+    return true;
+  }
+
+  bool fill_random(Node& node, int64_t numel, std::vector<RegionRequest>& requests,
+                   std::string* why) {
+    const RegionFill* fill = find_region_fill(op_name(node), device_.type());
+    if (!(*fill)(node, numel, requests)) {
+      *why = op_name(node) + ": the region generator declined this call";
+      return false;
+    }
+    return true;
+  }
+
+  bool run_derived(std::string* why) {
+    std::vector<at::Tensor> values(derived_->tensors.size());
+    for (auto& input : inputs_) {
+      if (!input.second->execute(&values[input.first], why)) {
+        return false;
+      }
+    }
+    at::NoGradGuard no_grad;
+    DefaultDtypeGuard dtype(derived_->default_dtype);
+    int64_t at = 0;
+    for (size_t i = 0; i < spans_.size(); ++i) {
+      std::vector<c10::IValue> stack = derived_->args;
+      copy_tensor_lists(stack);
+      for (size_t j = 0; j < derived_->tensors.size(); ++j) {
+        const auto& slot = derived_->tensors[j];
+        at::Tensor t;
+        if (values[j].defined()) {
+          t = values[j].narrow(0, at, spans_[i].size());
+        } else {
+          Replayer replayer(device_);
+          t = replayer.resolve(slot.ref, at::Tensor());
+          t = (t.dim() == 0 ? t : t.reshape({-1})).to(device_);
+          if (t.numel() != 1) {
+            t = t.narrow(0, spans_[i].begin, spans_[i].size());
+          }
+        }
+        set_tensor(stack, slot.arg, slot.element, t);
+      }
+      for (size_t d : derived_->device_args) {
+        stack[d] = c10::IValue(device_);
+      }
+      derived_->op->callBoxed(&stack);
+      parts_[i].copy_(stack[storage_.tape.front().output].toTensor());
+      at += spans_[i].size();
+    }
+    return true;
+  }
+
+ public:
+  // Picks the starting value and checks every later node is local.
+  bool plan(std::string* why) {
+    storage_.check_usable();
+    const int64_t version = version_;
+    if (storage_.cached.defined() && storage_.cached_version == version) {
+      start_ = version;
+      source_ = storage_.cached.to(device_);
+      return true;
+    }
+    start_ = -1;
+    for (int64_t k = version; k >= 0; --k) {
+      if (storage_.tape[k].node->is_constant()) {
+        start_ = k;
+        source_ = storage_.tape[k].node->constant;
+        break;
+      }
+    }
+    for (int64_t k = version; k > std::max<int64_t>(start_, 0); --k) {
+      if (overwrites_storage(storage_, *storage_.tape[k].node)) {
+        start_ = k - 1;
+        source_ = at::Tensor();
+        break;
+      }
+    }
+    if (start_ < 0) {
+      Node& creation = *storage_.tape.front().node;
+      auto fill = creation_fill(creation);
+      if (fill.has_value()) {
+        fill_ = *fill;
+      } else if (creation.is_random()) {
+        if (!plan_random_creation(creation, why)) {
+          return false;
+        }
+      } else if (!plan_derived(creation, why)) {
+        return false;
+      }
+      start_ = 0;
+    }
+    for (int64_t k = start_ + 1; k <= version; ++k) {
+      *why = not_local(storage_, *storage_.tape[k].node, device_.type());
+      if (!why->empty()) {
+        return false;
+      }
+    }
+    if (source_.defined()) {
+      source_ = source_.to(device_);
+    }
+    return true;
+  }
+
+ private:
+  bool apply(Node& node, std::string* why) {
+    const TensorRef& self = node.tensors[node.self_slot].ref;
+    int64_t begin = 0;
+    int64_t numel = 0;
+    contiguous_range(self.geometry, &begin, &numel);
+    std::vector<RegionRequest> requests;
+    for (size_t i = 0; i < spans_.size(); ++i) {
+      const int64_t lo = std::max(spans_[i].begin, begin);
+      const int64_t hi = std::min(spans_[i].end, begin + numel);
+      if (lo < hi) {
+        requests.push_back(
+            {lo - begin, hi - begin, parts_[i].narrow(0, lo - spans_[i].begin, hi - lo)});
+      }
+    }
+    if (requests.empty()) {
+      return true;
+    }
+    at::NoGradGuard no_grad;
+    DefaultDtypeGuard dtype(node.default_dtype);
+    if (node.is_random()) {
+      return fill_random(node, numel, requests, why);
+    }
+    for (auto& r : requests) {
+      std::vector<c10::IValue> stack = node.args;
+      copy_tensor_lists(stack);
+      for (const auto& slot : node.tensors) {
+        at::Tensor t;
+        if (slot.ref.kind == TensorRef::Kind::kSelf) {
+          t = r.out;
+        } else {
+          // Checks real operands were not modified since recording, and
+          // replays small lazy ones whole.
+          Replayer replayer(device_);
+          at::Tensor real = replayer.resolve(slot.ref, at::Tensor());
+          if (real.numel() == 1) {
+            // Keep 0-dim vs dimensioned: it decides the computation dtype.
+            t = real.dim() == 0 ? real : real.reshape({1});
+          } else {
+            t = real.reshape({-1}).narrow(0, r.begin, r.end - r.begin);
+          }
+          t = t.to(device_);
+        }
+        set_tensor(stack, slot.arg, slot.element, t);
+      }
+      for (size_t i : node.device_args) {
+        stack[i] = c10::IValue(device_);
+      }
+      node.op->callBoxed(&stack);
+    }
+    return true;
+  }
+
+  LazyStorage& storage_;
+  int64_t version_;
+  std::vector<Span> spans_;
+  c10::Device device_;
+  Node* derived_ = nullptr;  // element-wise creation op, if the start is one
+  Node* random_creation_ = nullptr;  // random factory, if the start is one
+  std::vector<std::pair<size_t, std::unique_ptr<SpanReplay>>> inputs_;  // its lazy inputs
+  int64_t start_ = 0;
+  at::Tensor source_;                         // value at start_ (flat), if any
+  c10::optional<c10::optional<c10::Scalar>> fill_;  // creation fill, if any
+  at::Tensor buffer_;
+  std::vector<at::Tensor> parts_;
+};
+
+}  // namespace
+
+bool replay_spans(
+    LazyStorage& storage,
+    int64_t version,
+    std::vector<Span> spans,
+    c10::Device device,
+    at::Tensor* out,
+    std::string* why) {
+  SpanReplay replay(storage, version, std::move(spans), device);
+  return replay.run(out, why);
+}
+
+}  // namespace lazyinit
