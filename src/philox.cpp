@@ -96,14 +96,6 @@ c10::optional<uint64_t> increment_for(int64_t numel, caffe2::TypeMeta dtype, int
   return calls * kOffsetPerCall;
 }
 
-NodePtr chain_node(RngChain& chain, int64_t index) {
-  if (auto node = chain.nodes[index].lock()) {
-    return node;
-  }
-  auto it = chain.dead.find(index);
-  return it == chain.dead.end() ? nullptr : it->second;
-}
-
 PhiloxStream& stream_of(RngChain& chain, int device) {
   PhiloxStream& stream = chain.cuda.streams[device];
   const size_t n = chain.nodes.size();
@@ -145,7 +137,7 @@ c10::optional<PhiloxState> state_before(
     if (s.states[i + 1]) {
       continue;
     }
-    NodePtr node = chain_node(chain, i);
+    NodePtr node = chain.node_at(i);
     if (node) {
       if (auto inc = philox_increment(*node, device)) {
         s.states[i + 1] = PhiloxState{s.states[i]->seed, s.states[i]->offset + *inc};

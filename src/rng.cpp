@@ -87,17 +87,13 @@ void ensure_state(RngChain& chain, int64_t index, Replayer& replayer) {
     if (chain.states[i + 1]) {
       continue;
     }
-    auto node = chain.nodes[i].lock();
-    if (!node) {
-      auto it = chain.dead.find(i);
-      TORCH_CHECK(
-          it != chain.dead.end(),
-          "lazyinit: the CPU generator's position after random tensors that "
-          "were materialized on CUDA is unknown, so eager's CPU values cannot "
-          "be reproduced. Materialize every random tensor of one model on one "
-          "device type (all on CUDA, or all on the CPU).");
-      node = it->second;
-    }
+    NodePtr node = chain.node_at(i);
+    TORCH_CHECK(
+        node != nullptr,
+        "lazyinit: the CPU generator's position after random tensors that "
+        "were materialized on CUDA is unknown, so eager's CPU values cannot "
+        "be reproduced. Materialize every random tensor of one model on one "
+        "device type (all on CUDA, or all on the CPU).");
     auto stack = replayer.prepare(*node, at::Tensor(), /*scratch=*/true);
     at::NoGradGuard no_grad;
     set_state(chain.generator, *chain.states[i]);

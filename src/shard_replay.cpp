@@ -51,12 +51,8 @@ void ensure_state_by_draws(RngChain& chain, int64_t index) {
     if (chain.states[i + 1]) {
       continue;
     }
-    NodePtr node = chain.nodes[i].lock();
-    if (!node) {
-      auto it = chain.dead.find(i);
-      TORCH_INTERNAL_ASSERT(it != chain.dead.end(), "random node ", i, " was lost");
-      node = it->second;
-    }
+    NodePtr node = chain.node_at(i);
+    TORCH_INTERNAL_ASSERT(node != nullptr, "random node ", i, " was lost");
     const int64_t draws = draw_count(*node);
     if (draws >= 0) {
       GenState state = *chain.states[i];

@@ -7,7 +7,6 @@
 
 #include <ATen/core/grad_mode.h>
 #include <ATen/ops/empty.h>
-#include <c10/core/DefaultDtype.h>
 #include <c10/util/Exception.h>
 
 #include <algorithm>
@@ -171,19 +170,6 @@ std::string not_local(const LazyStorage& storage, const Node& node, c10::DeviceT
   }
   return bad_alpha(node);
 }
-
-class DefaultDtypeGuard {
- public:
-  explicit DefaultDtypeGuard(caffe2::TypeMeta dtype) : saved_(c10::get_default_dtype()) {
-    c10::set_default_dtype(dtype);
-  }
-  ~DefaultDtypeGuard() { c10::set_default_dtype(saved_); }
-  DefaultDtypeGuard(const DefaultDtypeGuard&) = delete;
-  DefaultDtypeGuard& operator=(const DefaultDtypeGuard&) = delete;
-
- private:
-  caffe2::TypeMeta saved_;
-};
 
 // Replays `storage` at its current version over `spans` into one buffer
 // (the spans' elements, concatenated). Returns false, with a reason, when

@@ -57,6 +57,14 @@ struct RngChain {
   PhiloxOrigin cuda;
 
   int64_t size() const { return static_cast<int64_t>(nodes.size()); }
+  // Node `index`, alive or kept for its draws; null once freed.
+  NodePtr node_at(int64_t index) const {
+    if (auto node = nodes[index].lock()) {
+      return node;
+    }
+    auto it = dead.find(index);
+    return it == dead.end() ? nullptr : it->second;
+  }
 };
 
 // Returns the chain a random node recorded now belongs to and appends it.
