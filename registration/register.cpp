@@ -6,6 +6,7 @@
 //   the recorder is registered explicitly for those, so the tape holds the
 //   op the model called and the Meta kernel still infers shapes.
 // * Tensor.to(device) materializes in place (see to_kernel).
+// * dropout takes the CPU's path, not the fused one (see dropout_kernel).
 #include <lazyinit/compat.h>
 #include <lazyinit/device.h>
 #include <lazyinit/lazy_tensor_impl.h>
@@ -13,7 +14,9 @@
 #include <lazyinit/registration.h>
 #include <lazyinit/replay.h>
 
+#include <ATen/core/Tensor.h>
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/ops/empty_like.h>
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
@@ -83,6 +86,35 @@ void to_kernel(
   op.redispatchBoxed(c10::DispatchKeySet(c10::DispatchKey::CPU), stack);
 }
 
+// at::dropout (a CompositeImplicitAutograd op) takes the fused
+// native_dropout when is_fused_kernel_acceptable(input, p) holds, which is
+// true for Lazy (torch 1.13) and PrivateUse1 (torch 2.x) tensors, and
+// _dropout on the CPU. The two lay out their masks and round differently,
+// so lazy values would differ from eager CPU construction. Materialization
+// targets the CPU: run the CPU path, _dropout (ATen/native/Dropout.cpp), op
+// by op; each op is recorded, and autograd (which falls through to this
+// kernel) sees them as it would see the composite.
+void dropout_kernel(
+    const c10::OperatorHandle& op,
+    c10::DispatchKeySet,
+    torch::jit::Stack* stack) {
+  auto args = torch::jit::last(*stack, 3);
+  const at::Tensor input = args[0].toTensor();
+  const double p = args[1].toDouble();
+  const bool train = args[2].toBool();
+  if (!train || !(p > 0 && p < 1) || input.numel() == 0) {
+    // Not fused on any device: the math kernel is the CPU path already.
+    op.redispatchBoxed(c10::DispatchKeySet(c10::DispatchKey::CPU), stack);
+    return;
+  }
+  at::Tensor noise = at::empty_like(input, at::MemoryFormat::Contiguous);
+  noise.bernoulli_(1 - p);
+  noise.div_(1 - p);
+  at::Tensor result = input.mul(noise);
+  torch::jit::drop(*stack, 3);
+  stack->emplace_back(std::move(result));
+}
+
 c10::DispatchKey pick_key() {
   if (compat::try_rename_privateuse1_to_lazy() &&
       c10::Device("lazy").type() == c10::DeviceType::PrivateUse1) {
@@ -122,6 +154,7 @@ void register_kernels(torch::Library& lib, torch::Library& fallback, c10::Dispat
         (std::string("to.") + overload).c_str(),
         torch::CppFunction::makeFromBoxedFunction<&to_kernel>());
   }
+  lib.impl("dropout", torch::CppFunction::makeFromBoxedFunction<&dropout_kernel>());
   for (const auto& name : dispatcher.getAllOpNames()) {
     if (name.name.rfind("aten::", 0) != 0) {
       continue;

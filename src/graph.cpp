@@ -75,6 +75,13 @@ LazyStorage::~LazyStorage() {
       node.owner_dead = true;
       ++chain.dead_unknown;
       chain.dead[node.rng_index] = entry.node;
+      try {
+        rng_node_died(chain);
+      } catch (const std::exception& e) {
+        // A destructor must not throw; the generator then lags until the
+        // next materialization settles it.
+        TORCH_WARN("lazyinit: could not settle a generator: ", e.what());
+      }
     }
   }
 }

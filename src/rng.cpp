@@ -233,22 +233,55 @@ void rng_catch_up(const c10::optional<at::Generator>& explicit_gen, Replayer& re
   chain.applied = true;
 }
 
+namespace {
+
+// Where no random node of the chain awaits materialization any more (each
+// was replayed or died), replays the dead ones' draws into scratch and
+// leaves the generator where eager construction would.
+void settle_chain(RngChain& chain) {
+  if (chain.applied || chain.unknown != chain.dead_unknown) {
+    return;  // some live random tensor is still lazy
+  }
+  if (!same_state(get_state(chain.generator), chain.tagged_state)) {
+    return;  // the generator was set or used since
+  }
+  Replayer cpu{c10::Device(c10::kCPU)};
+  ensure_state(chain, chain.size(), cpu);
+  set_state(chain.generator, *chain.states.back());
+  chain.applied = true;
+  release_scratch();
+}
+
+}  // namespace
+
 void rng_settle() {
   ReplayDepth depth;
   for (auto& kv : current_chains()) {
-    RngChain& chain = *kv.second;
-    if (chain.applied || chain.unknown != chain.dead_unknown) {
-      continue;  // some live random tensor is still lazy
-    }
-    if (!same_state(get_state(chain.generator), chain.tagged_state)) {
-      continue;
-    }
-    Replayer cpu{c10::Device(c10::kCPU)};
-    ensure_state(chain, chain.size(), cpu);
-    set_state(chain.generator, *chain.states.back());
-    chain.applied = true;
-    release_scratch();
+    settle_chain(*kv.second);
   }
+}
+
+void rng_node_died(RngChain& chain) {
+  // The default generator is caught up whenever it is read or used for
+  // real (torch.get_rng_state(), real random factories); an explicit
+  // torch.Generator's state can be read with g.get_state(), which lazyinit
+  // cannot intercept, so its chain settles as soon as nothing pending is
+  // left. Not from inside a replay: that one settles when it ends.
+  if (g_replay_depth > 0 ||
+      chain.generator.unsafeGetGeneratorImpl() ==
+          at::detail::getDefaultCPUGenerator().unsafeGetGeneratorImpl()) {
+    return;
+  }
+  // This runs in a destructor, possibly with the GIL held, while another
+  // thread may hold the graph lock and wait for the GIL (Meta kernels written
+  // in Python): never block here. If the lock is busy, the next
+  // materialization settles the chain instead.
+  std::unique_lock<std::recursive_mutex> lock(graph_mutex(), std::try_to_lock);
+  if (!lock.owns_lock()) {
+    return;
+  }
+  ReplayDepth depth;
+  settle_chain(chain);
 }
 
 GeneratorStateGuard::GeneratorStateGuard() {
@@ -268,10 +301,10 @@ GeneratorStateGuard::~GeneratorStateGuard() {
   }
 }
 
-void rng_catch_up_default() {
+void rng_catch_up_default(const c10::optional<at::Generator>& explicit_gen) {
   std::lock_guard<std::recursive_mutex> lock(graph_mutex());
   Replayer replayer{c10::Device(c10::kCPU)};
-  rng_catch_up(c10::nullopt, replayer);
+  rng_catch_up(explicit_gen, replayer);
 }
 
 }  // namespace lazyinit

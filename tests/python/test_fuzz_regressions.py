@@ -372,8 +372,6 @@ def test_where_on_zero_element_tensors_has_eager_strides():
     assert_tensor_equal("where", er, lr)
 
 
-@pytest.mark.xfail(strict=True, reason="known: Meta strides for zero-element results of "
-                   "mixed empty/non-empty inputs differ from CPU (values equal); open in issue 3")
 def test_where_of_zero_element_and_nonempty_scalar_has_eager_strides():
     """fuzz seeds 45441, 70417 (shrunk): a zero-element condition/input
     with a 0-dim (non-empty) other operand, of another dtype."""
@@ -390,8 +388,6 @@ def test_where_of_zero_element_and_nonempty_scalar_has_eager_strides():
     assert_tensor_equal("where", e, l)
 
 
-@pytest.mark.xfail(strict=True, reason="known: Meta strides for results with size-one dims "
-                   "differ from CPU's (values equal); open in issue 3")
 def test_where_with_size_one_dims_has_eager_strides():
     """fuzz seed 61050 (shrunk): the same with a size-1 dimension (both
     layouts are contiguous; the size-1 dimension's stride differs)."""
