@@ -80,6 +80,7 @@ PYBIND11_MODULE(_C, m) {
     set_default_device(c10::Device(device));
   });
   m.def("_default_device", [] { return default_device().str(); });
+  m.def("_set_in_context", &set_in_context);
   m.def("_tensor_state", &tensor_state);
   m.def("_was_early", &was_early);
   m.def("_home_device", [](const at::Tensor& t) {

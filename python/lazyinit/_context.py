@@ -188,6 +188,7 @@ class LazyInitContext:
         _active.context = self
         self._saved_device = _C._default_device()
         _C._set_default_device(str(self.default_device))
+        _C._set_in_context(True)
         _legacy.acquire()
         self._mode = _LazyFactoryMode()
         self._mode.__enter__()
@@ -201,6 +202,7 @@ class LazyInitContext:
         finally:
             _legacy.release()
             _C._set_default_device(self._saved_device)
+            _C._set_in_context(False)
             _active.context = None
 
     @staticmethod
