@@ -169,6 +169,11 @@ bool map_back(
       return false;
     }
   }
+  // Sizes the map kept (0 and 1 only, or small ones): the CPU's strides.
+  if (cpu.sizes() == real) {
+    strides = cpu.strides().vec();
+    return true;
+  }
   // The result took an input's strides (empty_like of a dense input).
   for (const auto& in : inputs) {
     if (cpu.sizes() == c10::IntArrayRef(in.sizes) &&
@@ -191,12 +196,29 @@ bool map_back(
     }
     return (csz[a] <= 1) > (csz[b] <= 1);
   });
-  for (bool clamp_zero : {false, true}) {
-    if (c10::IntArrayRef(dense_strides(csz, order, clamp_zero)) == cs) {
-      strides = dense_strides(real, order, clamp_zero);
+  auto try_order = [&]() {
+    for (bool clamp_zero : {false, true}) {
+      if (c10::IntArrayRef(dense_strides(csz, order, clamp_zero)) == cs) {
+        strides = dense_strides(real, order, clamp_zero);
+        return true;
+      }
+    }
+    return false;
+  };
+  if (try_order()) {
+    return true;
+  }
+  // Zero sizes make strides of slower dimensions 0, which sorting by stride
+  // cannot place: search the orders (few dimensions only).
+  if (cpu.numel() != 0 || real.size() > 6) {
+    return false;
+  }
+  std::sort(order.begin(), order.end());
+  do {
+    if (try_order()) {
       return true;
     }
-  }
+  } while (std::next_permutation(order.begin(), order.end()));
   return false;
 }
 

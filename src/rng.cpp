@@ -27,6 +27,10 @@ struct ReplayDepth {
   ~ReplayDepth() { --g_replay_depth; }
 };
 
+// GeneratorStateGuards alive in this thread: a chain settled inside one
+// would be undone when it restores the generators.
+thread_local int g_guard_depth = 0;
+
 // Random ops whose schema has no Generator argument.
 const std::set<std::string>& random_op_names() {
   static const std::set<std::string> names = {
@@ -266,8 +270,9 @@ void rng_node_died(RngChain& chain) {
   // real (torch.get_rng_state(), real random factories); an explicit
   // torch.Generator's state can be read with g.get_state(), which lazyinit
   // cannot intercept, so its chain settles as soon as nothing pending is
-  // left. Not from inside a replay: that one settles when it ends.
-  if (g_replay_depth > 0 ||
+  // left. Not from inside a replay or a materialization (whose
+  // GeneratorStateGuard would undo it): those settle when they end.
+  if (g_replay_depth > 0 || g_guard_depth > 0 ||
       chain.generator.unsafeGetGeneratorImpl() ==
           at::detail::getDefaultCPUGenerator().unsafeGetGeneratorImpl()) {
     return;
@@ -285,6 +290,7 @@ void rng_node_died(RngChain& chain) {
 }
 
 GeneratorStateGuard::GeneratorStateGuard() {
+  ++g_guard_depth;
   at::Generator cpu = at::detail::getDefaultCPUGenerator();
   saved_.emplace_back(cpu, get_state(cpu));
   for (auto& kv : current_chains()) {
@@ -299,6 +305,7 @@ GeneratorStateGuard::~GeneratorStateGuard() {
   for (auto& saved : saved_) {
     set_state(saved.first, saved.second);
   }
+  --g_guard_depth;
 }
 
 void rng_catch_up_default(const c10::optional<at::Generator>& explicit_gen) {

@@ -54,8 +54,10 @@ class _LazyFactoryMode(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
         kwargs = dict(kwargs or {})
         if func in self._factories and kwargs.get("device") is None:
-            # torch.normal(mean_tensor, std_tensor) follows its inputs.
-            if not any(isinstance(a, torch.Tensor) for a in args):
+            # torch.normal(mean_tensor, std_tensor) follows its inputs, and
+            # torch.rand(..., out=t) writes t wherever it lives (real too).
+            if not any(isinstance(a, torch.Tensor) for a in args) and \
+                    kwargs.get("out") is None:
                 kwargs["device"] = "lazy"
         return func(*args, **kwargs)
 

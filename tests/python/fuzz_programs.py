@@ -645,6 +645,9 @@ class Generator:
     def _rebuild(self) -> None:
         """Re-runs the accepted lines on a fresh shadow (after a rejected
         line that may have drawn random numbers)."""
+        # programs start with float32 as the default dtype; the shadow may
+        # have changed it (torch.set_default_dtype lines)
+        torch.set_default_dtype(F32)
         res = run_program(self.lines, "eager")
         assert res.error is None, res.error
         # keep bookkeeping; only the values change. run_program restored
