@@ -67,6 +67,7 @@ def _child(name: str, out_path: str) -> int:
     rec["torch_threads"] = torch.get_num_threads()
     import lazyinit
     rec["lazyinit_file"] = lazyinit.__file__
+    rec["lazyinit_version"] = _lazyinit_version()
     with open(out_path, "w") as f:
         json.dump(rec, f)
     return 0
@@ -147,7 +148,7 @@ def _lazyinit_version() -> str:
                 commit = f.read().strip()
         except OSError:
             commit = "unknown commit"
-        return f"commit {commit} (a clean build of it in `{d}`)"
+        return f"commit {commit} (a separate build of it)"
     try:
         out = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -232,6 +233,15 @@ def write_markdown(records, path, started, wall_s, versions, argv):
             res,
         ]) + " |")
 
+    current = _lazyinit_version()
+    older = sorted({r["lazyinit_version"] for r in records
+                    if r.get("lazyinit_version", current) != current})
+    if older:
+        lines += ["", "## Rows from another build", ""]
+        for v in older:
+            names = [r["name"] for r in records if r.get("lazyinit_version") == v]
+            lines.append(f"- lazyinit {v}: {', '.join(names)}")
+
     fails = [r for r in records if r["result"] != "pass"]
     if fails:
         lines += ["", "## Failures", ""]
@@ -262,6 +272,8 @@ def main():
     ap.add_argument("--timeout", type=float, default=3600, help="seconds per model")
     ap.add_argument("--lazyinit-python", help="the folder holding the lazyinit package to test "
                     "(default: this checkout's python/)")
+    ap.add_argument("--fill-from", help="records (JSON) of an earlier run, used for the models "
+                    "this run has no record of; the report names their build")
     ap.add_argument("--child", nargs=2, metavar=("NAME", "JSON"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -296,7 +308,12 @@ def main():
             with open(args.json, "w") as f:
                 json.dump(records, f, indent=1)
     wall = time.perf_counter() - t0
-    records.sort(key=lambda r: names.index(r["name"]))
+    if args.fill_from:
+        with open(args.fill_from) as f:
+            have = {r["name"] for r in records}
+            records += [r for r in json.load(f) if r["name"] in names and r["name"] not in have]
+    order = [m.name for m in test_zoo.zoo()]  # the table in zoo order, whatever --only said
+    records.sort(key=lambda r: order.index(r["name"]) if r["name"] in order else len(order))
     if args.resume:  # the models' own wall times, summed over the sessions
         wall = sum(r["wall_s"] for r in records)
     write_markdown(records, args.out, started, wall, versions,

@@ -43,7 +43,7 @@ LazyStorage& pending_storage(const at::Tensor& t) {
 // A real copy of the current value, computed on the default device; the
 // tensor stays lazy (used for printing values, tolist() and numpy()).
 at::Tensor value_copy(const at::Tensor& t) {
-  std::lock_guard<std::recursive_mutex> lock(graph_mutex());
+  auto lock = lock_graph();
   auto* impl = get_pending_impl(t);
   TORCH_CHECK(impl != nullptr, "lazyinit: expected a lazy tensor");
   at::Tensor base = early_value(*impl->lazy_storage());
@@ -54,7 +54,7 @@ at::Tensor value_copy(const at::Tensor& t) {
 }
 
 void discard(const at::Tensor& t) {
-  std::lock_guard<std::recursive_mutex> lock(graph_mutex());
+  auto lock = lock_graph();
   auto* impl = get_pending_impl(t);
   if (impl == nullptr) {
     return;
@@ -65,11 +65,24 @@ void discard(const at::Tensor& t) {
   storage.state = StorageState::kDiscarded;
 }
 
+// Installed as the graph lock's blocking wait (see lock_graph): a thread
+// that holds the GIL releases it while it waits for the lock, so the thread
+// holding the lock can run Python (Meta kernels written in Python).
+void wait_without_gil(std::recursive_mutex& mutex) {
+  if (PyGILState_Check()) {
+    py::gil_scoped_release no_gil;
+    mutex.lock();
+  } else {
+    mutex.lock();
+  }
+}
+
 }  // namespace
 }  // namespace lazyinit
 
 PYBIND11_MODULE(_C, m) {
   using namespace lazyinit;
+  set_blocking_lock_hook(&wait_without_gil);
   m.doc() = "lazyinit's C++ core: the lazy device backend.";
   m.def("_register", &register_backend,
         "Registers the lazy backend with the dispatcher (idempotent).");

@@ -79,6 +79,7 @@ void to_kernel(
   }
   if (target.has_value() && !is_lazy_device(*target) &&
       get_pending_impl(self) != nullptr) {
+    auto lock = lock_graph();  // Tensor.to() holds the GIL
     materialize_tensor(self, *target);
     if (in_context()) {
       // Model code turned the tensor real during construction (torchaudio's

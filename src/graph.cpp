@@ -5,6 +5,8 @@
 
 #include <c10/util/Exception.h>
 
+#include <atomic>
+
 namespace lazyinit {
 namespace {
 
@@ -47,6 +49,27 @@ int64_t live_node_count() {
 std::recursive_mutex& graph_mutex() {
   static std::recursive_mutex mutex;
   return mutex;
+}
+
+namespace {
+std::atomic<BlockingLockHook> g_blocking_lock_hook{nullptr};
+}  // namespace
+
+void set_blocking_lock_hook(BlockingLockHook hook) {
+  g_blocking_lock_hook.store(hook);
+}
+
+std::unique_lock<std::recursive_mutex> lock_graph() {
+  std::unique_lock<std::recursive_mutex> lock(graph_mutex(), std::try_to_lock);
+  if (lock.owns_lock()) {
+    return lock;
+  }
+  if (auto hook = g_blocking_lock_hook.load()) {
+    hook(graph_mutex());  // returns with the mutex locked
+    return std::unique_lock<std::recursive_mutex>(graph_mutex(), std::adopt_lock);
+  }
+  lock.lock();
+  return lock;
 }
 
 LazyStorage::LazyStorage(

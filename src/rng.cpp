@@ -197,7 +197,7 @@ void rng_record(const NodePtr& node, const c10::optional<at::Generator>& explici
 }
 
 uint64_t rng_initial_seed() {
-  std::lock_guard<std::recursive_mutex> lock(graph_mutex());
+  auto lock = lock_graph();
   at::Generator gen = at::detail::getDefaultCPUGenerator();
   auto it = current_chains().find(gen.unsafeGetGeneratorImpl());
   if (it != current_chains().end() && !it->second->applied &&
@@ -309,7 +309,7 @@ GeneratorStateGuard::~GeneratorStateGuard() {
 }
 
 void rng_catch_up_default(const c10::optional<at::Generator>& explicit_gen) {
-  std::lock_guard<std::recursive_mutex> lock(graph_mutex());
+  auto lock = lock_graph();
   Replayer replayer{c10::Device(c10::kCPU)};
   rng_catch_up(explicit_gen, replayer);
 }
