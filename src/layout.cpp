@@ -169,11 +169,6 @@ bool map_back(
       return false;
     }
   }
-  // Sizes the map kept (0 and 1 only, or small ones): the CPU's strides.
-  if (cpu.sizes() == real) {
-    strides = cpu.strides().vec();
-    return true;
-  }
   // The result took an input's strides (empty_like of a dense input).
   for (const auto& in : inputs) {
     if (cpu.sizes() == c10::IntArrayRef(in.sizes) &&
@@ -210,15 +205,21 @@ bool map_back(
   }
   // Zero sizes make strides of slower dimensions 0, which sorting by stride
   // cannot place: search the orders (few dimensions only).
-  if (cpu.numel() != 0 || real.size() > 6) {
-    return false;
+  if (cpu.numel() == 0 && real.size() <= 6) {
+    std::sort(order.begin(), order.end());
+    do {
+      if (try_order()) {
+        return true;
+      }
+    } while (std::next_permutation(order.begin(), order.end()));
   }
-  std::sort(order.begin(), order.end());
-  do {
-    if (try_order()) {
-      return true;
-    }
-  } while (std::next_permutation(order.begin(), order.end()));
+  // Last, where the map kept every size (0 and 1 only, or small ones): the
+  // CPU's strides as they are. (Not first: stand-in strides of inputs differ
+  // from the real ones, and a result may have copied an input's.)
+  if (cpu.sizes() == real) {
+    strides = cpu.strides().vec();
+    return true;
+  }
   return false;
 }
 

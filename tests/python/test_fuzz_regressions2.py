@@ -128,3 +128,31 @@ def test_data_assignment_between_lazy_and_real_tensors():
     assert isinstance(lazy[4], nn.Parameter)
     assert lazy[2].data_ptr() == lazy[3].data_ptr(), "c must share d's storage"
     assert_rng_equal(rng, torch.get_rng_state())
+
+
+# --------------------------------------------------------------------------
+# 17. results that copy an input's strides, on empty or size-1 dimensions
+# --------------------------------------------------------------------------
+
+def test_like_ops_keep_strides_of_empty_and_size_one_dims():
+    """fuzz seeds 2843, 3668, 4595, 6172, 6630, 7263, 7341 (seed 2843
+    shrunk; found after finding 14's fix, which took the stand-in run's
+    strides as they were where the sizes matched): ``zeros_like`` of
+    ``eye(2, 2).diagonal(-3)`` (shape (0,), stride (3,)) copies the stride
+    3; the stand-in has another stride there, so the input's real strides
+    must be used."""
+    def build(**kw):
+        v1 = torch.eye(2, 2, **kw).diagonal(-3, 0, 1)
+        w = torch.zeros((3, 4), **kw)[:1, :2]           # (1, 2), strides (4, 1)
+        s = torch.zeros((9, 9), **kw)[:0, :0]           # (0, 0), strides (9, 1)
+        return [torch.zeros_like(v1), torch.empty_like(w).fill_(1), w.clone(),
+                torch.ones_like(s), s * 2, torch.rand_like(w)]
+
+    torch.manual_seed(0)
+    eager = build()
+    torch.manual_seed(0)
+    lazy = build(device="lazy")
+    for i, (e, l) in enumerate(zip(eager, lazy)):
+        assert l.stride() == e.stride(), (i, l.stride(), e.stride())
+        lazyinit.materialize(l, "cpu")
+        assert_tensor_equal(f"result {i}", e, l)
