@@ -178,9 +178,9 @@ bool map_back(
       return true;
     }
   }
-  // The result is dense in some order of its dimensions: find the order
-  // (on equal strides, dimensions of size 0 or 1 count as the faster ones) and lay
-  // the real sizes out in it.
+  // The result is dense in some order of its dimensions: find the order (on
+  // equal strides, dimensions of size 0 or 1 count as the faster ones) and
+  // lay the real sizes out in it.
   std::vector<size_t> order(real.size());
   std::iota(order.begin(), order.end(), 0);
   const auto cs = cpu.strides();
