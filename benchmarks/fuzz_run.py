@@ -6,7 +6,7 @@ each eagerly and lazily and compares. Programs run in a child process, so a
 crash (segfault) is recorded against its seed and the run goes on in a new
 child.
 
-    cd /work/main
+    # from the repository root
     PYTHONPATH=python /usr/bin/python3 benchmarks/fuzz_run.py --count 10000
     PYTHONPATH=python /usr/bin/python3 benchmarks/fuzz_run.py --seed 1234 --show
     PYTHONPATH=python /usr/bin/python3 benchmarks/fuzz_run.py --seed 1234 --minimize [--kind K]
@@ -65,20 +65,24 @@ def run_seeds(args: argparse.Namespace, start: int, count: int, on_record) -> No
         if args.disable:
             cmd += ["--disable", args.disable]
         env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "python"))
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, env=env, cwd=ROOT)
-        current = None
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            rec = json.loads(line)
-            if "start" in rec:
-                current = rec["start"]
-                continue
-            on_record(rec)
-            nxt = rec["seed"] + 1
+        # stderr goes to a file: torch warnings (e.g. resized outputs) would
+        # fill a pipe that is only read at the end and block the child.
+        with tempfile.TemporaryFile(mode="w+") as err_file:
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err_file,
+                                    text=True, env=env, cwd=ROOT)
             current = None
-        err = proc.stderr.read() if proc.stderr else ""
-        rc = proc.wait()
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                rec = json.loads(line)
+                if "start" in rec:
+                    current = rec["start"]
+                    continue
+                on_record(rec)
+                nxt = rec["seed"] + 1
+                current = None
+            rc = proc.wait()
+            err_file.seek(0)
+            err = err_file.read()
         if current is not None:  # died in the middle of a program
             on_record({"seed": current, "crash": rc, "stderr": err[-2000:]})
             nxt = current + 1

@@ -47,7 +47,7 @@ LazyStorage& pending_storage(const at::Tensor& t) {
 // A real copy of the current value, computed on the default device; the
 // tensor stays lazy (used for printing values, tolist() and numpy()).
 at::Tensor value_copy(const at::Tensor& t) {
-  std::lock_guard<std::recursive_mutex> lock(graph_mutex());
+  auto lock = lock_graph();
   auto* impl = get_pending_impl(t);
   TORCH_CHECK(impl != nullptr, "lazyinit: expected a lazy tensor");
   at::Tensor base = early_value(*impl->lazy_storage());
@@ -58,7 +58,7 @@ at::Tensor value_copy(const at::Tensor& t) {
 }
 
 void discard(const at::Tensor& t) {
-  std::lock_guard<std::recursive_mutex> lock(graph_mutex());
+  auto lock = lock_graph();
   auto* impl = get_pending_impl(t);
   if (impl == nullptr) {
     return;
@@ -91,11 +91,24 @@ std::vector<Placement> placements_from(const std::vector<std::array<int64_t, 4>>
   return out;
 }
 
+// Installed as the graph lock's blocking wait (see lock_graph): a thread
+// that holds the GIL releases it while it waits for the lock, so the thread
+// holding the lock can run Python (Meta kernels written in Python).
+void wait_without_gil(std::recursive_mutex& mutex) {
+  if (PyGILState_Check()) {
+    py::gil_scoped_release no_gil;
+    mutex.lock();
+  } else {
+    mutex.lock();
+  }
+}
+
 }  // namespace
 }  // namespace lazyinit
 
 PYBIND11_MODULE(_C, m) {
   using namespace lazyinit;
+  set_blocking_lock_hook(&wait_without_gil);
   m.doc() = "lazyinit's C++ core: the lazy device backend.";
   m.def("_register", &register_backend,
         "Registers the lazy backend with the dispatcher (idempotent).");
@@ -106,6 +119,7 @@ PYBIND11_MODULE(_C, m) {
     set_default_device(c10::Device(device));
   });
   m.def("_default_device", [] { return default_device().str(); });
+  m.def("_set_in_context", &set_in_context);
   m.def("_tensor_state", &tensor_state);
   m.def("_was_early", &was_early);
   m.def("_home_device", [](const at::Tensor& t) {

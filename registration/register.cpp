@@ -6,14 +6,18 @@
 //   the recorder is registered explicitly for those, so the tape holds the
 //   op the model called and the Meta kernel still infers shapes.
 // * Tensor.to(device) materializes in place (see to_kernel).
+// * dropout takes the CPU's path, not the fused one (see dropout_kernel).
 #include <lazyinit/compat.h>
 #include <lazyinit/device.h>
 #include <lazyinit/lazy_tensor_impl.h>
 #include <lazyinit/recorder.h>
 #include <lazyinit/registration.h>
 #include <lazyinit/replay.h>
+#include <lazyinit/rng.h>
 
+#include <ATen/core/Tensor.h>
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/ops/empty_like.h>
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
@@ -75,12 +79,52 @@ void to_kernel(
   }
   if (target.has_value() && !is_lazy_device(*target) &&
       get_pending_impl(self) != nullptr) {
+    auto lock = lock_graph();  // Tensor.to() holds the GIL
     materialize_tensor(self, *target);
+    if (in_context()) {
+      // Model code turned the tensor real during construction (torchaudio's
+      // `w.copy_(w.cpu().normal_().to(w.device))`) and may now draw from the
+      // generator for real, e.g. with an in-place random op lazyinit never
+      // sees: put the generator where eager construction has it by now (the
+      // pending random ops' draws are replayed into scratch; each is drawn at
+      // most twice). Outside a context, materialization is the final step and
+      // leaves the generator as recording left it, at no extra cost.
+      rng_catch_up_default();
+    }
     op.callBoxed(stack);
     return;
   }
   // The CPU entry of a CompositeImplicitAutograd op is its math kernel.
   op.redispatchBoxed(c10::DispatchKeySet(c10::DispatchKey::CPU), stack);
+}
+
+// at::dropout (a CompositeImplicitAutograd op) takes the fused
+// native_dropout when is_fused_kernel_acceptable(input, p) holds, which is
+// true for Lazy (torch 1.13) and PrivateUse1 (torch 2.x) tensors, and
+// _dropout on the CPU. The two lay out their masks and round differently,
+// so lazy values would differ from eager CPU construction. Materialization
+// targets the CPU: run the CPU path, _dropout (ATen/native/Dropout.cpp), op
+// by op; each op is recorded, and autograd (which falls through to this
+// kernel) sees them as it would see the composite.
+void dropout_kernel(
+    const c10::OperatorHandle& op,
+    c10::DispatchKeySet,
+    torch::jit::Stack* stack) {
+  auto args = torch::jit::last(*stack, 3);
+  const at::Tensor input = args[0].toTensor();
+  const double p = args[1].toDouble();
+  const bool train = args[2].toBool();
+  if (!train || !(p > 0 && p < 1) || input.numel() == 0) {
+    // Not fused on any device: the math kernel is the CPU path already.
+    op.redispatchBoxed(c10::DispatchKeySet(c10::DispatchKey::CPU), stack);
+    return;
+  }
+  at::Tensor noise = at::empty_like(input, at::MemoryFormat::Contiguous);
+  noise.bernoulli_(1 - p);
+  noise.div_(1 - p);
+  at::Tensor result = input.mul(noise);
+  torch::jit::drop(*stack, 3);
+  stack->emplace_back(std::move(result));
 }
 
 c10::DispatchKey pick_key() {
@@ -122,6 +166,7 @@ void register_kernels(torch::Library& lib, torch::Library& fallback, c10::Dispat
         (std::string("to.") + overload).c_str(),
         torch::CppFunction::makeFromBoxedFunction<&to_kernel>());
   }
+  lib.impl("dropout", torch::CppFunction::makeFromBoxedFunction<&dropout_kernel>());
   for (const auto& name : dispatcher.getAllOpNames()) {
     if (name.name.rfind("aten::", 0) != 0) {
       continue;

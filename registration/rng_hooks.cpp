@@ -44,7 +44,7 @@ void random_factory_backend_select(
   c10::optional<c10::ScalarType> dtype;
   c10::optional<c10::Layout> layout;
   c10::optional<c10::Device> device;
-  bool explicit_generator = false;
+  c10::optional<at::Generator> generator;
   for (size_t i = 0; i < arguments.size(); ++i) {
     const auto& name = arguments[i].name();
     if (name == "dtype") {
@@ -54,12 +54,15 @@ void random_factory_backend_select(
     } else if (name == "device") {
       device = optional_arg<c10::Device>(args[i]);
     } else if (name == "generator") {
-      explicit_generator = !args[i].isNone();
+      if (args[i].isGenerator()) {
+        generator = args[i].toGenerator();
+      }
     }
   }
   const bool lazy = device.has_value() && is_lazy_device(*device);
-  if (!lazy && !explicit_generator && (!device.has_value() || device->is_cpu())) {
-    rng_catch_up_default();
+  if (!lazy && (!device.has_value() || device->is_cpu()) &&
+      (!generator.has_value() || generator->device().is_cpu())) {
+    rng_catch_up_default(generator);
   }
   const auto after_backend_select =
       c10::DispatchKeySet(c10::DispatchKeySet::FULL_AFTER, c10::DispatchKey::BackendSelect);

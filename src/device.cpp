@@ -17,6 +17,8 @@ c10::Device& default_device_slot() {
   return device;
 }
 
+thread_local bool g_in_context = false;
+
 }  // namespace
 
 c10::DeviceType lazy_device_type() {
@@ -51,6 +53,14 @@ void set_default_device(c10::Device device) {
       "lazyinit: the default device is where lazy tensors get their values "
       "(e.g. \"cpu\" or \"cuda\"); it cannot be the lazy device itself.");
   default_device_slot() = device;
+}
+
+bool in_context() {
+  return g_in_context;
+}
+
+void set_in_context(bool active) {
+  g_in_context = active;
 }
 
 }  // namespace lazyinit

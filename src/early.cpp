@@ -49,7 +49,7 @@ void run_early(
     const c10::OperatorHandle& op,
     torch::jit::Stack* stack,
     const std::string& reason) {
-  std::lock_guard<std::recursive_mutex> lock(graph_mutex());
+  auto lock = lock_graph();
   const auto& info = op_info(op);
   const size_t num_args = op.schema().arguments().size();
   std::vector<c10::IValue> args(stack->end() - num_args, stack->end());

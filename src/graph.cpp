@@ -5,6 +5,8 @@
 
 #include <c10/util/Exception.h>
 
+#include <atomic>
+
 namespace lazyinit {
 namespace {
 
@@ -49,6 +51,27 @@ std::recursive_mutex& graph_mutex() {
   return mutex;
 }
 
+namespace {
+std::atomic<BlockingLockHook> g_blocking_lock_hook{nullptr};
+}  // namespace
+
+void set_blocking_lock_hook(BlockingLockHook hook) {
+  g_blocking_lock_hook.store(hook);
+}
+
+std::unique_lock<std::recursive_mutex> lock_graph() {
+  std::unique_lock<std::recursive_mutex> lock(graph_mutex(), std::try_to_lock);
+  if (lock.owns_lock()) {
+    return lock;
+  }
+  if (auto hook = g_blocking_lock_hook.load()) {
+    hook(graph_mutex());  // returns with the mutex locked
+    return std::unique_lock<std::recursive_mutex>(graph_mutex(), std::adopt_lock);
+  }
+  lock.lock();
+  return lock;
+}
+
 LazyStorage::LazyStorage(
     int64_t nbytes_,
     caffe2::TypeMeta dtype_,
@@ -75,6 +98,13 @@ LazyStorage::~LazyStorage() {
       node.owner_dead = true;
       ++chain.dead_unknown;
       chain.dead[node.rng_index] = entry.node;
+      try {
+        rng_node_died(chain);
+      } catch (const std::exception& e) {
+        // A destructor must not throw; the generator then lags until the
+        // next materialization settles it.
+        TORCH_WARN("lazyinit: could not settle a generator: ", e.what());
+      }
     }
   }
 }

@@ -7,6 +7,7 @@
 
 #include <lazyinit/device.h>
 #include <lazyinit/early.h>
+#include <lazyinit/layout.h>
 #include <lazyinit/lazy_tensor_impl.h>
 #include <lazyinit/op_info.h>
 #include <lazyinit/rng.h>
@@ -135,62 +136,6 @@ bool infer_on_meta(
     return false;
   }
   return true;
-}
-
-// Meta kernels may lay out zero-element results differently from the CPU
-// kernels (torch.where on permuted empty tensors). When every tensor input
-// has an empty storage, running the real CPU kernel costs nothing: take the
-// result layout from it, so the materialized tensor's strides match eager.
-void use_cpu_layout_for_empty_results(
-    const c10::OperatorHandle& op,
-    const OpInfo& info,
-    const std::vector<c10::IValue>& args,
-    std::vector<c10::IValue>& meta_stack) {
-  if (info.random || !info.written_args.empty()) {
-    return;
-  }
-  bool all_empty = true;
-  bool any_tensor = false;
-  for_each_tensor(args, [&](size_t, int64_t, const at::Tensor& t) {
-    any_tensor = true;
-    auto* impl = get_pending_impl(t);
-    all_empty = all_empty && (impl ? impl->lazy_storage()->nbytes == 0 : t.numel() == 0);
-  });
-  bool empty_result = false;
-  for (const auto& v : meta_stack) {
-    empty_result = empty_result || (v.isTensor() && v.toTensor().numel() == 0);
-  }
-  if (!any_tensor || !all_empty || !empty_result) {
-    return;
-  }
-  std::vector<c10::IValue> cpu = args;
-  copy_tensor_lists(cpu);
-  for_each_tensor(args, [&](size_t i, int64_t e, const at::Tensor& t) {
-    set_tensor(cpu, i, e, at::empty_strided(
-        t.sizes(), t.strides(), at::TensorOptions().dtype(t.dtype()).device(at::kCPU)));
-  });
-  for (size_t i : info.device_args) {
-    if (cpu[i].isDevice()) {
-      cpu[i] = c10::IValue(c10::Device(c10::kCPU));
-    }
-  }
-  try {
-    op.callBoxed(&cpu);
-  } catch (const std::exception&) {
-    return;  // keep the Meta kernel's answer
-  }
-  if (cpu.size() != meta_stack.size()) {
-    return;
-  }
-  for (size_t r = 0; r < cpu.size(); ++r) {
-    if (cpu[r].isTensor() && meta_stack[r].isTensor() &&
-        info.returns[r].kind == OpInfo::ReturnKind::kFresh &&
-        cpu[r].toTensor().sizes() == meta_stack[r].toTensor().sizes()) {
-      const auto& c = cpu[r].toTensor();
-      meta_stack[r] = c10::IValue(at::empty_strided(
-          c.sizes(), c.strides(), c.options().device(at::kMeta)));
-    }
-  }
 }
 
 NodePtr make_node(
@@ -384,7 +329,7 @@ void follow_written_geometry(
 }  // namespace
 
 void record_op(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
-  std::lock_guard<std::recursive_mutex> lock(graph_mutex());
+  auto lock = lock_graph();
   const auto& info = op_info(op);
   const size_t num_args = op.schema().arguments().size();
   std::vector<c10::IValue> args(stack->end() - num_args, stack->end());
@@ -414,7 +359,7 @@ void record_op(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
     run_early(op, stack, "it has no Meta kernel or needs values");
     return;
   }
-  use_cpu_layout_for_empty_results(op, info, args, meta_stack);
+  use_cpu_layout(op, info, args, meta_stack);
   // Written arguments as the Meta kernel left them (returned as themselves).
   std::vector<c10::IValue> meta_args(num_args);
   for (size_t r = 0; r < info.returns.size() && r < meta_stack.size(); ++r) {

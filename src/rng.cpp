@@ -27,6 +27,10 @@ struct ReplayDepth {
   ~ReplayDepth() { --g_replay_depth; }
 };
 
+// The innermost GeneratorStateGuard alive in this thread (null if none): a
+// chain settled inside one would be undone when it restores the generators.
+thread_local GeneratorStateGuard* g_innermost_guard = nullptr;
+
 // Random ops whose schema has no Generator argument.
 const std::set<std::string>& random_op_names() {
   static const std::set<std::string> names = {
@@ -213,7 +217,7 @@ void rng_record(const NodePtr& node, const c10::optional<at::Generator>& explici
 }
 
 uint64_t rng_initial_seed() {
-  std::lock_guard<std::recursive_mutex> lock(graph_mutex());
+  auto lock = lock_graph();
   at::Generator gen = at::detail::getDefaultCPUGenerator();
   auto it = current_chains().find(gen.unsafeGetGeneratorImpl());
   if (it != current_chains().end() && !it->second->applied &&
@@ -257,33 +261,63 @@ void rng_catch_up(const c10::optional<at::Generator>& explicit_gen, Replayer& re
   chain.applied = true;
 }
 
+namespace {
+
+// Where no random node of the chain awaits materialization any more (each
+// was replayed or died), replays the dead ones' draws into scratch and
+// leaves the generator where eager construction would.
+void settle_chain(RngChain& chain) {
+  if (chain.applied || !same_state(get_state(chain.generator), chain.tagged_state)) {
+    return;  // the generator was set or used since
+  }
+  if (chain.unknown != chain.dead_unknown) {
+    // Some node was not replayed on the CPU: if they all were on one CUDA
+    // device, eager construction there left the CPU generator untouched.
+    if (philox_settle(chain)) {
+      set_state(chain.generator, *chain.states.front());
+      chain.applied = true;
+    }
+    return;
+  }
+  Replayer cpu{c10::Device(c10::kCPU)};
+  ensure_state(chain, chain.size(), cpu);
+  set_state(chain.generator, *chain.states.back());
+  chain.applied = true;
+  release_scratch();
+}
+
+}  // namespace
+
 void rng_settle() {
   ReplayDepth depth;
   for (auto& kv : current_chains()) {
-    RngChain& chain = *kv.second;
-    if (chain.applied || !same_state(get_state(chain.generator), chain.tagged_state)) {
-      continue;  // the generator was set or used since
-    }
-    if (chain.unknown != chain.dead_unknown) {
-      // Some node was not replayed on the CPU: if they all were on one CUDA
-      // device, eager construction there left the CPU generator untouched.
-      if (philox_settle(chain)) {
-        set_state(chain.generator, *chain.states.front());
-        chain.applied = true;
-      }
-      continue;
-    }
-    Replayer cpu{c10::Device(c10::kCPU)};
-    ensure_state(chain, chain.size(), cpu);
-    set_state(chain.generator, *chain.states.back());
-    chain.applied = true;
-    release_scratch();
+    settle_chain(*kv.second);
   }
 }
 
-namespace {
-thread_local GeneratorStateGuard* g_innermost_guard = nullptr;
-}  // namespace
+void rng_node_died(RngChain& chain) {
+  // The default generator is caught up whenever it is read or used for
+  // real (torch.get_rng_state(), real random factories); an explicit
+  // torch.Generator's state can be read with g.get_state(), which lazyinit
+  // cannot intercept, so its chain settles as soon as nothing pending is
+  // left. Not from inside a replay or a materialization (whose
+  // GeneratorStateGuard would undo it): those settle when they end.
+  if (g_replay_depth > 0 || g_innermost_guard != nullptr ||
+      chain.generator.unsafeGetGeneratorImpl() ==
+          at::detail::getDefaultCPUGenerator().unsafeGetGeneratorImpl()) {
+    return;
+  }
+  // This runs in a destructor, possibly with the GIL held, while another
+  // thread may hold the graph lock and wait for the GIL (Meta kernels written
+  // in Python): never block here. If the lock is busy, the next
+  // materialization settles the chain instead.
+  std::unique_lock<std::recursive_mutex> lock(graph_mutex(), std::try_to_lock);
+  if (!lock.owns_lock()) {
+    return;
+  }
+  ReplayDepth depth;
+  settle_chain(chain);
+}
 
 GeneratorStateGuard* GeneratorStateGuard::innermost() {
   return g_innermost_guard;
@@ -325,10 +359,10 @@ GeneratorStateGuard::~GeneratorStateGuard() {
   g_innermost_guard = outer_;
 }
 
-void rng_catch_up_default() {
-  std::lock_guard<std::recursive_mutex> lock(graph_mutex());
+void rng_catch_up_default(const c10::optional<at::Generator>& explicit_gen) {
+  auto lock = lock_graph();
   Replayer replayer{c10::Device(c10::kCPU)};
-  rng_catch_up(c10::nullopt, replayer);
+  rng_catch_up(explicit_gen, replayer);
 }
 
 }  // namespace lazyinit

@@ -19,4 +19,9 @@ void set_lazy_device_type(c10::DeviceType type);
 c10::Device default_device();
 void set_default_device(c10::Device device);
 
+// Whether a LazyInitContext is active in this thread: model construction is
+// running, and what it materializes is part of it.
+bool in_context();
+void set_in_context(bool active);
+
 }  // namespace lazyinit

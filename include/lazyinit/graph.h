@@ -151,4 +151,13 @@ int64_t live_node_count();
 // Guards the graph: recording and replay are serialized.
 std::recursive_mutex& graph_mutex();
 
+// Takes graph_mutex() for code the dispatcher or Python may enter with the
+// GIL held (recording, early ops, Tensor.to, random factories, bindings).
+// A thread holding the lock may need the GIL (Meta kernels written in
+// Python), so a thread that holds the GIL must not block on the lock: while
+// it waits, the hook installed by the Python module releases the GIL.
+std::unique_lock<std::recursive_mutex> lock_graph();
+using BlockingLockHook = void (*)(std::recursive_mutex&);
+void set_blocking_lock_hook(BlockingLockHook hook);
+
 }  // namespace lazyinit

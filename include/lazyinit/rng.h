@@ -104,10 +104,14 @@ class GeneratorStateGuard {
   GeneratorStateGuard* outer_;
 };
 
-// Before the generator is read or used for real while lazy random nodes
-// are pending: replays their draws into scratch and leaves the generator
-// where eager construction would have it.
-void rng_catch_up_default();
+// Before a generator (the default CPU one unless given) is read or used for
+// real while lazy random nodes are pending: replays their draws into
+// scratch and leaves the generator where eager construction would have it.
+void rng_catch_up_default(const c10::optional<at::Generator>& explicit_gen = c10::nullopt);
+
+// Called when a random node's owner died unreplayed: settles the chain of an
+// explicit generator once nothing of it is pending (see rng_settle).
+void rng_node_died(RngChain& chain);
 
 // torch.initial_seed() as eager would report it: the seed of the chain's
 // start while the generator carries recording's marker.

@@ -57,8 +57,10 @@ class _LazyFactoryMode(TorchFunctionMode):
         if func not in self._factories:
             return func(*args, **(kwargs or {}))
         kwargs = dict(kwargs or {})
-        # torch.normal(mean_tensor, std_tensor) follows its inputs.
-        if kwargs.get("device") is None and not any(isinstance(a, torch.Tensor) for a in args):
+        # torch.normal(mean_tensor, std_tensor) follows its inputs, and
+        # torch.rand(..., out=t) writes t wherever it lives (real too).
+        if kwargs.get("device") is None and kwargs.get("out") is None and \
+                not any(isinstance(a, torch.Tensor) for a in args):
             kwargs["device"] = "lazy"
         return func(*args, **kwargs)
 
@@ -193,6 +195,7 @@ class LazyInitContext:
             _cuda.ensure_initialized()
         self._saved_device = _C._default_device()
         _C._set_default_device(str(self.default_device))
+        _C._set_in_context(True)
         _legacy.acquire()
         self._mode = _LazyFactoryMode()
         self._mode.__enter__()
@@ -206,6 +209,7 @@ class LazyInitContext:
         finally:
             _legacy.release()
             _C._set_default_device(self._saved_device)
+            _C._set_in_context(False)
             _active.context = None
 
     @staticmethod

@@ -72,7 +72,30 @@ def install() -> None:
 
     _catch_up_before_rng_reads()
     _deepcopy_by_storage()
+    _data_between_lazy_and_real()
     _guard_torch_lazy()
+
+
+def _data_between_lazy_and_real() -> None:
+    # `t.data = other` swaps t's storage and metadata for other's; torch
+    # allows it only between tensors of compatible dispatch keys (dense
+    # CPU/CUDA/... with each other), and the lazy key is none of them.
+    # Eagerly both are real tensors, so where one side is lazy and the other
+    # real, the lazy one is materialized first (in place: the real tensor the
+    # eager program holds at that point), then torch does the rest.
+    base_data = torch._C._TensorBase.data
+
+    def _set_data(self: torch.Tensor, value: torch.Tensor) -> None:
+        if isinstance(value, torch.Tensor):
+            from ._materialize import materialize
+            if _is_pending(self) and not _is_pending(value) and not value.is_meta:
+                materialize(self, progress=False)
+            elif _is_pending(value) and not _is_pending(self) and not self.is_meta:
+                materialize(value, self.device, progress=False)
+        base_data.__set__(self, value)
+
+    torch.Tensor.data = property(  # type: ignore[assignment]
+        base_data.__get__, _set_data, doc=base_data.__doc__)
 
 
 def _deepcopy_by_storage() -> None:

@@ -2,7 +2,7 @@
 
 Run with the Debian interpreter (torch 1.13.1 lives there, not in the PATH python3):
 
-    cd /work/main && PYTHONPATH=python /usr/bin/python3 -m pytest -q tests/python
+    PYTHONPATH=python /usr/bin/python3 -m pytest -q tests/python
 
 ``python/`` is also put on sys.path here, so PYTHONPATH is optional. The compiled
 extension (python/lazyinit/_C*.so, built by ``make build``) must exist: a missing

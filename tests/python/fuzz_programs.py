@@ -548,6 +548,17 @@ SAME_SIZE_VIEWS = {F32: [torch.int32], F64: [I64], I64: [F64], F16: [BF16, torch
                    BF16: [F16, torch.int16]}
 
 # Feature names a Generator can switch off (all on by default).
+#: Where "lazy" is DeviceType::Lazy (torch < 2.9), autograd keeps a view
+#: function for every lazy view (Device::supports_as_strided() is false for
+#: Lazy, as for XLA) and regenerates a view's grad_fn through it after an
+#: in-place write; when the view's base does not require grad (any more),
+#: torch fails "new_fn INTERNAL ASSERT FAILED" (finding 10 in
+#: docs/fuzzing.md, a torch bug lazyinit cannot reach). The generator does not
+#: write the two ways to get there on such torch versions: requires_grad_()
+#: on a view, and an out= random factory (whose Python binding resets
+#: requires_grad) into a tensor that requires grad.
+AUTOGRAD_VIEW_FN = lazyinit.device_type == "lazy"
+
 FEATURES = ("context", "real_sources", "views", "inplace", "copy", "outofplace", "ties",
             "deepcopy", "values", "init", "rng", "materialize_mid", "delete",
             "default_dtype", "generators", "set_data", "view_dtype", "modules", "random_oop")
@@ -634,6 +645,9 @@ class Generator:
     def _rebuild(self) -> None:
         """Re-runs the accepted lines on a fresh shadow (after a rejected
         line that may have drawn random numbers)."""
+        # programs start with float32 as the default dtype; the shadow may
+        # have changed it (torch.set_default_dtype lines)
+        torch.set_default_dtype(F32)
         res = run_program(self.lines, "eager")
         assert res.error is None, res.error
         # keep bookkeeping; only the values change. run_program restored
@@ -1144,6 +1158,9 @@ class Generator:
             else:
                 call = f"{expr}[{index}] = {_fmt(n())}"
         elif op == "out_random":
+            if AUTOGRAD_VIEW_FN and (tt.requires_grad or (
+                    tt._base is not None and tt._base.requires_grad)):
+                return False
             size = _shape_str(tuple(tt.shape))
             f = ch.choice([f"torch.randn({size}", f"torch.rand({size}",
                            f"torch.normal(0.5, 2.0, {size}", f"torch.randint(0, 7, {size}"])
@@ -1337,7 +1354,7 @@ class Generator:
         if a is None:
             return False
         name = self.new_name()
-        if self.ch.flag(0.5):
+        if self.ch.flag(0.5) or (AUTOGRAD_VIEW_FN and self.t(a)._base is not None):
             return self.emit(f"{name} = {a}.detach().requires_grad_()", self.fx_view(name, a))
         return self.emit(f"{name} = {a}.requires_grad_()", self.fx_view(name, a))
 

@@ -372,8 +372,6 @@ def test_where_on_zero_element_tensors_has_eager_strides():
     assert_tensor_equal("where", er, lr)
 
 
-@pytest.mark.xfail(strict=True, reason="known: Meta strides for zero-element results of "
-                   "mixed empty/non-empty inputs differ from CPU (values equal); open in issue 3")
 def test_where_of_zero_element_and_nonempty_scalar_has_eager_strides():
     """fuzz seeds 45441, 70417 (shrunk): a zero-element condition/input
     with a 0-dim (non-empty) other operand, of another dtype."""
@@ -390,8 +388,6 @@ def test_where_of_zero_element_and_nonempty_scalar_has_eager_strides():
     assert_tensor_equal("where", e, l)
 
 
-@pytest.mark.xfail(strict=True, reason="known: Meta strides for results with size-one dims "
-                   "differ from CPU's (values equal); open in issue 3")
 def test_where_with_size_one_dims_has_eager_strides():
     """fuzz seed 61050 (shrunk): the same with a size-1 dimension (both
     layouts are contiguous; the size-1 dimension's stride differs)."""
@@ -476,6 +472,22 @@ def test_dropout_of_non_contiguous_tensor_draws_like_eager(p):
 # 7. autograd views
 # --------------------------------------------------------------------------
 
+# Not fixable in lazyinit: torch < 2.9 parses "lazy" to DeviceType::Lazy, for
+# which Device::supports_as_strided() is false, so autograd gives every lazy
+# view a view function and, after an in-place write, regenerates the view's
+# grad_fn by calling it on the base (torch/csrc/autograd/variable.cpp,
+# VariableHooks::grad_fn). When the base does not require grad, that gives no
+# grad_fn and torch asserts; CPU tensors take the AsStridedBackward0 branch
+# instead. On torch >= 2.9 the lazy device is PrivateUse1, which supports
+# as_strided, and these tests must pass.
+_autograd_view_fn_bug = pytest.mark.xfail(
+    lazyinit.device_type == "lazy", strict=True,
+    reason="torch bug for devices without as_strided (Lazy, XLA): autograd regenerates "
+           "a view's grad_fn through its view function and asserts when the base does "
+           "not require grad; see docs/fuzzing.md, finding 10")
+
+
+@_autograd_view_fn_bug
 def test_view_of_a_requires_grad_view_after_in_place_write():
     """fuzz seed 9728 (shrunk). ``requires_grad_()`` on a view (of a
     tensor that does not require grad), a view of that view, an in-place
@@ -499,6 +511,7 @@ def test_view_of_a_requires_grad_view_after_in_place_write():
     assert_tensor_equal("v2 * 1", e.detach(), l.detach())
 
 
+@_autograd_view_fn_bug
 def test_view_of_parameter_after_random_factory_out_into_it():
     """test_fuzz.py (hypothesis, shrunk; then made non-empty): the same
     assertion with a Parameter written by ``torch.rand(size, out=p)`` under
