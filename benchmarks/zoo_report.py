@@ -257,6 +257,11 @@ def write_markdown(records, path, started, wall_s, versions, argv):
     if notes:
         lines += ["", "## Notes", ""]
         lines += [f"- {r['name']}: {_md(r['note'])}" for r in notes]
+    # Results from machines this script does not run on, kept by hand.
+    extra = os.path.join(os.path.dirname(os.path.abspath(path)), "compatibility_accelerator.md")
+    if os.path.exists(extra):
+        with open(extra) as f:
+            lines += ["", f.read().rstrip()]
     lines.append("")
     with open(path, "w") as f:
         f.write("\n".join(lines))
