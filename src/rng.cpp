@@ -83,11 +83,7 @@ void record_state_after(RngChain& chain, Node& node, GenState state) {
 // Replays chain nodes [first known .. index) into scratch so states[index]
 // becomes known.
 void ensure_state(RngChain& chain, int64_t index, Replayer& replayer) {
-  int64_t known = index;
-  while (!chain.states[known]) {
-    --known;
-  }
-  for (int64_t i = known; i < index; ++i) {
+  for (int64_t i = chain.last_known(index); i < index; ++i) {
     if (chain.states[i + 1]) {
       continue;
     }

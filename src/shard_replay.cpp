@@ -43,11 +43,7 @@ std::unordered_set<int64_t>& fell_back_ids() {
 // Makes chain.states[index] known: by counting draws where the op's
 // consumption is known (no memory), else by running the node into scratch.
 void ensure_state_by_draws(RngChain& chain, int64_t index) {
-  int64_t known = index;
-  while (!chain.states[known]) {
-    --known;
-  }
-  for (int64_t i = known; i < index; ++i) {
+  for (int64_t i = chain.last_known(index); i < index; ++i) {
     if (chain.states[i + 1]) {
       continue;
     }

@@ -57,6 +57,13 @@ struct RngChain {
   PhiloxOrigin cuda;
 
   int64_t size() const { return static_cast<int64_t>(nodes.size()); }
+  // The last k <= index whose state is known (states[0] always is).
+  int64_t last_known(int64_t index) const {
+    while (!states[index]) {
+      --index;
+    }
+    return index;
+  }
   // Node `index`, alive or kept for its draws; null once freed.
   NodePtr node_at(int64_t index) const {
     if (auto node = nodes[index].lock()) {
