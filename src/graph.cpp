@@ -23,6 +23,14 @@ Geometry Geometry::of(const at::Tensor& t) {
   return g;
 }
 
+int64_t Geometry::numel() const {
+  int64_t n = 1;
+  for (int64_t size : sizes) {
+    n *= size;
+  }
+  return n;
+}
+
 int64_t Geometry::extent() const {
   int64_t last = offset;
   for (size_t i = 0; i < sizes.size(); ++i) {

@@ -200,30 +200,18 @@ c10::optional<uint64_t> philox_increment(const Node& node, int device) {
   if (node.is_constant()) {
     return c10::nullopt;
   }
-  const auto& schema = node.op->schema();
-  const auto& name = schema.operator_name();
+  const auto& name = node.op->schema().operator_name();
+  int64_t numel = 0;
+  caffe2::TypeMeta dtype;
   if ((name.name == "aten::randn" || name.name == "aten::rand") &&
       (name.overload_name.empty() || name.overload_name == "generator") &&
-      !node.args.empty() && node.args[0].isIntList()) {
+      random_factory_output(node, &numel, &dtype)) {
     // empty(size) followed by normal_ / uniform_ of the whole result
-    int64_t numel = 1;
-    for (int64_t size : node.args[0].toIntVector()) {
-      numel *= size;
-    }
-    caffe2::TypeMeta dtype = node.default_dtype;
-    const auto index = schema.argumentIndexWithName("dtype");
-    if (index.has_value() && *index < node.args.size() && !node.args[*index].isNone()) {
-      dtype = c10::scalarTypeToTypeMeta(node.args[*index].toScalarType());
-    }
     return increment_for(numel, dtype, device);
   }
   if (is_distribution_fill(name) && node.self_slot >= 0) {
     const TensorRef& self = node.tensors[node.self_slot].ref;
-    int64_t numel = 1;
-    for (int64_t size : self.geometry.sizes) {
-      numel *= size;
-    }
-    return increment_for(numel, self.dtype, device);
+    return increment_for(self.geometry.numel(), self.dtype, device);
   }
   return c10::nullopt;
 }

@@ -183,11 +183,7 @@ int64_t uniform_draws(const Node& node) {
   if (per < 0) {
     return -1;
   }
-  int64_t n = 1;
-  for (int64_t s : self.geometry.sizes) {
-    n *= s;
-  }
-  return n * per;
+  return self.geometry.numel() * per;
 }
 
 int64_t normal_draws(const Node& node) {
@@ -295,32 +291,10 @@ bool fill_normal_with(Kernel kernel, const GenState& start, int64_t n,
   return true;
 }
 
-// Output numel and dtype of a random factory (randn / rand) from its
-// arguments; the recorder pins dtype, so it is always set.
-bool factory_output(const Node& node, int64_t* numel, caffe2::TypeMeta* dtype) {
-  const auto& args = node.op->schema().arguments();
-  bool have_size = false;
-  *dtype = node.default_dtype;
-  for (size_t i = 0; i < args.size(); ++i) {
-    if (args[i].name() == "size" && node.args[i].isIntList()) {
-      *numel = 1;
-      for (int64_t s : node.args[i].toIntVector()) {
-        *numel *= s;
-      }
-      have_size = true;
-    } else if (args[i].name() == "dtype" && node.args[i].isInt()) {
-      *dtype = c10::scalarTypeToTypeMeta(static_cast<c10::ScalarType>(node.args[i].toInt()));
-    } else if (args[i].name() == "names" && !node.args[i].isNone()) {
-      return false;
-    }
-  }
-  return have_size;
-}
-
 int64_t rand_draws(const Node& node) {
   int64_t n = 0;
   caffe2::TypeMeta dtype;
-  if (!factory_output(node, &n, &dtype)) {
+  if (!random_factory_output(node, &n, &dtype)) {
     return -1;
   }
   const int64_t per = draws_per_uniform(dtype);
@@ -330,7 +304,7 @@ int64_t rand_draws(const Node& node) {
 int64_t randn_draws(const Node& node) {
   int64_t n = 0;
   caffe2::TypeMeta dtype;
-  if (!factory_output(node, &n, &dtype)) {
+  if (!random_factory_output(node, &n, &dtype)) {
     return -1;
   }
   const int64_t per = draws_per_uniform(dtype);

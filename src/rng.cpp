@@ -152,6 +152,26 @@ void rng_ensure_state(RngChain& chain, int64_t index, Replayer& replayer) {
   ensure_state(chain, index, replayer);
 }
 
+bool random_factory_output(const Node& node, int64_t* numel, caffe2::TypeMeta* dtype) {
+  const auto& args = node.op->schema().arguments();
+  bool have_size = false;
+  *dtype = node.default_dtype;
+  for (size_t i = 0; i < args.size(); ++i) {
+    if (args[i].name() == "size" && node.args[i].isIntList()) {
+      *numel = 1;
+      for (int64_t s : node.args[i].toIntVector()) {
+        *numel *= s;
+      }
+      have_size = true;
+    } else if (args[i].name() == "dtype" && node.args[i].isInt()) {
+      *dtype = c10::scalarTypeToTypeMeta(static_cast<c10::ScalarType>(node.args[i].toInt()));
+    } else if (args[i].name() == "names" && !node.args[i].isNone()) {
+      return false;
+    }
+  }
+  return have_size;
+}
+
 bool is_random_op(const c10::FunctionSchema& schema) {
   for (const auto& arg : schema.arguments()) {
     auto t = arg.type();

@@ -157,7 +157,7 @@ std::string not_local(const LazyStorage& storage, const Node& node, c10::DeviceT
         if (ref.storage->numel() > kSmallLazy) {
           return name + " reads another large lazy tensor";
         }
-        if (geometry_numel(ref.geometry) != 1 && ref.geometry.sizes != self.geometry.sizes) {
+        if (ref.geometry.numel() != 1 && ref.geometry.sizes != self.geometry.sizes) {
           return name + " broadcasts a lazy tensor";
         }
         break;
@@ -242,7 +242,7 @@ class SpanReplay {
     }
     for (size_t i = 0; i < creation.tensors.size(); ++i) {
       const TensorRef& ref = creation.tensors[i].ref;
-      const int64_t n = geometry_numel(ref.geometry);
+      const int64_t n = ref.geometry.numel();
       if (ref.kind == TensorRef::Kind::kReal) {
         if (ref.real.numel() != 1 && ref.real.sizes() != c10::IntArrayRef(out.sizes)) {
           *why = name + " broadcasts a real tensor";

@@ -35,6 +35,8 @@ struct Geometry {
   bool operator!=(const Geometry& other) const { return !(*this == other); }
   // Number of storage elements this view reaches (0 for empty views).
   int64_t extent() const;
+  // Number of elements of the view.
+  int64_t numel() const;
 };
 
 struct Node;

@@ -126,6 +126,11 @@ uint64_t rng_initial_seed();
 
 bool is_random_op(const c10::FunctionSchema& schema);
 
+// Output element count and dtype of a random factory node (torch.randn /
+// torch.rand: `size`, `dtype` arguments; the recorder pins the dtype).
+// False when they are not known from the arguments (named tensors).
+bool random_factory_output(const Node& node, int64_t* numel, caffe2::TypeMeta* dtype);
+
 // For region replay (src/shard_replay.cpp), which advances generators by
 // counting draws instead of running nodes into scratch buffers.
 // Records the state after chain node `node` (a no-op when already known).

@@ -97,8 +97,6 @@ bool replay_spans(
     at::Tensor* out,
     std::string* why);
 
-int64_t geometry_numel(const Geometry& g);
-
 // If the view `g` is a contiguous run of storage elements (row-major, size-1
 // dims ignored), its first element and length.
 bool contiguous_range(const Geometry& g, int64_t* begin, int64_t* numel);
