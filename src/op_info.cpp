@@ -103,6 +103,8 @@ OpInfo analyze(const c10::OperatorHandle& op) {
     info.returns.push_back(r);
   }
   info.random = is_random_op(schema);
+  info.is_plain_normal =
+      schema.name() == "aten::normal_" && schema.overload_name().empty();
   return info;
 }
 

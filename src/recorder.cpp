@@ -102,6 +102,25 @@ Inputs classify(const OpInfo& info, const std::vector<c10::IValue>& args) {
   return in;
 }
 
+// Whether `normal_(self, mean, std)` is plainly valid, so that its Meta
+// kernel would only return self. torch >= 2 runs that kernel as a Python
+// decomposition (torch._refs.normal, ~300 us a call: most of a Llama's
+// recording time). Anything else (std < 0 or NaN, other dtypes) still goes
+// to the Meta kernel, which raises eager's error.
+bool plain_normal_is_valid(const std::vector<c10::IValue>& args) {
+  if (args.size() < 3 || !args[0].isTensor() || !args[1].isDouble() || !args[2].isDouble()) {
+    return false;
+  }
+  auto* impl = get_pending_impl(args[0].toTensor());
+  if (impl == nullptr) {
+    return false;
+  }
+  const auto dtype = c10::typeMetaToScalarType(impl->dtype());
+  const bool floating = dtype == at::kFloat || dtype == at::kDouble ||
+      dtype == at::kBFloat16 || dtype == at::kHalf;
+  return floating && args[2].toDouble() >= 0.0;
+}
+
 // Runs the op's Meta kernel on stand-ins of the arguments. Returns false
 // when the op cannot run on Meta (no kernel, or it needs values).
 bool infer_on_meta(
@@ -109,6 +128,10 @@ bool infer_on_meta(
     const OpInfo& info,
     const std::vector<c10::IValue>& args,
     std::vector<c10::IValue>& meta_stack) {
+  if (info.is_plain_normal && plain_normal_is_valid(args)) {
+    meta_stack = {c10::IValue(meta_for_lazy(*get_pending_impl(args[0].toTensor())))};
+    return true;
+  }
   meta_stack = args;
   copy_tensor_lists(meta_stack);
   for_each_tensor(args, [&](size_t i, int64_t e, const at::Tensor& t) {

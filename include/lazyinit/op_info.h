@@ -26,6 +26,9 @@ struct OpInfo {
   bool random = false;
   bool has_tensor_args = false;
   bool returns_non_tensor = false;   // e.g. item(): needs values
+  // aten::normal_ (Tensor, float, float, Generator?): its Meta kernel only
+  // checks std >= 0 and returns self (the recorder checks that itself).
+  bool is_plain_normal = false;
 };
 
 const OpInfo& op_info(const c10::OperatorHandle& op);

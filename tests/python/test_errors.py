@@ -81,3 +81,17 @@ def test_modified_real_source():
     src.add_(1)
     with pytest.raises(RuntimeError, match="modified in place"):
         lazyinit.materialize(t)
+
+
+@pytest.mark.parametrize("std", [-1.0, float("nan")])
+def test_invalid_normal_std_raises_eagers_error(std: float):
+    """normal_ skips its Meta kernel when its arguments are plainly valid;
+    invalid ones still raise eager's error, at the call."""
+    eager = torch.empty(4)
+    with pytest.raises(RuntimeError) as want:
+        eager.normal_(0.0, std)
+    t = torch.empty(4, device="lazy")
+    with pytest.raises(RuntimeError) as got:
+        t.normal_(0.0, std)
+    assert str(want.value).split("\n")[0] in str(got.value)
+    assert lazyinit.is_lazy(t)
