@@ -12,8 +12,14 @@ shape cut to 1 and 2 decoder layers and extrapolated linearly to the full
 layer count (the embedding, head and norm are the fixed part); its memory is
 the parameter bytes themselves.
 
+With ``--device cuda`` the shards and the full model are materialized on
+the GPU instead: time with CUDA synchronized, memory as the peak of
+``torch.cuda.max_memory_allocated`` above the lazy model's, and the full
+model materialized whole (no extrapolation).
+
     .venv/bin/python benchmarks/shard.py --shape 7b --world 8
     .venv/bin/python benchmarks/shard.py --shape tiny --world 8 --check   # + equality with eager
+    .venv/bin/python benchmarks/shard.py --shape 7b --world 8 --device cuda --dtype bfloat16
 """
 from __future__ import annotations
 
@@ -43,7 +49,7 @@ def _reset_peak() -> None:
         f.write("5")
 
 
-def _build(shape: str, layers: int, seed: int, lazy: bool):
+def _build(shape: str, layers: int, seed: int, lazy: bool, device: str = "cpu"):
     import torch
     import lazyinit
     from models import Llama, llama_config
@@ -52,9 +58,59 @@ def _build(shape: str, layers: int, seed: int, lazy: bool):
     cfg = llama_config(shape, **overrides)
     torch.manual_seed(seed)
     if not lazy:
+        if device != "cpu":
+            with torch.device(device):
+                return Llama(cfg)
         return Llama(cfg)
     with lazyinit.LazyInitContext():
         return Llama(cfg)
+
+
+def _setup(args) -> None:
+    """Threads, dtype, and on CUDA a warm-up of the kernels used (module
+    loading is not what is measured)."""
+    import torch
+    import lazyinit
+
+    torch.set_num_threads(args.threads)
+    torch.set_default_dtype(getattr(torch, args.dtype))
+    if args.device == "cuda":
+        with lazyinit.LazyInitContext():
+            w = torch.empty(4096, 1024).normal_()
+            u = torch.empty(4096, 1024).uniform_()
+        lazyinit.materialize_shard(w, lazyinit.Shard(0, 1, 2), "cuda")
+        lazyinit.materialize_shard(u, lazyinit.Shard(1, 1, 2), "cuda")
+        lazyinit.materialize(w, "cuda")
+        torch.cuda.synchronize()
+
+
+class _Meter:
+    """Seconds, CPU seconds and peak memory above the start of a block:
+    RSS on the CPU, torch.cuda.max_memory_allocated on CUDA."""
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+
+    def __enter__(self) -> "_Meter":
+        import torch
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated()
+        else:
+            _reset_peak()
+            self.base = _rss("VmRSS")
+        self.t0, self.c0 = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import torch
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+        self.seconds = time.perf_counter() - self.t0
+        self.cpu = time.process_time() - self.c0
+        peak = torch.cuda.max_memory_allocated() if self.device == "cuda" else _rss("VmHWM")
+        self.peak_above_base = peak - self.base
 
 
 LAYOUTS = ("fsdp", "dim1", "tp2-fsdp")
@@ -97,20 +153,19 @@ def worker_rank(args) -> Dict:
     import torch
     import lazyinit
 
-    torch.set_num_threads(args.threads)
+    _setup(args)
     model = _build(args.shape, args.layers, args.seed, lazy=True)
-    _reset_peak()
-    base = _rss("VmRSS")
-    t0, c0 = time.perf_counter(), time.process_time()
-    shards = lazyinit.materialize_module_shards(
-        model, _placement(model, args.rank, args.world, args.layout))
-    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
-    peak = _rss("VmHWM")
+    lazyinit.reset_shard_stats()
+    with _Meter(args.device) as m:
+        shards = lazyinit.materialize_module_shards(
+            model, _placement(model, args.rank, args.world, args.layout), args.device)
     shard_bytes = sum(t.numel() * t.element_size() for t in shards.values())
-    out = {"rank": args.rank, "seconds": seconds, "cpu": cpu, "peak_above_base": peak - base,
-           "shard_bytes": shard_bytes, "stats": lazyinit.shard_stats()}
+    out = {"rank": args.rank, "seconds": m.seconds, "cpu": m.cpu,
+           "peak_above_base": m.peak_above_base, "shard_bytes": shard_bytes,
+           "stats": lazyinit.shard_stats()}
     if args.check:
-        eager = _build(args.shape, args.layers, args.seed, lazy=False)
+        lazyinit.discard(model)
+        eager = _build(args.shape, args.layers, args.seed, lazy=False, device=args.device)
         state = dict(list(eager.named_parameters()) + list(eager.named_buffers()))
         placement = _placement(eager, args.rank, args.world, args.layout)
         for name, piece in shards.items():
@@ -120,26 +175,22 @@ def worker_rank(args) -> Dict:
 
 
 def worker_full(args) -> Dict:
-    import torch
     import lazyinit
 
-    torch.set_num_threads(args.threads)
+    _setup(args)
     model = _build(args.shape, args.layers, args.seed, lazy=True)
-    _reset_peak()
-    base = _rss("VmRSS")
-    t0, c0 = time.perf_counter(), time.process_time()
-    lazyinit.materialize(model, "cpu", progress=False)
-    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
-    peak = _rss("VmHWM")
+    with _Meter(args.device) as m:
+        lazyinit.materialize(model, args.device, progress=False)
     nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    return {"layers": args.layers, "seconds": seconds, "cpu": cpu, "peak_above_base": peak - base,
-            "param_bytes": nbytes}
+    return {"layers": args.layers, "seconds": m.seconds, "cpu": m.cpu,
+            "peak_above_base": m.peak_above_base, "param_bytes": nbytes}
 
 
 def run_worker(args, **extra) -> Dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--worker",
            "--shape", args.shape, "--world", str(args.world), "--seed", str(args.seed),
-           "--threads", str(args.threads), "--layout", args.layout]
+           "--threads", str(args.threads), "--layout", args.layout, "--device", args.device,
+           "--dtype", args.dtype]
     for k, v in extra.items():
         cmd += [f"--{k}"] if v is True else [f"--{k}", str(v)]
     if args.check:
@@ -159,6 +210,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--layout", default="fsdp", choices=LAYOUTS)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    ap.add_argument("--dtype", default="float32")
     ap.add_argument("--check", action="store_true", help="compare with eager (small shapes)")
     ap.add_argument("--skip-full", action="store_true")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -175,22 +228,36 @@ def main(argv=None) -> int:
     from models import llama_config
     mib = 2 ** 20
     cfg = llama_config(args.shape)
-    print(f"shape {args.shape}, world {args.world}, layout {args.layout}, torch {torch.__version__}, "
-          f"{os.cpu_count()} cores, threads {args.threads}, "
-          f"{time.strftime('%Y-%m-%d', time.gmtime())}")
+    gpu = torch.cuda.get_device_name(0) if args.device == "cuda" else ""
+    print(f"shape {args.shape}, {args.dtype}, world {args.world}, layout {args.layout}, "
+          f"device {args.device} {gpu}, torch {torch.__version__}, {os.cpu_count()} cores, "
+          f"threads {args.threads}, {time.strftime('%Y-%m-%d', time.gmtime())}")
     ranks = [int(r) for r in args.ranks.split(",")] if args.ranks else list(range(args.world))
-    print("| rank | seconds | CPU seconds | peak RSS above lazy model, MiB | shard MiB "
-          "| pushed down | fallbacks | whole |")
-    print("|---|---|---|---|---|---|---|---|")
+    memory = "peak CUDA memory" if args.device == "cuda" else "peak RSS"
+    print(f"| rank | seconds | CPU seconds | {memory} above lazy model, MiB | shard MiB "
+          "| within shard + 64 MiB | pushed down | fallbacks | whole |")
+    print("|---|---|---|---|---|---|---|---|---|")
     results: List[Dict] = []
     for r in ranks:
         res = run_worker(args, rank=r, layers=args.layers)
         results.append(res)
         s = res["stats"]
-        print(f"| {r} | {res['seconds']:.1f} | {res['cpu']:.1f} | {res['peak_above_base'] / mib:.0f} "
-              f"| {res['shard_bytes'] / mib:.0f} | {s['pushed_down']} | {s['fallbacks']} "
+        within = res["peak_above_base"] <= res["shard_bytes"] + 64 * mib
+        print(f"| {r} | {res['seconds']:.3f} | {res['cpu']:.2f} | "
+              f"{res['peak_above_base'] / mib:.0f} | {res['shard_bytes'] / mib:.0f} | "
+              f"{'yes' if within else 'NO'} | {s['pushed_down']} | {s['fallbacks']} "
               f"| {s['whole']} |", flush=True)
     if args.skip_full:
+        return 0
+    worst = max(results, key=lambda r: r["seconds"])
+    if args.device == "cuda":
+        # The whole model fits one GPU: measured, not extrapolated.
+        f = run_worker(args, full=True, layers=args.layers)
+        print(f"full materialization on CUDA: {f['seconds']:.3f} s ({f['cpu']:.2f} s CPU), "
+              f"peak CUDA memory above lazy model {f['peak_above_base'] / mib:.0f} MiB, "
+              f"parameters {f['param_bytes'] / mib:.0f} MiB")
+        print(f"slowest rank {worst['rank']}: {worst['seconds']:.3f} s "
+              f"({worst['seconds'] / f['seconds']:.3f}x the full materialization)")
         return 0
     full = [run_worker(args, full=True, layers=n) for n in (1, 2)]
     per_layer = full[1]["seconds"] - full[0]["seconds"]
@@ -205,7 +272,6 @@ def main(argv=None) -> int:
               f"parameters {f['param_bytes'] / mib:.0f} MiB")
     print(f"full materialization, {cfg.num_hidden_layers} layers (extrapolated): "
           f"{est:.0f} s, parameters {full_bytes / 2**30:.1f} GiB")
-    worst = max(results, key=lambda r: r["seconds"])
     print(f"slowest rank {worst['rank']}: {worst['seconds']:.1f} s "
           f"({worst['seconds'] / est:.2f}x the full materialization estimate)")
     return 0

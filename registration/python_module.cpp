@@ -170,13 +170,18 @@ PYBIND11_MODULE(_C, m) {
   m.def("_initial_seed", &rng_initial_seed);
   m.def(
       "_philox_region_fill",
-      [](const at::Tensor& out, const std::string& kind, uint64_t seed, uint64_t offset,
-         int64_t numel, int64_t begin, int64_t grid_limit, double a, double b) {
+      [](const std::vector<std::pair<int64_t, at::Tensor>>& pieces, const std::string& kind,
+         uint64_t seed, uint64_t offset, int64_t numel, int64_t grid_limit, double a,
+         double b) {
         py::gil_scoped_release no_gil;
         TORCH_CHECK(kind == "normal" || kind == "uniform", "kind: 'normal' or 'uniform'");
+        std::vector<PhiloxPiece> list;
+        for (const auto& piece : pieces) {
+          list.push_back(PhiloxPiece{piece.first, piece.second});
+        }
         philox_region_fill(
-            out, kind == "normal" ? PhiloxFill::kNormal : PhiloxFill::kUniform,
-            PhiloxState{seed, offset}, numel, begin, grid_limit, a, b);
+            list, kind == "normal" ? PhiloxFill::kNormal : PhiloxFill::kUniform,
+            PhiloxState{seed, offset}, numel, grid_limit, a, b);
       });
   m.def("_set_philox_grid_limits", [](const std::vector<int64_t>& limits) {
     py::gil_scoped_release no_gil;

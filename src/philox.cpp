@@ -272,6 +272,18 @@ void philox_run(Node& node, Replayer& replayer, const std::function<void()>& cal
   }
 }
 
+c10::optional<PhiloxState> philox_state_before(Node& node, int device) {
+  RngChain& chain = *node.chain;
+  check_cuda_chain(chain);
+  Replayer replayer(c10::Device(c10::DeviceType::CUDA, static_cast<c10::DeviceIndex>(device)));
+  return state_before(chain, device, node.rng_index, &replayer);
+}
+
+int64_t philox_grid_limit(int device) {
+  const auto& limits = grid_limits();
+  return device >= 0 && device < static_cast<int>(limits.size()) ? limits[device] : -1;
+}
+
 bool philox_state_after_known(const Node& node, int device) {
   return state_before(*node.chain, device, node.rng_index + 1, nullptr).has_value();
 }
@@ -304,7 +316,8 @@ bool philox_settle(RngChain& chain) {
 
 #ifndef LAZYINIT_CUDA_KERNELS
 void philox_region_fill(
-    const at::Tensor&, PhiloxFill, const PhiloxState&, int64_t, int64_t, int64_t, double, double) {
+    const std::vector<PhiloxPiece>&, PhiloxFill, const PhiloxState&, int64_t, int64_t, double,
+    double) {
   TORCH_CHECK(
       false,
       "lazyinit: built without its CUDA kernels; rebuild with "

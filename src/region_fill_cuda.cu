@@ -1,95 +1,186 @@
-// Random values of a region of a tensor, exactly as PyTorch's CUDA kernels
+// Random values of regions of a tensor, exactly as PyTorch's CUDA kernels
 // write them into the whole tensor (DESIGN.md, "RNG", shards).
 //
 // PyTorch's distribution kernels (ATen/native/cuda/DistributionTemplates.h,
-// torch 2.11) run a grid-stride loop: with S = 256 threads * grid blocks and
-// `unroll` values a Philox call (4 for float/half/bfloat16, 2 for double),
-// element li is written by thread t = li % S, at loop iteration
-// (li / S) / unroll, from component (li / S) % unroll of the Philox output of
-// curand_init(seed, t, offset) after that many calls. Each Philox call takes
-// 4 of the counter, so that state is curand_init(seed, t, offset + 4 * iter):
-// every element is computable on its own, in O(1).
-//
-// NOT YET BUILT OR RUN ON A GPU: built only with -DLAZYINIT_CUDA_KERNELS=ON;
-// tests/python/test_shard_cuda.py compares it with eager full tensors.
+// distribution_elementwise_grid_stride_kernel) run a grid-stride loop: with
+// S = 256 threads * grid blocks and `unroll` values a Philox call (4 for
+// float/half/bfloat16, 2 for double), element li is written by thread
+// t = li % S, at loop iteration (li / S) / unroll, from component
+// (li / S) % unroll of the Philox output of curand_init(seed, t, offset)
+// after that many calls. Each call takes 4 of the counter, so that state is
+// curand_init(seed, t, offset + 4 * iter): every element is computable on
+// its own. tests/python/test_shard_cuda.py compares with eager full tensors.
 #include <lazyinit/philox_region.h>
 
 #include <ATen/AccumulateType.h>
+#include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/cuda/CUDAContext.h>
-#include <ATen/Dispatch.h>
+#include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/util/Exception.h>
 
 #include <curand_kernel.h>
 
+#include <algorithm>
+
 namespace lazyinit {
 namespace {
 
 constexpr int kThreads = 256;
 
+struct Launch {
+  uint64_t seed;
+  uint64_t offset;
+  int64_t stride;  // S: threads of the whole tensor's launch
+};
+
+// One Philox call a (thread t, iteration) pair of the whole tensor's launch,
+// for the pairs with a lane in [begin, end): writes those lanes to
+// out[li - begin]. Pair p is iteration first_iter + p / S, thread p % S.
 template <typename scalar_t, typename acc_t, int kUnroll, typename dist_t, typename transform_t>
-__global__ void region_kernel(
-    scalar_t* out,
-    int64_t begin,
-    int64_t count,
-    uint64_t seed,
-    uint64_t offset,
-    int64_t stride,
-    dist_t dist,
-    transform_t transform) {
-  for (int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; k < count;
-       k += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t li = begin + k;
-    const int64_t thread = li % stride;
-    const int64_t q = li / stride;
-    const int lane = static_cast<int>(q % kUnroll);
-    const int64_t iter = q / kUnroll;
+__global__ void pair_kernel(
+    scalar_t* out, int64_t begin, int64_t end, int64_t first_iter, int64_t pairs,
+    Launch launch, dist_t dist, transform_t transform) {
+  const int64_t s = launch.stride;
+  for (int64_t p = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; p < pairs;
+       p += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t iter = first_iter + p / s;
+    const int64_t thread = p % s;
+    const int64_t lane0 = iter * kUnroll * s + thread;  // element of lane 0
+    const int64_t lo = begin > lane0 ? (begin - lane0 + s - 1) / s : 0;
+    int64_t hi = end - 1 >= lane0 ? (end - 1 - lane0) / s : -1;
+    hi = hi < kUnroll - 1 ? hi : kUnroll - 1;
+    if (lo > hi) {
+      continue;
+    }
     curandStatePhilox4_32_10_t state;
-    curand_init(seed, thread, offset + 4 * static_cast<uint64_t>(iter), &state);
+    curand_init(launch.seed, thread, launch.offset + 4 * static_cast<uint64_t>(iter), &state);
     auto rand = dist(&state);
-    out[k] = transform(static_cast<acc_t>((&rand.x)[lane]));
+#pragma unroll
+    for (int lane = 0; lane < kUnroll; ++lane) {
+      if (lane >= lo && lane <= hi) {
+        out[lane0 + lane * s - begin] = transform(static_cast<acc_t>((&rand.x)[lane]));
+      }
+    }
   }
 }
 
+// One Philox call an element, for many short pieces in one launch. `table`
+// holds, for R pieces, cum[0..R] (prefix sums of their lengths), then their
+// begins, then their output addresses.
 template <typename scalar_t, typename acc_t, int kUnroll, typename dist_t, typename transform_t>
-void launch(
-    const at::Tensor& out,
-    const PhiloxState& start,
-    int64_t begin,
-    int64_t stride,
-    dist_t dist,
+__global__ void element_kernel(
+    const int64_t* table, int64_t pieces, Launch launch, dist_t dist, transform_t transform) {
+  const int64_t* cum = table;
+  const int64_t* begins = table + pieces + 1;
+  const int64_t* outs = begins + pieces;
+  const int64_t total = cum[pieces];
+  const int64_t s = launch.stride;
+  for (int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; k < total;
+       k += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    // The piece holding k: the last r with cum[r] <= k.
+    int64_t lo = 0;
+    int64_t hi = pieces - 1;
+    while (lo < hi) {
+      const int64_t mid = (lo + hi + 1) / 2;
+      if (cum[mid] <= k) {
+        lo = mid;
+      } else {
+        hi = mid - 1;
+      }
+    }
+    const int64_t j = k - cum[lo];
+    const int64_t li = begins[lo] + j;
+    const int64_t q = li / s;
+    curandStatePhilox4_32_10_t state;
+    curand_init(launch.seed, li % s, launch.offset + 4 * static_cast<uint64_t>(q / kUnroll), &state);
+    auto rand = dist(&state);
+    reinterpret_cast<scalar_t*>(outs[lo])[j] =
+        transform(static_cast<acc_t>((&rand.x)[static_cast<int>(q % kUnroll)]));
+  }
+}
+
+int64_t blocks_for(int64_t work) {
+  return std::max<int64_t>(1, std::min<int64_t>((work + kThreads - 1) / kThreads, 65535));
+}
+
+template <typename scalar_t, typename acc_t, int kUnroll, typename dist_t, typename transform_t>
+void launch_pieces(
+    const std::vector<PhiloxPiece>& pieces, const Launch& launch, dist_t dist,
     transform_t transform) {
-  const int64_t count = out.numel();
-  if (count == 0) {
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  const int64_t s = launch.stride;
+  std::vector<const PhiloxPiece*> short_pieces;
+  int64_t short_total = 0;
+  for (const auto& piece : pieces) {
+    const int64_t n = piece.out.numel();
+    if (n == 0) {
+      continue;
+    }
+    // Pairs cost about n / unroll + 2 S calls, elements n.
+    if (n / kUnroll + 2 * s >= n) {
+      short_pieces.push_back(&piece);
+      short_total += n;
+      continue;
+    }
+    const int64_t begin = piece.begin;
+    const int64_t end = begin + n;
+    const int64_t first_iter = begin / (kUnroll * s);
+    const int64_t pairs = ((end - 1) / (kUnroll * s) - first_iter + 1) * s;
+    pair_kernel<scalar_t, acc_t, kUnroll><<<blocks_for(pairs), kThreads, 0, stream>>>(
+        piece.out.data_ptr<scalar_t>(), begin, end, first_iter, pairs, launch, dist, transform);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  if (short_pieces.empty()) {
     return;
   }
-  const int64_t blocks = std::min<int64_t>((count + kThreads - 1) / kThreads, 65535);
-  region_kernel<scalar_t, acc_t, kUnroll><<<blocks, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-      out.data_ptr<scalar_t>(), begin, count, start.seed, start.offset, stride, dist, transform);
+  const int64_t r = static_cast<int64_t>(short_pieces.size());
+  at::Tensor table = at::empty({3 * r + 1}, at::TensorOptions().dtype(at::kLong));
+  int64_t* t = table.data_ptr<int64_t>();
+  t[0] = 0;
+  for (int64_t i = 0; i < r; ++i) {
+    const PhiloxPiece& piece = *short_pieces[i];
+    t[i + 1] = t[i] + piece.out.numel();
+    t[r + 1 + i] = piece.begin;
+    t[2 * r + 1 + i] = reinterpret_cast<int64_t>(piece.out.data_ptr<scalar_t>());
+  }
+  at::Tensor device_table = table.to(pieces.front().out.device());
+  element_kernel<scalar_t, acc_t, kUnroll><<<blocks_for(short_total), kThreads, 0, stream>>>(
+      device_table.data_ptr<int64_t>(), r, launch, dist, transform);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 }  // namespace
 
 void philox_region_fill(
-    const at::Tensor& out,
+    const std::vector<PhiloxPiece>& pieces,
     PhiloxFill kind,
     const PhiloxState& start,
     int64_t numel,
-    int64_t begin,
     int64_t grid_limit,
     double a,
     double b) {
-  TORCH_CHECK(out.is_cuda() && out.is_contiguous() && out.dim() == 1,
-              "lazyinit: philox_region_fill writes a contiguous 1-D CUDA tensor");
-  TORCH_CHECK(begin >= 0 && begin + out.numel() <= numel, "lazyinit: region out of range");
-  c10::cuda::CUDAGuard guard(out.device());
+  if (pieces.empty()) {
+    return;
+  }
+  const at::Tensor& first = pieces.front().out;
+  for (const auto& piece : pieces) {
+    TORCH_CHECK(piece.out.is_cuda() && piece.out.is_contiguous() && piece.out.dim() == 1 &&
+                    piece.out.device() == first.device() &&
+                    piece.out.scalar_type() == first.scalar_type(),
+                "lazyinit: philox_region_fill writes contiguous 1-D CUDA tensors of one "
+                "device and dtype");
+    TORCH_CHECK(piece.begin >= 0 && piece.begin + piece.out.numel() <= numel,
+                "lazyinit: region out of range");
+  }
+  TORCH_CHECK(grid_limit > 0, "lazyinit: philox_region_fill needs the device's grid limit");
+  c10::cuda::CUDAGuard guard(first.device());
   // The launch grid of the whole tensor, as calc_execution_policy has it.
   const int64_t grid = std::min<int64_t>(grid_limit, (numel + kThreads - 1) / kThreads);
-  const int64_t stride = static_cast<int64_t>(kThreads) * grid;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "philox_region_fill", [&] {
+  const Launch launch{start.seed, start.offset, static_cast<int64_t>(kThreads) * grid};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, first.scalar_type(), "philox_region_fill", [&] {
     if (kind == PhiloxFill::kNormal) {
       using acc_t = at::acc_type<scalar_t, true>;
       const auto mean = static_cast<acc_t>(a);
@@ -98,11 +189,11 @@ void philox_region_fill(
         return static_cast<scalar_t>(rand * std + mean);  // transformation::normal
       };
       if constexpr (std::is_same<scalar_t, double>::value) {
-        launch<scalar_t, acc_t, 2>(out, start, begin, stride,
+        launch_pieces<scalar_t, acc_t, 2>(pieces, launch,
             [] __device__(curandStatePhilox4_32_10_t* s) { return curand_normal2_double(s); },
             transform);
       } else {
-        launch<scalar_t, acc_t, 4>(out, start, begin, stride,
+        launch_pieces<scalar_t, acc_t, 4>(pieces, launch,
             [] __device__(curandStatePhilox4_32_10_t* s) { return curand_normal4(s); },
             transform);
       }
@@ -117,11 +208,11 @@ void philox_region_fill(
         return value == to ? from : value;
       };
       if constexpr (std::is_same<scalar_t, double>::value) {
-        launch<scalar_t, opmath_t, 2>(out, start, begin, stride,
+        launch_pieces<scalar_t, opmath_t, 2>(pieces, launch,
             [] __device__(curandStatePhilox4_32_10_t* s) { return curand_uniform2_double(s); },
             transform);
       } else {
-        launch<scalar_t, opmath_t, 4>(out, start, begin, stride,
+        launch_pieces<scalar_t, opmath_t, 4>(pieces, launch,
             [] __device__(curandStatePhilox4_32_10_t* s) { return curand_uniform4(s); },
             transform);
       }

@@ -78,6 +78,14 @@ bool philox_settle(RngChain& chain);
 // is known without running (nullopt otherwise). Exposed for tests.
 c10::optional<uint64_t> philox_increment(const Node& node, int device);
 
+// Where eager's generator on CUDA `device` stands before random `node`
+// (computed, or learned by running earlier nodes into scratch, which moves
+// that generator: callers hold a GeneratorStateGuard). nullopt when unknown.
+c10::optional<PhiloxState> philox_state_before(Node& node, int device);
+
+// The grid limit set_philox_grid_limits gave `device`, or -1.
+int64_t philox_grid_limit(int device);
+
 // Set from Python once CUDA is initialized: the largest grid (blocks) of
 // PyTorch's distribution kernels on each device, multiProcessorCount *
 // (maxThreadsPerMultiProcessor / 256). Without it increments are measured.

@@ -1,6 +1,6 @@
-// Random values of a region of a tensor as PyTorch's CUDA kernels write
+// Random values of regions of a tensor as PyTorch's CUDA kernels write
 // them into the whole tensor (src/region_fill_cuda.cu): the CUDA half of
-// materialize-on-shard. Built only with -DLAZYINIT_CUDA_KERNELS=ON.
+// materialize-on-shard. Built with LAZYINIT_CUDA_KERNELS.
 #pragma once
 
 #include <lazyinit/philox.h>
@@ -8,23 +8,33 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <vector>
 
 namespace lazyinit {
 
 enum class PhiloxFill { kNormal, kUniform };
 
-// Writes into `out` (contiguous, 1-D, on a CUDA device) elements
-// [begin, begin + out.numel()) of what `normal_(a, b)` (kNormal: mean, std) or
-// `uniform_(a, b)` (kUniform: from, to) writes into a contiguous tensor of
-// `numel` elements of out's dtype, starting from Philox state `start`, on a
-// device whose distribution-kernel grid limit is `grid_limit`
-// (set_philox_grid_limits). The generator is not moved.
+// Elements [begin, begin + out.numel()) of the whole tensor, written into
+// `out` (contiguous, 1-D, on a CUDA device).
+struct PhiloxPiece {
+  int64_t begin = 0;
+  at::Tensor out;
+};
+
+// Writes into each piece what `normal_(a, b)` (kNormal: mean, std) or
+// `uniform_(a, b)` (kUniform: from, to) writes at those positions of a
+// contiguous tensor of `numel` elements of the pieces' dtype, starting from
+// Philox state `start`, on a device whose distribution-kernel grid limit is
+// `grid_limit` (set_philox_grid_limits). All pieces share one device and
+// dtype. The generator is not moved. Long pieces are generated one Philox
+// call per 4 elements (2 for double), like PyTorch's kernel; short ones,
+// whose neighbours under the same call belong to other pieces or ranks, one
+// call per element, all in one launch.
 void philox_region_fill(
-    const at::Tensor& out,
+    const std::vector<PhiloxPiece>& pieces,
     PhiloxFill kind,
     const PhiloxState& start,
     int64_t numel,
-    int64_t begin,
     int64_t grid_limit,
     double a,
     double b);

@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, List, Sequence, Tuple, Union
 
 import torch
 
-from . import _C
+from . import _C, _cuda
 from ._materialize import DeviceLike, _device_str, _module_tensors
 
 
@@ -96,6 +96,8 @@ def materialize_shard(tensor: torch.Tensor, placement: PlacementLike,
     sliced and copied.
     """
     target = _device_str(device) or "cpu"
+    if target.startswith("cuda"):
+        _cuda.ensure_initialized()
     return _C._materialize_shard(tensor, _encode(placement), target)
 
 

@@ -1,9 +1,15 @@
-"""The CUDA region fill (src/region_fill_cuda.cu) against eager CUDA
-tensors: any element range of what ``normal_`` / ``uniform_`` write into a
-whole tensor, generated alone, equals that range of the whole, bit for bit.
+"""Materialize-on-shard onto CUDA against eager CUDA tensors.
 
-Needs a GPU and a build with ``-DLAZYINIT_CUDA_KERNELS=ON``; skipped
-otherwise.
+The Philox region kernel (src/region_fill_cuda.cu): any element range of
+what ``normal_`` / ``uniform_`` write into a whole tensor, generated alone,
+equals that range of the whole, bit for bit. Then ``materialize_shard`` onto
+"cuda" for the models of test_shard.py (nn.init functions, random factories,
+element-wise edits) built eagerly ``with torch.device("cuda")``: every
+placement, in random order, pushed down (no fallback), generators left
+alone; and its peak memory.
+
+Needs a GPU and a build with the CUDA kernels (the default where torch has
+CUDA); skipped otherwise.
 """
 from __future__ import annotations
 
@@ -13,14 +19,15 @@ import pytest
 import torch
 
 import lazyinit
-from lazyinit import _C
+from lazyinit import FlatRange, Shard, _C
+from test_shard import BUILDERS, DTYPES, expected_piece, placements_for
 
 
 def _kernels_built() -> bool:
     if not torch.cuda.is_available():
         return False
     try:
-        _C._philox_region_fill(torch.empty(0, device="cuda"), "normal", 0, 0, 1, 0, 1, 0.0, 1.0)
+        _C._philox_region_fill([(0, torch.empty(0, device="cuda"))], "normal", 0, 0, 1, 1, 0.0, 1.0)
     except RuntimeError as e:
         if "built without" in str(e):
             return False
@@ -56,5 +63,89 @@ def test_region_equals_slice_of_eager(dtype: torch.dtype, kind: str, numel: int)
                 continue
             begin = int(pieces[rank][0])
             out = torch.empty(pieces[rank].numel(), dtype=dtype, device="cuda")
-            _C._philox_region_fill(out, kind, seed, offset, numel, begin, _grid_limit(), a, b)
+            _C._philox_region_fill([(begin, out)], kind, seed, offset, numel, _grid_limit(), a, b)
             assert torch.equal(out, full[begin:begin + out.numel()]), (world, rank)
+    # Many pieces in one call: long ones (one Philox call per `unroll`
+    # elements) and short ones (one per element, one launch), any order.
+    cuts = sorted(rng.sample(range(1, numel), min(numel - 1, 40)))
+    bounds = list(zip([0] + cuts, cuts + [numel]))
+    rng.shuffle(bounds)
+    pieces = [(lo, torch.empty(hi - lo, dtype=dtype, device="cuda")) for lo, hi in bounds]
+    _C._philox_region_fill(pieces, kind, seed, offset, numel, _grid_limit(), a, b)
+    for begin, out in pieces:
+        assert torch.equal(out, full[begin:begin + out.numel()]), begin
+
+
+def _build_both_cuda(builder, dtype: torch.dtype, seed: int = 1234):
+    torch.manual_seed(seed)
+    with torch.device("cuda"):
+        eager = builder(dtype)
+    eager_state = torch.cuda.get_rng_state()
+    torch.manual_seed(seed)
+    with lazyinit.LazyInitContext():
+        lazy = builder(dtype)
+    return eager, eager_state, lazy
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
+@pytest.mark.parametrize("kind", sorted(BUILDERS))
+def test_every_cuda_shard_equals_the_eager_slice_in_random_order(kind: str,
+                                                                 dtype: torch.dtype) -> None:
+    eager, eager_state, lazy = _build_both_cuda(BUILDERS[kind], dtype)
+    rng = random.Random(f"cuda-{kind}-{dtype}")
+    work = [(name, p) for name in lazy for p in placements_for(lazy[name].shape, rng)]
+    rng.shuffle(work)
+    lazyinit.reset_shard_stats()
+    state = torch.cuda.get_rng_state()
+    for name, p in work:
+        got = lazyinit.materialize_shard(lazy[name], p, "cuda")
+        want = expected_piece(eager[name], p)
+        assert got.device.type == "cuda" and got.dtype == want.dtype, (name, p)
+        assert got.shape == want.shape, (name, p)
+        assert torch.equal(got, want), (name, p)
+    assert torch.equal(torch.cuda.get_rng_state(), state)  # shards move no generator
+    stats = lazyinit.shard_stats()
+    assert stats["fallbacks"] == 0, stats["fallback_reasons"]
+    # Full materialization afterwards: same values, generator where eager left it.
+    for name in sorted(lazy, reverse=True):
+        lazyinit.materialize(lazy[name], "cuda")
+        assert torch.equal(lazy[name], eager[name]), name
+    assert torch.equal(torch.cuda.get_rng_state(), eager_state)
+
+
+def test_large_cuda_shards_across_the_grid_limit() -> None:
+    """Tensors larger than one grid-stride pass (several Philox calls a
+    thread), sharded on either dim and as flat ranges."""
+    def build(dtype):
+        return {"n": torch.empty(4097, 1111, dtype=dtype).normal_(0, 0.02),
+                "u": torch.empty(3 * 2**20 + 5, dtype=dtype).uniform_(-2, 3),
+                "r": torch.randn(1025, 2049, dtype=dtype)}
+
+    for dtype in (torch.float32, torch.bfloat16, torch.float64):
+        eager, _, lazy = _build_both_cuda(build, dtype)
+        lazyinit.reset_shard_stats()
+        for name, p in [("n", Shard(0, 3, 8)), ("n", Shard(1, 5, 7)), ("u", Shard(0, 1, 3)),
+                        ("u", FlatRange(12345, 2**21 + 7)), ("r", [Shard(0, 1, 2), Shard(1, 2, 4)]),
+                        ("r", Shard(1, 0, 8))]:
+            got = lazyinit.materialize_shard(lazy[name], p, "cuda")
+            assert torch.equal(got, expected_piece(eager[name], p)), (dtype, name, p)
+        assert lazyinit.shard_stats()["fallbacks"] == 0
+
+
+def test_peak_cuda_memory_of_a_shard_is_bounded() -> None:
+    with lazyinit.LazyInitContext():
+        w = torch.empty(8192, 8192).normal_(0, 0.02)
+        v = torch.empty(8192, 8192)
+        torch.nn.init.kaiming_uniform_(v, a=5 ** 0.5)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    lazyinit.reset_shard_stats()
+    shards = [lazyinit.materialize_shard(w, Shard(0, 7, 8), "cuda"),
+              lazyinit.materialize_shard(v, Shard(1, 7, 8), "cuda")]
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() - base
+    shard_bytes = sum(s.numel() * s.element_size() for s in shards)
+    assert shard_bytes == 2 * 8192 * 1024 * 4
+    assert lazyinit.shard_stats()["fallbacks"] == 0
+    assert peak <= shard_bytes + 64 * 2**20, peak / 2**20

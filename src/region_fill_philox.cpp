@@ -1,0 +1,86 @@
+// CUDA region generators for materialize-on-shard: the values a shard of a
+// normal_ / uniform_ / randn / rand node would hold in eager's whole CUDA
+// tensor, computed for the shard's element ranges alone by the Philox region
+// kernel (src/region_fill_cuda.cu) from the node's position in eager's
+// Philox stream (src/philox.cpp). Built with LAZYINIT_CUDA_KERNELS.
+#include <lazyinit/philox.h>
+#include <lazyinit/philox_region.h>
+#include <lazyinit/shard_replay.h>
+
+#include <c10/util/Exception.h>
+
+#include <limits>
+
+namespace lazyinit {
+namespace {
+
+bool is_floating(at::ScalarType t) {
+  return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
+}
+
+// `a`, `b`: (mean, std) or (from, to); factories (randn / rand) take the
+// defaults, in-place fills their arguments 1 and 2.
+bool fill_with_philox(
+    Node& node,
+    int64_t numel,
+    std::vector<RegionRequest>& requests,
+    PhiloxFill kind,
+    bool factory) {
+  if (requests.empty()) {
+    return true;
+  }
+  const c10::Device device = requests.front().out.device();
+  TORCH_INTERNAL_ASSERT(device.is_cuda() && device.has_index());
+  const int64_t grid = philox_grid_limit(device.index());
+  // Larger tensors are split into 32-bit pieces, each taking its own offset.
+  if (grid <= 0 || numel > std::numeric_limits<int32_t>::max() ||
+      !is_floating(requests.front().out.scalar_type())) {
+    return false;
+  }
+  double a = 0.0;
+  double b = 1.0;
+  if (!factory) {
+    if (node.args.size() < 3 || !node.args[1].isDouble() || !node.args[2].isDouble()) {
+      return false;
+    }
+    a = node.args[1].toDouble();
+    b = node.args[2].toDouble();
+  }
+  auto start = philox_state_before(node, device.index());
+  if (!start) {
+    return false;
+  }
+  std::vector<PhiloxPiece> pieces;
+  pieces.reserve(requests.size());
+  for (auto& r : requests) {
+    pieces.push_back(PhiloxPiece{r.begin, r.out});
+  }
+  philox_region_fill(pieces, kind, *start, numel, grid, a, b);
+  return true;
+}
+
+struct RegisterPhiloxFills {
+  RegisterPhiloxFills() {
+    constexpr auto cuda = c10::DeviceType::CUDA;
+    register_region_fill(
+        "aten::normal_", cuda, [](Node& node, int64_t n, std::vector<RegionRequest>& r) {
+          return fill_with_philox(node, n, r, PhiloxFill::kNormal, /*factory=*/false);
+        });
+    register_region_fill(
+        "aten::uniform_", cuda, [](Node& node, int64_t n, std::vector<RegionRequest>& r) {
+          return fill_with_philox(node, n, r, PhiloxFill::kUniform, /*factory=*/false);
+        });
+    register_region_fill(
+        "aten::randn", cuda, [](Node& node, int64_t n, std::vector<RegionRequest>& r) {
+          return fill_with_philox(node, n, r, PhiloxFill::kNormal, /*factory=*/true);
+        });
+    register_region_fill(
+        "aten::rand", cuda, [](Node& node, int64_t n, std::vector<RegionRequest>& r) {
+          return fill_with_philox(node, n, r, PhiloxFill::kUniform, /*factory=*/true);
+        });
+  }
+};
+const RegisterPhiloxFills register_philox_fills;
+
+}  // namespace
+}  // namespace lazyinit
