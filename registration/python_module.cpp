@@ -2,6 +2,7 @@
 #include <lazyinit/device.h>
 #include <lazyinit/graph.h>
 #include <lazyinit/lazy_tensor_impl.h>
+#include <lazyinit/flat.h>
 #include <lazyinit/philox_region.h>
 #include <lazyinit/registration.h>
 #include <lazyinit/replay.h>
@@ -136,6 +137,25 @@ PYBIND11_MODULE(_C, m) {
         materialize_tensor(t, target, settle);
       },
       py::arg("tensor"), py::arg("device") = py::none(), py::arg("settle") = true);
+  m.def(
+      "_materialize_flat",
+      [](const std::vector<at::Tensor>& tensors, c10::optional<std::string> device,
+         py::object progress) {
+        std::function<void(int64_t)> report;
+        if (!progress.is_none()) {
+          report = [progress](int64_t nbytes) {
+            py::gil_scoped_acquire gil;
+            progress(nbytes);
+          };
+        }
+        py::gil_scoped_release no_gil;
+        c10::optional<c10::Device> target;
+        if (device.has_value()) {
+          target = c10::Device(*device);
+        }
+        materialize_flat(tensors, target, report);
+      },
+      py::arg("tensors"), py::arg("device") = py::none(), py::arg("progress") = py::none());
   m.def("_finish", [] {
     py::gil_scoped_release no_gil;
     finish_materialization();

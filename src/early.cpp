@@ -84,9 +84,7 @@ void run_early(
     if (auto* impl = get_pending_impl(t)) {
       set_tensor(
           real, i, e,
-          at::as_strided(
-              typed_view(values[impl->lazy_storage().get()], impl->dtype()),
-              impl->sizes(), impl->strides(), impl->storage_offset()));
+          view_of(values[impl->lazy_storage().get()], impl->dtype(), impl->geometry()));
     }
   });
   for (size_t i : info.device_args) {

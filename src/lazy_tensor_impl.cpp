@@ -3,6 +3,7 @@
 #include <lazyinit/device.h>
 
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/as_strided.h>
 #include <c10/core/DispatchKeySet.h>
 
 namespace lazyinit {
@@ -132,6 +133,11 @@ void LazyTensorImpl::release_resources() {
 
 at::Tensor typed_view(const at::Tensor& flat, caffe2::TypeMeta dtype) {
   return flat.dtype() == dtype ? flat : flat.view(c10::typeMetaToScalarType(dtype));
+}
+
+at::Tensor view_of(const at::Tensor& flat, caffe2::TypeMeta dtype, const Geometry& g) {
+  at::Tensor typed = typed_view(flat, dtype);
+  return at::as_strided(typed, g.sizes, g.strides, typed.storage_offset() + g.offset);
 }
 
 LazyTensorImpl* get_lazy_impl(const at::Tensor& t) {

@@ -50,6 +50,16 @@ at::Tensor flat_view(const at::Tensor& t, int64_t numel) {
   return at::as_strided(t, {numel}, {1}, 0);
 }
 
+// Whether `node` is an `empty` factory: its values are unspecified, so a
+// destination buffer can stand for its result as it is.
+bool is_empty_factory(const Node& node) {
+  const std::string& name = node.op->schema().name();
+  return name == "aten::empty" || name == "aten::empty_strided" ||
+      name == "aten::new_empty" || name == "aten::new_empty_strided";
+}
+
+}  // namespace
+
 void check_target_device(c10::Device device) {
   TORCH_CHECK(
       !is_lazy_device(device) && device.type() != c10::DeviceType::Meta,
@@ -69,6 +79,8 @@ void check_target_device(c10::Device device) {
       "lazyinit: cannot materialize onto '", device.str(), "': ", count,
       " device(s) of that type are available.");
 }
+
+namespace {
 
 // Ops that write every element of their first argument without reading it.
 bool is_overwriting_op(const Node& node) {
@@ -159,15 +171,10 @@ at::Tensor Replayer::resolve(const TensorRef& ref, const at::Tensor& self_base) 
   switch (ref.kind) {
     case TensorRef::Kind::kSelf: {
       TORCH_INTERNAL_ASSERT(self_base.defined());
-      const auto& g = ref.geometry;
-      return at::as_strided(typed_view(self_base, ref.dtype), g.sizes, g.strides, g.offset);
+      return view_of(self_base, ref.dtype, ref.geometry);
     }
-    case TensorRef::Kind::kLazy: {
-      const auto& g = ref.geometry;
-      return at::as_strided(
-          typed_view(value(*ref.storage, ref.version), ref.dtype), g.sizes, g.strides,
-          g.offset);
-    }
+    case TensorRef::Kind::kLazy:
+      return view_of(value(*ref.storage, ref.version), ref.dtype, ref.geometry);
     case TensorRef::Kind::kReal:
       TORCH_CHECK(
           (ref.version < 0 || ref.real._version() == static_cast<uint32_t>(ref.version)) &&
@@ -247,14 +254,15 @@ at::Tensor Replayer::run_creation(LazyStorage& storage) {
   return flat;
 }
 
-at::Tensor Replayer::value(LazyStorage& storage, int64_t version) {
+at::Tensor Replayer::value(LazyStorage& storage, int64_t version, const at::Tensor& dest) {
   storage.check_usable();
   TORCH_INTERNAL_ASSERT(version >= 0 && version <= storage.version);
+  auto into_dest = [&](const at::Tensor& t) { return dest.defined() ? dest.copy_(t) : t; };
   if (storage.in_progress.defined() && storage.in_progress_version == version) {
-    return storage.in_progress;
+    return into_dest(storage.in_progress);
   }
   if (storage.cached.defined() && storage.cached_version == version) {
-    return on_device(storage.cached, device_);
+    return into_dest(on_device(storage.cached, device_));
   }
   TORCH_INTERNAL_ASSERT(
       storage.state == StorageState::kLazy,
@@ -289,19 +297,23 @@ at::Tensor Replayer::value(LazyStorage& storage, int64_t version) {
     if (dead_prefix) {
       start = k - 1;
       fresh = true;
-      base = at::empty(
-          {storage.numel()},
-          at::TensorOptions().dtype(storage.dtype).device(device_));
+      base = dest.defined()
+          ? dest
+          : at::empty({storage.numel()}, at::TensorOptions().dtype(storage.dtype).device(device_));
     }
     break;
   }
   if (base.defined()) {
     base = on_device(base, device_);
-    if (start < version && !fresh) {
+    if (dest.defined() && !fresh) {
+      base = dest.copy_(base);
+    } else if (start < version && !fresh) {
       base = base.clone();  // constants and caches are read-only
     }
+  } else if (dest.defined() && is_empty_factory(*storage.tape.front().node)) {
+    base = dest;
   } else {
-    base = run_creation(storage);
+    base = into_dest(run_creation(storage));
   }
   {
     InProgress guard(storage, base);
@@ -321,21 +333,21 @@ at::Tensor Replayer::value(LazyStorage& storage, int64_t version) {
   return base;
 }
 
-void materialize_storage(LazyStorage& storage, c10::Device device) {
+void materialize_storage(LazyStorage& storage, c10::Device device, const at::Tensor& dest) {
   storage.check_usable();
   if (storage.state == StorageState::kMaterialized) {
     return;
   }
   check_target_device(device);
   Replayer replayer(device);
-  at::Tensor base = replayer.value(storage, storage.version);
+  at::Tensor base = replayer.value(storage, storage.version, dest);
   // Readers that have not been replayed yet keep reading this version
   // through a frozen copy of the tape, not through the real tensor, which
   // the user may modify from now on.
   storage.freeze_for_readers();
   storage.cached = at::Tensor();
   storage.tape.clear();
-  if (base.storage().use_count() > 1) {
+  if (!dest.defined() && base.storage().use_count() > 1) {
     base = base.clone();  // still shared with a constant somewhere
   }
   for (auto& weak : storage.impls) {
@@ -344,11 +356,8 @@ void materialize_storage(LazyStorage& storage, c10::Device device) {
     if (impl == nullptr || impl->lazy_storage().get() != &storage) {
       continue;
     }
-    impl->become(
-        at::as_strided(
-            typed_view(base, impl->dtype()), impl->sizes(), impl->strides(),
-            impl->storage_offset()),
-        storage.early, storage.replay_count);
+    impl->become(view_of(base, impl->dtype(), impl->geometry()), storage.early,
+                 storage.replay_count);
   }
   storage.impls.clear();
   storage.state = StorageState::kMaterialized;

@@ -240,8 +240,7 @@ at::Tensor materialize_shard(
   }
   Replayer replayer(device);
   at::Tensor base = replayer.value(*storage, storage->version);
-  at::Tensor full = at::as_strided(
-      typed_view(base, impl->dtype()), geometry.sizes, geometry.strides, geometry.offset);
+  at::Tensor full = view_of(base, impl->dtype(), geometry);
   at::Tensor out = contiguous_copy(piece.slice(full), device);
   for (auto& s : uncached) {
     if (s->state == StorageState::kLazy) {

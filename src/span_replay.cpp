@@ -171,6 +171,14 @@ std::string not_local(const LazyStorage& storage, const Node& node, c10::DeviceT
   return bad_alpha(node);
 }
 
+// A real operand moved to the target device. 0-dim CPU tensors (Python
+// scalars arrive as wrapped numbers) stay on the CPU, as in eager: CUDA
+// kernels treat a CPU scalar operand differently (div multiplies by its
+// reciprocal, for one).
+at::Tensor on_target(const at::Tensor& t, c10::Device device) {
+  return t.dim() == 0 && t.device().is_cpu() ? t : t.to(device);
+}
+
 // Replays `storage` at its current version over `spans` into one buffer
 // (the spans' elements, concatenated). Returns false, with a reason, when
 // the tape is not element-local; nothing is changed then.
@@ -316,31 +324,42 @@ class SpanReplay {
     }
     at::NoGradGuard no_grad;
     DefaultDtypeGuard dtype(derived_->default_dtype);
-    int64_t at = 0;
-    for (size_t i = 0; i < spans_.size(); ++i) {
+    // Operands that are not replayed over the spans: scalars, or real
+    // tensors of the output's shape (cut per span below).
+    std::vector<at::Tensor> whole(derived_->tensors.size());
+    bool per_span = false;
+    for (size_t j = 0; j < derived_->tensors.size(); ++j) {
+      if (!values[j].defined()) {
+        Replayer replayer(device_);
+        at::Tensor t = replayer.resolve(derived_->tensors[j].ref, at::Tensor());
+        whole[j] = on_target(t.dim() == 0 ? t : t.reshape({-1}), device_);
+        per_span = per_span || whole[j].numel() != 1;
+      }
+    }
+    auto run_op = [&](int64_t at, int64_t size, const Span* span) {
       std::vector<c10::IValue> stack = derived_->args;
       copy_tensor_lists(stack);
       for (size_t j = 0; j < derived_->tensors.size(); ++j) {
-        const auto& slot = derived_->tensors[j];
-        at::Tensor t;
-        if (values[j].defined()) {
-          t = values[j].narrow(0, at, spans_[i].size());
-        } else {
-          Replayer replayer(device_);
-          t = replayer.resolve(slot.ref, at::Tensor());
-          t = (t.dim() == 0 ? t : t.reshape({-1})).to(device_);
-          if (t.numel() != 1) {
-            t = t.narrow(0, spans_[i].begin, spans_[i].size());
-          }
+        at::Tensor t = values[j].defined() ? values[j].narrow(0, at, size) : whole[j];
+        if (span != nullptr && t.numel() != 1 && !values[j].defined()) {
+          t = t.narrow(0, span->begin, span->size());
         }
-        set_tensor(stack, slot.arg, slot.element, t);
+        set_tensor(stack, derived_->tensors[j].arg, derived_->tensors[j].element, t);
       }
       for (size_t d : derived_->device_args) {
         stack[d] = c10::IValue(device_);
       }
       derived_->op->callBoxed(&stack);
-      parts_[i].copy_(stack[storage_.tape.front().output].toTensor());
-      at += spans_[i].size();
+      buffer_.narrow(0, at, size).copy_(stack[storage_.tape.front().output].toTensor());
+    };
+    if (!per_span) {
+      run_op(0, buffer_.numel(), nullptr);  // element-wise: all spans at once
+      return true;
+    }
+    int64_t at = 0;
+    for (const Span& span : spans_) {
+      run_op(at, span.size(), &span);
+      at += span.size();
     }
     return true;
   }
@@ -419,32 +438,53 @@ class SpanReplay {
     if (node.is_random()) {
       return fill_random(node, numel, requests, why);
     }
-    for (auto& r : requests) {
+    // Other operands: scalars, self (same geometry, checked by not_local),
+    // small lazy tensors replayed whole, or real tensors cut per request.
+    std::vector<at::Tensor> operands(node.tensors.size());
+    bool per_request = false;
+    for (size_t j = 0; j < node.tensors.size(); ++j) {
+      const auto& ref = node.tensors[j].ref;
+      if (ref.kind == TensorRef::Kind::kSelf) {
+        continue;
+      }
+      // Checks real operands were not modified since recording.
+      Replayer replayer(device_);
+      at::Tensor real = replayer.resolve(ref, at::Tensor());
+      // Keep 0-dim vs dimensioned: it decides the computation dtype.
+      operands[j] = on_target(
+          real.numel() == 1 ? (real.dim() == 0 ? real : real.reshape({1})) : real.reshape({-1}),
+          device_);
+      per_request = per_request || operands[j].numel() != 1;
+    }
+    // Element-wise with scalar operands over every part whole: one call on
+    // the whole buffer instead of one a span (a Shard(1) has one a row).
+    const bool whole_buffer = !per_request && requests.size() == parts_.size() &&
+        std::all_of(requests.begin(), requests.end(), [&](const RegionRequest& r) {
+          return r.out.numel() == parts_[&r - requests.data()].numel();
+        });
+    auto run_op = [&](const at::Tensor& out, const RegionRequest* r) {
       std::vector<c10::IValue> stack = node.args;
       copy_tensor_lists(stack);
-      for (const auto& slot : node.tensors) {
-        at::Tensor t;
-        if (slot.ref.kind == TensorRef::Kind::kSelf) {
-          t = r.out;
-        } else {
-          // Checks real operands were not modified since recording, and
-          // replays small lazy ones whole.
-          Replayer replayer(device_);
-          at::Tensor real = replayer.resolve(slot.ref, at::Tensor());
-          if (real.numel() == 1) {
-            // Keep 0-dim vs dimensioned: it decides the computation dtype.
-            t = real.dim() == 0 ? real : real.reshape({1});
-          } else {
-            t = real.reshape({-1}).narrow(0, r.begin, r.end - r.begin);
-          }
-          t = t.to(device_);
+      for (size_t j = 0; j < node.tensors.size(); ++j) {
+        at::Tensor t = operands[j];
+        if (node.tensors[j].ref.kind == TensorRef::Kind::kSelf) {
+          t = out;
+        } else if (t.numel() != 1) {
+          t = t.narrow(0, r->begin, r->end - r->begin);
         }
-        set_tensor(stack, slot.arg, slot.element, t);
+        set_tensor(stack, node.tensors[j].arg, node.tensors[j].element, t);
       }
       for (size_t i : node.device_args) {
         stack[i] = c10::IValue(device_);
       }
       node.op->callBoxed(&stack);
+    };
+    if (whole_buffer) {
+      run_op(buffer_, nullptr);
+      return true;
+    }
+    for (auto& r : requests) {
+      run_op(r.out, &r);
     }
     return true;
   }

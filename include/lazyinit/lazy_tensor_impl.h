@@ -71,5 +71,8 @@ at::Tensor make_lazy_tensor(
 
 // `flat` (a flat buffer over a whole storage) seen as `dtype`.
 at::Tensor typed_view(const at::Tensor& flat, caffe2::TypeMeta dtype);
+// View `g` of the flat buffer `flat` read as `dtype`, g.offset counted from
+// flat's first element (flat may itself start inside a larger storage).
+at::Tensor view_of(const at::Tensor& flat, caffe2::TypeMeta dtype, const Geometry& g);
 
 }  // namespace lazyinit

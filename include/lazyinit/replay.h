@@ -36,7 +36,9 @@ class Replayer {
 
   // Flat tensor over the whole storage holding its value at `version`.
   // The result may be shared with a cache: callers must not modify it.
-  at::Tensor value(LazyStorage& storage, int64_t version);
+  // With `dest` (a flat tensor of the storage's numel and dtype on this
+  // device), the value is computed in it, and it is returned.
+  at::Tensor value(LazyStorage& storage, int64_t version, const at::Tensor& dest = {});
   // A real tensor for a node argument.
   at::Tensor resolve(const TensorRef& ref, const at::Tensor& self_base);
   // The node's boxed arguments with tensors resolved (scratch: written
@@ -58,8 +60,12 @@ class Replayer {
   bool early_;
 };
 
-// Materializes every impl of `storage` in place on `device`.
-void materialize_storage(LazyStorage& storage, c10::Device device);
+// Raises an actionable error unless `device` can hold materialized data.
+void check_target_device(c10::Device device);
+
+// Materializes every impl of `storage` in place on `device`, into `dest`
+// when given (see Replayer::value): its views then share dest's storage.
+void materialize_storage(LazyStorage& storage, c10::Device device, const at::Tensor& dest = {});
 // Computes the current value of `storage` on the default device and caches
 // it (early materialization); the storage stays lazy.
 at::Tensor early_value(LazyStorage& storage);

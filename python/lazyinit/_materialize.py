@@ -55,7 +55,8 @@ def _progress_bar(total: int, enabled: Optional[bool]):
     return tqdm(total=total, unit="B", unit_scale=True, desc="materialize")
 
 
-def materialize(obj: T, device: DeviceLike = None, progress: Optional[bool] = None) -> T:
+def materialize(obj: T, device: DeviceLike = None, progress: Optional[bool] = None,
+                flat: bool = True) -> T:
     """Replays lazy tensors onto ``device``, in place, and returns ``obj``.
 
     ``obj`` is a tensor or a module (all its parameters and buffers). Every
@@ -65,6 +66,18 @@ def materialize(obj: T, device: DeviceLike = None, progress: Optional[bool] = No
     (CPU if none). Values equal eager construction with the same seed, in
     any materialization order. ``progress`` shows a progress bar (default:
     when more than 1 GiB is materialized).
+
+    For a module, ``flat=True`` (the default) makes one allocation per
+    device and dtype, and gives each parameter and buffer a storage of its
+    own over a slice of it, aligned as the CUDA caching allocator aligns
+    blocks. That saves an allocator call per tensor (on a GPU, a
+    ``cudaMalloc`` per large tensor). The tensors look like eager ones
+    (storage offset 0, no storage shared), and optimizers, ``state_dict()``,
+    ``torch.save`` and ``load_state_dict`` work as usual; but the memory is
+    freed only once every tensor of the allocation is, and their storages
+    cannot be resized or shared between processes through CUDA IPC.
+    ``flat=False`` gives each tensor its own allocation, as eager
+    construction does.
     """
     target = _device_str(device)
     if target is not None and target.startswith("cuda"):
@@ -75,12 +88,17 @@ def materialize(obj: T, device: DeviceLike = None, progress: Optional[bool] = No
         return obj
     pending: List[torch.Tensor] = [
         t for _, t, _ in _module_tensors(obj) if _C._tensor_state(t) == _LAZY]
+    if target is None and any(_C._home_device(t).startswith("cuda") for t in pending):
+        _cuda.ensure_initialized()
     bar = _progress_bar(sum(t.numel() * t.element_size() for t in pending), progress)
     try:
-        for t in pending:
-            _C._materialize(t, target, settle=False)  # settled once, by _finish()
-            if bar is not None:
-                bar.update(t.numel() * t.element_size())
+        if flat:
+            _C._materialize_flat(pending, target, None if bar is None else bar.update)
+        else:
+            for t in pending:
+                _C._materialize(t, target, settle=False)  # settled once, by _finish()
+                if bar is not None:
+                    bar.update(t.numel() * t.element_size())
     finally:
         if bar is not None:
             bar.close()

@@ -1,0 +1,117 @@
+// One allocation per device and dtype for a whole module (flat.h): an
+// allocator call per tensor (in a fresh process, a cudaMalloc for each
+// large one) costs more than generating most tensors' values.
+//
+// Each storage gets its own c10::Storage over its slice, whose DataPtr keeps
+// the whole buffer alive: materialized tensors look as eager ones do
+// (storage offset 0, no storage shared between parameters, nbytes their
+// own, and resizing one raises instead of freeing its neighbours).
+#include <lazyinit/flat.h>
+
+#include <lazyinit/lazy_tensor_impl.h>
+#include <lazyinit/replay.h>
+#include <lazyinit/rng.h>
+
+#include <ATen/ops/empty.h>
+#include <c10/core/Storage.h>
+
+#include <map>
+#include <memory>
+#include <string>
+#include <unordered_set>
+#include <utility>
+
+namespace lazyinit {
+namespace {
+
+// The CUDA caching allocator's block granularity: slices start where a
+// separately allocated tensor would (vectorized kernels check alignment).
+constexpr int64_t kAlignment = 512;
+
+int64_t aligned(int64_t nbytes) {
+  return (nbytes + kAlignment - 1) / kAlignment * kAlignment;
+}
+
+// What a slice's DataPtr owns: a reference to the whole buffer.
+struct SliceOwner {
+  c10::Storage buffer;
+};
+
+void release_slice(void* owner) {
+  std::unique_ptr<SliceOwner> release(static_cast<SliceOwner*>(owner));
+}
+
+// A flat tensor of `numel` elements of `dtype` over bytes [offset, ...) of
+// `buffer`, in a storage of its own.
+at::Tensor slice_of(const at::Tensor& buffer, int64_t offset, int64_t numel,
+                    caffe2::TypeMeta dtype) {
+  const int64_t nbytes = numel * static_cast<int64_t>(dtype.itemsize());
+  auto owner = std::make_unique<SliceOwner>(SliceOwner{buffer.storage()});
+  void* data = static_cast<char*>(buffer.data_ptr()) + offset;
+  c10::DataPtr ptr(data, owner.release(), &release_slice, buffer.device());
+  c10::Storage storage(
+      c10::Storage::use_byte_size_t(), nbytes, std::move(ptr), /*allocator=*/nullptr,
+      /*resizable=*/false);
+  auto options = at::TensorOptions().dtype(dtype).device(buffer.device());
+  return at::empty({0}, options).set_(storage, 0, {numel}, {1});
+}
+
+struct Group {
+  c10::Device device;
+  caffe2::TypeMeta dtype;
+  std::vector<LazyStoragePtr> storages;
+};
+
+}  // namespace
+
+void materialize_flat(
+    const std::vector<at::Tensor>& tensors,
+    c10::optional<c10::Device> device,
+    const std::function<void(int64_t)>& progress) {
+  std::lock_guard<std::recursive_mutex> lock(graph_mutex());
+  std::vector<Group> groups;
+  std::map<std::pair<std::string, c10::ScalarType>, size_t> index;
+  std::unordered_set<const LazyStorage*> seen;
+  for (const auto& t : tensors) {
+    auto* impl = get_pending_impl(t);
+    if (impl == nullptr) {
+      continue;
+    }
+    LazyStoragePtr storage = impl->lazy_storage();
+    storage->check_usable();
+    if (!seen.insert(storage.get()).second) {
+      continue;  // tied weights, views of one storage
+    }
+    const c10::Device target = Replayer(device.value_or(storage->home_device)).device();
+    check_target_device(target);
+    const auto key = std::make_pair(target.str(), c10::typeMetaToScalarType(storage->dtype));
+    auto it = index.find(key);
+    if (it == index.end()) {
+      it = index.emplace(key, groups.size()).first;
+      groups.push_back(Group{target, storage->dtype, {}});
+    }
+    groups[it->second].storages.push_back(std::move(storage));
+  }
+  GeneratorStateGuard generators;
+  for (const Group& group : groups) {
+    const int64_t itemsize = static_cast<int64_t>(group.dtype.itemsize());
+    int64_t total = 0;
+    for (const auto& storage : group.storages) {
+      total += aligned(storage->numel() * itemsize);
+    }
+    at::Tensor buffer =
+        at::empty({total}, at::TensorOptions().dtype(at::kByte).device(group.device));
+    int64_t offset = 0;
+    for (const auto& storage : group.storages) {
+      const int64_t nbytes = storage->numel() * itemsize;
+      at::Tensor dest = slice_of(buffer, offset, storage->numel(), group.dtype);
+      offset += aligned(nbytes);
+      materialize_storage(*storage, group.device, dest);
+      if (progress) {
+        progress(nbytes);
+      }
+    }
+  }
+}
+
+}  // namespace lazyinit
