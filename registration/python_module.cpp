@@ -215,6 +215,18 @@ PYBIND11_MODULE(_C, m) {
         py::gil_scoped_release no_gil;
         return materialize_shard(t, list, c10::Device(device));
       });
+  m.def(
+      "_materialize_shards",
+      [](const std::vector<at::Tensor>& tensors,
+         const std::vector<std::vector<std::array<int64_t, 4>>>& placements,
+         const std::string& device) {
+        std::vector<std::vector<Placement>> lists;
+        for (const auto& p : placements) {
+          lists.push_back(placements_from(p));
+        }
+        py::gil_scoped_release no_gil;
+        return materialize_shards(tensors, lists, c10::Device(device));
+      });
   m.def("_shard_stats", [] {
     ShardStats s = shard_stats();
     py::dict d;

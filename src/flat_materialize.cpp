@@ -28,10 +28,6 @@ namespace {
 // separately allocated tensor would (vectorized kernels check alignment).
 constexpr int64_t kAlignment = 512;
 
-int64_t aligned(int64_t nbytes) {
-  return (nbytes + kAlignment - 1) / kAlignment * kAlignment;
-}
-
 // What a slice's DataPtr owns: a reference to the whole buffer.
 struct SliceOwner {
   c10::Storage buffer;
@@ -41,10 +37,20 @@ void release_slice(void* owner) {
   std::unique_ptr<SliceOwner> release(static_cast<SliceOwner*>(owner));
 }
 
-// A flat tensor of `numel` elements of `dtype` over bytes [offset, ...) of
-// `buffer`, in a storage of its own.
-at::Tensor slice_of(const at::Tensor& buffer, int64_t offset, int64_t numel,
-                    caffe2::TypeMeta dtype) {
+struct Group {
+  c10::Device device;
+  caffe2::TypeMeta dtype;
+  std::vector<LazyStoragePtr> storages;
+};
+
+}  // namespace
+
+int64_t flat_slice_bytes(int64_t nbytes) {
+  return (nbytes + kAlignment - 1) / kAlignment * kAlignment;
+}
+
+at::Tensor flat_slice(const at::Tensor& buffer, int64_t offset, int64_t numel,
+                      caffe2::TypeMeta dtype) {
   const int64_t nbytes = numel * static_cast<int64_t>(dtype.itemsize());
   auto owner = std::make_unique<SliceOwner>(SliceOwner{buffer.storage()});
   void* data = static_cast<char*>(buffer.data_ptr()) + offset;
@@ -55,14 +61,6 @@ at::Tensor slice_of(const at::Tensor& buffer, int64_t offset, int64_t numel,
   auto options = at::TensorOptions().dtype(dtype).device(buffer.device());
   return at::empty({0}, options).set_(storage, 0, {numel}, {1});
 }
-
-struct Group {
-  c10::Device device;
-  caffe2::TypeMeta dtype;
-  std::vector<LazyStoragePtr> storages;
-};
-
-}  // namespace
 
 void materialize_flat(
     const std::vector<at::Tensor>& tensors,
@@ -97,15 +95,15 @@ void materialize_flat(
     const int64_t itemsize = static_cast<int64_t>(group.dtype.itemsize());
     int64_t total = 0;
     for (const auto& storage : group.storages) {
-      total += aligned(storage->numel() * itemsize);
+      total += flat_slice_bytes(storage->numel() * itemsize);
     }
     at::Tensor buffer =
         at::empty({total}, at::TensorOptions().dtype(at::kByte).device(group.device));
     int64_t offset = 0;
     for (const auto& storage : group.storages) {
       const int64_t nbytes = storage->numel() * itemsize;
-      at::Tensor dest = slice_of(buffer, offset, storage->numel(), group.dtype);
-      offset += aligned(nbytes);
+      at::Tensor dest = flat_slice(buffer, offset, storage->numel(), group.dtype);
+      offset += flat_slice_bytes(nbytes);
       materialize_storage(*storage, group.device, dest);
       if (progress) {
         progress(nbytes);

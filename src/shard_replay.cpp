@@ -1,5 +1,7 @@
 #include <lazyinit/shard_replay.h>
 
+#include <lazyinit/flat.h>
+
 #include <lazyinit/device.h>
 #include <lazyinit/lazy_tensor_impl.h>
 #include <lazyinit/replay.h>
@@ -162,13 +164,13 @@ bool contiguous_range(const Geometry& g, int64_t* begin, int64_t* numel) {
   return true;
 }
 
-at::Tensor materialize_shard(
+namespace {
+
+at::Tensor compute_shard(
     const at::Tensor& t,
-    const std::vector<Placement>& placements,
-    c10::Device device) {
-  check_shard_device(device);
-  std::lock_guard<std::recursive_mutex> lock(graph_mutex());
-  const LocalPiece piece = local_piece(t.sizes(), placements);
+    const LocalPiece& piece,
+    c10::Device device,
+    const at::Tensor& dest) {
   auto* impl = get_pending_impl(t);
   if (impl == nullptr) {
     return contiguous_copy(piece.slice(t), device);
@@ -191,7 +193,8 @@ at::Tensor materialize_shard(
     const int64_t lo = spans.empty() ? 0 : spans.front().begin;
     const bool whole = spans.size() == 1 && lo == 0 && spans.front().end == storage->numel();
     at::Tensor buffer;
-    if (replay_spans(*storage, storage->version, std::move(spans), device, &buffer, &why)) {
+    if (replay_spans(*storage, storage->version, std::move(spans), device, &buffer, &why,
+                     in_order ? dest : at::Tensor())) {
       ++(whole ? counters().whole : counters().pushed_down);
       if (in_order) {
         return buffer.view(piece.shape());
@@ -247,6 +250,64 @@ at::Tensor materialize_shard(
       s->cached = at::Tensor();
       s->cached_version = -1;
     }
+  }
+  return out;
+}
+
+}  // namespace
+
+at::Tensor materialize_shard(
+    const at::Tensor& t,
+    const std::vector<Placement>& placements,
+    c10::Device device,
+    const at::Tensor& dest) {
+  check_shard_device(device);
+  std::lock_guard<std::recursive_mutex> lock(graph_mutex());
+  const LocalPiece piece = local_piece(t.sizes(), placements);
+  at::Tensor out = compute_shard(t, piece, device, dest);
+  if (!dest.defined() || piece.numel() == 0) {
+    return out;
+  }
+  at::Tensor shaped = dest.view(piece.shape());
+  if (out.data_ptr() != dest.data_ptr()) {
+    shaped.copy_(out);  // computed elsewhere (a fallback, a reordered box)
+  }
+  return shaped;
+}
+
+std::vector<at::Tensor> materialize_shards(
+    const std::vector<at::Tensor>& tensors,
+    const std::vector<std::vector<Placement>>& placements,
+    c10::Device device) {
+  TORCH_CHECK(tensors.size() == placements.size(),
+              "lazyinit: one placement per tensor expected");
+  check_shard_device(device);
+  std::lock_guard<std::recursive_mutex> lock(graph_mutex());
+  // Byte offsets of each piece in its dtype's buffer.
+  std::map<c10::ScalarType, int64_t> totals;
+  std::vector<int64_t> offsets(tensors.size(), -1);
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const int64_t numel = local_piece(tensors[i].sizes(), placements[i]).numel();
+    if (numel > 0) {
+      int64_t& total = totals[tensors[i].scalar_type()];
+      offsets[i] = total;
+      total += flat_slice_bytes(numel * static_cast<int64_t>(tensors[i].dtype().itemsize()));
+    }
+  }
+  std::map<c10::ScalarType, at::Tensor> buffers;
+  for (const auto& entry : totals) {
+    buffers[entry.first] =
+        at::empty({entry.second}, at::TensorOptions().dtype(at::kByte).device(device));
+  }
+  std::vector<at::Tensor> out;
+  out.reserve(tensors.size());
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    at::Tensor dest;
+    if (offsets[i] >= 0) {
+      const int64_t numel = local_piece(tensors[i].sizes(), placements[i]).numel();
+      dest = flat_slice(buffers[tensors[i].scalar_type()], offsets[i], numel, tensors[i].dtype());
+    }
+    out.push_back(materialize_shard(tensors[i], placements[i], device, dest));
   }
   return out;
 }

@@ -187,18 +187,21 @@ class SpanReplay {
   SpanReplay(LazyStorage& storage, int64_t version, std::vector<Span> spans, c10::Device device)
       : storage_(storage), version_(version), spans_(std::move(spans)), device_(device) {}
 
-  bool run(at::Tensor* out, std::string* why) {
-    return plan(why) && execute(out, why);
+  // `dest`: a flat tensor of the spans' total size to compute into.
+  bool run(at::Tensor* out, std::string* why, const at::Tensor& dest) {
+    return plan(why) && execute(out, why, dest);
   }
 
  private:
   // After plan() succeeded: computes the spans' values.
-  bool execute(at::Tensor* out, std::string* why) {
+  bool execute(at::Tensor* out, std::string* why, const at::Tensor& dest = {}) {
     int64_t total = 0;
     for (const Span& s : spans_) {
       total += s.size();
     }
-    buffer_ = at::empty({total}, at::TensorOptions().dtype(storage_.dtype).device(device_));
+    buffer_ = dest.defined() && dest.numel() == total && dest.dtype() == storage_.dtype
+        ? dest
+        : at::empty({total}, at::TensorOptions().dtype(storage_.dtype).device(device_));
     int64_t at = 0;
     for (const Span& s : spans_) {
       parts_.push_back(buffer_.narrow(0, at, s.size()));
@@ -511,9 +514,10 @@ bool replay_spans(
     std::vector<Span> spans,
     c10::Device device,
     at::Tensor* out,
-    std::string* why) {
+    std::string* why,
+    const at::Tensor& dest) {
   SpanReplay replay(storage, version, std::move(spans), device);
-  return replay.run(out, why);
+  return replay.run(out, why, dest);
 }
 
 }  // namespace lazyinit

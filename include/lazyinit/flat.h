@@ -26,4 +26,14 @@ void materialize_flat(
     c10::optional<c10::Device> device,
     const std::function<void(int64_t)>& progress);
 
+// Bytes a slice of `nbytes` takes in a flat buffer (rounded up to the CUDA
+// caching allocator's 512-byte blocks).
+int64_t flat_slice_bytes(int64_t nbytes);
+
+// A flat tensor of `numel` elements of `dtype` over bytes [offset, ...) of
+// the byte tensor `buffer`, in a c10::Storage of its own that keeps
+// `buffer` alive (not resizable).
+at::Tensor flat_slice(const at::Tensor& buffer, int64_t offset, int64_t numel,
+                      caffe2::TypeMeta dtype);
+
 }  // namespace lazyinit

@@ -79,23 +79,36 @@ void count_skipped_draws(int64_t n);
 
 // The local piece of `t` under `placements`, as a new contiguous tensor on
 // `device`. For a lazy tensor, nothing is materialized and the generators
-// are left as they were; for a real one, the piece is copied.
+// are left as they were; for a real one, the piece is copied. With `dest`
+// (a flat tensor of the piece's numel and t's dtype on `device`), the piece
+// is computed in it and returned as a view of it.
 at::Tensor materialize_shard(
     const at::Tensor& t,
     const std::vector<Placement>& placements,
+    c10::Device device,
+    const at::Tensor& dest = {});
+
+// materialize_shard for many tensors (a module's, for one rank), with one
+// allocation per dtype: each piece gets a storage of its own over a slice
+// of it (flat.h).
+std::vector<at::Tensor> materialize_shards(
+    const std::vector<at::Tensor>& tensors,
+    const std::vector<std::vector<Placement>>& placements,
     c10::Device device);
 
 // Replays `storage` at `version` over `spans` (sorted, disjoint storage
 // element ranges) into one buffer holding the spans' elements concatenated.
 // Returns false, with the reason, when the tape is not element-local (see
-// the top of this file); nothing observable has changed then.
+// the top of this file); nothing observable has changed then. With `dest`
+// (flat, the spans' total size), the buffer is dest.
 bool replay_spans(
     LazyStorage& storage,
     int64_t version,
     std::vector<Span> spans,
     c10::Device device,
     at::Tensor* out,
-    std::string* why);
+    std::string* why,
+    const at::Tensor& dest = {});
 
 // If the view `g` is a contiguous run of storage elements (row-major, size-1
 // dims ignored), its first element and length.

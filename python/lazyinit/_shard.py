@@ -109,12 +109,21 @@ def materialize_module_shards(
     ``module``: ``placement_fn(name, tensor)`` gives each one's placement.
     Returns ``{name: local tensor}`` (tied tensors once, under their first
     name, as ``named_parameters`` reports them); the module stays lazy.
+    The pieces take one allocation per dtype, each in a storage of its own
+    over a slice of it (as :func:`lazyinit.materialize` with ``flat=True``).
     Call :func:`lazyinit.discard` on it afterwards to free the recorded graph.
     """
-    out: Dict[str, torch.Tensor] = {}
+    target = _device_str(device) or "cpu"
+    if target.startswith("cuda"):
+        _cuda.ensure_initialized()
+    names: List[str] = []
+    tensors: List[torch.Tensor] = []
+    placements: List[List[Tuple[int, int, int, int]]] = []
     for name, tensor, _ in _module_tensors(module):
-        out[name] = materialize_shard(tensor, placement_fn(name, tensor), device)
-    return out
+        names.append(name)
+        tensors.append(tensor)
+        placements.append(_encode(placement_fn(name, tensor)))
+    return dict(zip(names, _C._materialize_shards(tensors, placements, target)))
 
 
 def shard_stats() -> Dict[str, Any]:

@@ -253,6 +253,10 @@ def test_non_local_tapes_fall_back_exactly_and_are_counted() -> None:
             assert set(got) == set(want)
             for name, piece in got.items():
                 assert torch.equal(piece, expected_piece(want[name], Shard(0, r, w))), name
+                assert piece.storage_offset() == 0 and piece.is_contiguous(), name
+            # One allocation per dtype, a storage of its own for each piece.
+            ptrs = [p.data_ptr() for p in got.values() if p.numel() > 0]
+            assert len(set(ptrs)) == len(ptrs)
     stats = lazyinit.shard_stats()
     assert stats["fallbacks"] > 0 and stats["pushed_down"] > 0
     reasons = " | ".join(stats["fallback_reasons"])
