@@ -33,6 +33,8 @@ def main(argv=None) -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--shards", action="store_true",
+                    help="rank 3 of 8 (Shard(0)) with materialize_module_shards instead")
     args = ap.parse_args(argv)
     cfg = llama_config("7b", hidden_size=64, intermediate_size=128, vocab_size=128,
                        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64)
@@ -42,16 +44,26 @@ def main(argv=None) -> None:
         with lazyinit.LazyInitContext():
             return Llama(cfg)
 
+    def place(name: str, t: torch.Tensor):
+        return lazyinit.Shard(0, 3, 8) if t.dim() else lazyinit.Replicate()
+
+    def run(m: torch.nn.Module) -> None:
+        if args.shards:
+            lazyinit.materialize_module_shards(m, place, args.device)
+        else:
+            lazyinit.materialize(m, args.device, progress=False)
+
+    what = "shards of" if args.shards else "materialize"
     print(f"torch {torch.__version__}, device {args.device}")
     for _ in range(args.repeat):
         m = lazy()
         n = len({id(t) for t in list(m.parameters()) + list(m.buffers())})
         _sync(args.device)
         start = time.perf_counter()
-        lazyinit.materialize(m, args.device, progress=False)
+        run(m)
         _sync(args.device)
         seconds = time.perf_counter() - start
-        print(f"materialize {n} tensors: {seconds * 1e3:.2f} ms, "
+        print(f"{what} {n} tensors: {seconds * 1e3:.2f} ms, "
               f"{seconds / n * 1e6:.1f} us a tensor")
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
@@ -60,7 +72,7 @@ def main(argv=None) -> None:
         if args.device.startswith("cuda"):
             activities.append(ProfilerActivity.CUDA)
         with profile(activities=activities) as prof:
-            lazyinit.materialize(m, args.device, progress=False)
+            run(m)
             _sync(args.device)
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30))
 
