@@ -67,21 +67,22 @@ def _build(shape: str, layers: int, seed: int, lazy: bool, device: str = "cpu"):
 
 
 def _setup(args) -> None:
-    """Threads, dtype, and on CUDA a warm-up of the kernels used (module
-    loading is not what is measured)."""
+    """Threads, dtype, and on CUDA a warm-up: the tiny shape materialized
+    whole and by shards, so that one-time costs (kernel modules loaded on
+    first launch, allocator and generator set-up) are not what is measured."""
     import torch
     import lazyinit
 
     torch.set_num_threads(args.threads)
     torch.set_default_dtype(getattr(torch, args.dtype))
     if args.device == "cuda":
-        with lazyinit.LazyInitContext():
-            w = torch.empty(4096, 1024).normal_()
-            u = torch.empty(4096, 1024).uniform_()
-        lazyinit.materialize_shard(w, lazyinit.Shard(0, 1, 2), "cuda")
-        lazyinit.materialize_shard(u, lazyinit.Shard(1, 1, 2), "cuda")
-        lazyinit.materialize(w, "cuda")
+        for _ in range(2):
+            tiny = _build("tiny", -1, args.seed, lazy=True)
+            lazyinit.materialize_module_shards(
+                tiny, _placement(tiny, 1, args.world, args.layout), args.device)
+            lazyinit.materialize(tiny, args.device, progress=False)
         torch.cuda.synchronize()
+        lazyinit.reset_shard_stats()
 
 
 class _Meter:

@@ -14,6 +14,7 @@
 
 #include <ATen/ops/empty.h>
 #include <c10/core/Storage.h>
+#include <c10/core/TensorOptions.h>
 
 #include <map>
 #include <memory>
@@ -58,8 +59,14 @@ at::Tensor flat_slice(const at::Tensor& buffer, int64_t offset, int64_t numel,
   c10::Storage storage(
       c10::Storage::use_byte_size_t(), nbytes, std::move(ptr), /*allocator=*/nullptr,
       /*resizable=*/false);
-  auto options = at::TensorOptions().dtype(dtype).device(buffer.device());
-  return at::empty({0}, options).set_(storage, 0, {numel}, {1});
+  // A plain dense tensor over the storage, built without dispatching
+  // (empty + set_ cost two dispatcher calls a tensor).
+  const auto key = c10::computeDispatchKey(
+      c10::typeMetaToScalarType(dtype), c10::kStrided, buffer.device());
+  at::Tensor out = at::detail::make_tensor<c10::TensorImpl>(
+      std::move(storage), c10::DispatchKeySet(key), dtype);
+  out.unsafeGetTensorImpl()->set_sizes_contiguous({numel});
+  return out;
 }
 
 void materialize_flat(

@@ -154,14 +154,45 @@ Kernel factory_kernel(bool normal) {
   };
 }
 
+// The last position a cursor reached in a stream, with the state there:
+// a derived piece computed a chunk at a time asks the same node for
+// successive ranges, and each then continues instead of skipping ahead from
+// the node's start again. One entry, per thread.
+struct CursorMemo {
+  GenState start;
+  int64_t position = 0;
+  GenState state;
+};
+
+CursorMemo& cursor_memo() {
+  thread_local CursorMemo memo;
+  return memo;
+}
+
 // Generates from a position in the stream onwards, forward only.
 class StreamCursor {
  public:
   StreamCursor(const GenState& start, Kernel kernel)
-      : state_(start), kernel_(std::move(kernel)) {}
+      : start_(start), state_(start), kernel_(std::move(kernel)) {}
+  StreamCursor(const StreamCursor&) = delete;
+  StreamCursor& operator=(const StreamCursor&) = delete;
+  ~StreamCursor() {
+    if (position_ > 0) {
+      CursorMemo& memo = cursor_memo();
+      memo.start = start_;
+      memo.position = position_;
+      memo.state = state_;
+    }
+  }
 
   void seek(int64_t position) {
     TORCH_INTERNAL_ASSERT(position >= position_, "region generator seeks backwards");
+    const CursorMemo& memo = cursor_memo();
+    if (memo.position > position_ && memo.position <= position && memo.start.defined &&
+        memo.start == start_) {
+      state_ = memo.state;
+      position_ = memo.position;
+    }
     discard_draws(state_.engine, position - position_);
     position_ = position;
   }
@@ -172,6 +203,7 @@ class StreamCursor {
   }
 
  private:
+  GenState start_;
   GenState state_;
   Kernel kernel_;
   int64_t position_ = 0;

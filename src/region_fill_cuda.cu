@@ -67,12 +67,23 @@ __global__ void pair_kernel(
   }
 }
 
-// One Philox call an element, for many short pieces in one launch. `table`
-// holds, for R pieces, cum[0..R] (prefix sums of their lengths), then their
+// Up to this many short pieces travel in the kernel's parameters; more in a
+// device buffer (whose upload from pageable memory synchronizes).
+constexpr int kInlinePieces = 8;
+
+// For R pieces: cum[0..R] (prefix sums of their lengths), then their
 // begins, then their output addresses.
+struct PieceTable {
+  const int64_t* device = nullptr;  // the table in device memory, or
+  int64_t inline_table[3 * kInlinePieces + 1] = {};  // here when R is small
+};
+
+// One Philox call an element, for many short pieces in one launch.
 template <typename scalar_t, typename acc_t, int kUnroll, typename dist_t, typename transform_t>
 __global__ void element_kernel(
-    const int64_t* table, int64_t pieces, Launch launch, dist_t dist, transform_t transform) {
+    PieceTable pieces_table, int64_t pieces, Launch launch, dist_t dist, transform_t transform) {
+  const int64_t* table =
+      pieces_table.device != nullptr ? pieces_table.device : pieces_table.inline_table;
   const int64_t* cum = table;
   const int64_t* begins = table + pieces + 1;
   const int64_t* outs = begins + pieces;
@@ -137,8 +148,13 @@ void launch_pieces(
     return;
   }
   const int64_t r = static_cast<int64_t>(short_pieces.size());
-  at::Tensor table = at::empty({3 * r + 1}, at::TensorOptions().dtype(at::kLong));
-  int64_t* t = table.data_ptr<int64_t>();
+  PieceTable table;
+  at::Tensor host;
+  int64_t* t = table.inline_table;
+  if (r > kInlinePieces) {
+    host = at::empty({3 * r + 1}, at::TensorOptions().dtype(at::kLong));
+    t = host.data_ptr<int64_t>();
+  }
   t[0] = 0;
   for (int64_t i = 0; i < r; ++i) {
     const PhiloxPiece& piece = *short_pieces[i];
@@ -146,9 +162,13 @@ void launch_pieces(
     t[r + 1 + i] = piece.begin;
     t[2 * r + 1 + i] = reinterpret_cast<int64_t>(piece.out.data_ptr<scalar_t>());
   }
-  at::Tensor device_table = table.to(pieces.front().out.device());
+  at::Tensor device_table;  // lives until the launch is queued
+  if (host.defined()) {
+    device_table = host.to(pieces.front().out.device());
+    table.device = device_table.data_ptr<int64_t>();
+  }
   element_kernel<scalar_t, acc_t, kUnroll><<<blocks_for(short_total), kThreads, 0, stream>>>(
-      device_table.data_ptr<int64_t>(), r, launch, dist, transform);
+      table, r, launch, dist, transform);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

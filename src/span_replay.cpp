@@ -10,7 +10,6 @@
 #include <c10/util/Exception.h>
 
 #include <algorithm>
-#include <memory>
 #include <set>
 #include <string>
 #include <utility>
@@ -21,6 +20,10 @@ namespace {
 // Lazy operands of element-wise ops up to this many elements are replayed
 // whole (a 256 KiB fp32 buffer at most).
 constexpr int64_t kSmallLazy = int64_t{1} << 16;
+
+// Element-wise creations from lazy inputs (w.to(torch.bfloat16)) are
+// computed this many elements at a time (4 MiB of fp32 input each).
+constexpr int64_t kDerivedChunk = int64_t{1} << 20;
 
 // Element-wise in-place ops whose kernels give the same value for an element
 // wherever it sits in the tensor. Ops with a transcendental vectorized path
@@ -277,14 +280,13 @@ class SpanReplay {
         sp.begin += in_begin;
         sp.end += in_begin;
       }
-      auto input = std::make_unique<SpanReplay>(
-          *ref.storage, ref.version, std::move(shifted), device_);
+      SpanReplay input(*ref.storage, ref.version, std::move(shifted), device_);
       std::string inner;
-      if (!input->plan(&inner)) {
+      if (!input.plan(&inner)) {
         *why = name + " reads a lazy tensor that is not element-local (" + inner + ")";
         return false;
       }
-      inputs_.emplace_back(i, std::move(input));
+      inputs_.push_back(DerivedInput{i, in_begin});
     }
     derived_ = &creation;
     return true;
@@ -318,51 +320,95 @@ class SpanReplay {
     return true;
   }
 
-  bool run_derived(std::string* why) {
-    std::vector<at::Tensor> values(derived_->tensors.size());
-    for (auto& input : inputs_) {
-      if (!input.second->execute(&values[input.first], why)) {
-        return false;
+  // The spans cut into consecutive chunks of at most kDerivedChunk
+  // elements: (offset in the buffer, spans).
+  std::vector<std::pair<int64_t, std::vector<Span>>> derived_chunks() const {
+    std::vector<std::pair<int64_t, std::vector<Span>>> chunks;
+    int64_t at = 0;
+    int64_t room = 0;
+    for (const Span& span : spans_) {
+      for (int64_t b = span.begin; b < span.end;) {
+        if (room == 0) {
+          chunks.emplace_back(at, std::vector<Span>());
+          room = kDerivedChunk;
+        }
+        const int64_t e = std::min(span.end, b + room);
+        chunks.back().second.push_back(Span{b, e});
+        room -= e - b;
+        at += e - b;
+        b = e;
       }
     }
+    return chunks;
+  }
+
+  // Element-wise creation from lazy inputs, a chunk at a time: the inputs'
+  // values (and theirs, recursively) are held for one chunk only, so the
+  // peak stays near the piece's own size whatever the dtypes.
+  bool run_derived(std::string* why) {
     at::NoGradGuard no_grad;
     DefaultDtypeGuard dtype(derived_->default_dtype);
     // Operands that are not replayed over the spans: scalars, or real
     // tensors of the output's shape (cut per span below).
     std::vector<at::Tensor> whole(derived_->tensors.size());
+    std::vector<bool> replayed(derived_->tensors.size(), false);
+    for (const auto& input : inputs_) {
+      replayed[input.slot] = true;
+    }
     bool per_span = false;
     for (size_t j = 0; j < derived_->tensors.size(); ++j) {
-      if (!values[j].defined()) {
+      if (!replayed[j]) {
         Replayer replayer(device_);
         at::Tensor t = replayer.resolve(derived_->tensors[j].ref, at::Tensor());
         whole[j] = on_target(t.dim() == 0 ? t : t.reshape({-1}), device_);
         per_span = per_span || whole[j].numel() != 1;
       }
     }
-    auto run_op = [&](int64_t at, int64_t size, const Span* span) {
-      std::vector<c10::IValue> stack = derived_->args;
-      copy_tensor_lists(stack);
-      for (size_t j = 0; j < derived_->tensors.size(); ++j) {
-        at::Tensor t = values[j].defined() ? values[j].narrow(0, at, size) : whole[j];
-        if (span != nullptr && t.numel() != 1 && !values[j].defined()) {
-          t = t.narrow(0, span->begin, span->size());
+    for (const auto& chunk : derived_chunks()) {
+      const std::vector<Span>& spans = chunk.second;
+      std::vector<at::Tensor> values(derived_->tensors.size());
+      for (const auto& input : inputs_) {
+        std::vector<Span> shifted = spans;
+        for (Span& sp : shifted) {
+          sp.begin += input.shift;
+          sp.end += input.shift;
         }
-        set_tensor(stack, derived_->tensors[j].arg, derived_->tensors[j].element, t);
+        const TensorRef& ref = derived_->tensors[input.slot].ref;
+        SpanReplay replay(*ref.storage, ref.version, std::move(shifted), device_);
+        if (!replay.run(&values[input.slot], why, at::Tensor())) {
+          return false;
+        }
       }
-      for (size_t d : derived_->device_args) {
-        stack[d] = c10::IValue(device_);
+      auto run_op = [&](int64_t at, int64_t size, const Span* span) {
+        std::vector<c10::IValue> stack = derived_->args;
+        copy_tensor_lists(stack);
+        for (size_t j = 0; j < derived_->tensors.size(); ++j) {
+          at::Tensor t = replayed[j] ? values[j].narrow(0, at, size) : whole[j];
+          if (span != nullptr && !replayed[j] && t.numel() != 1) {
+            t = t.narrow(0, span->begin, span->size());
+          }
+          set_tensor(stack, derived_->tensors[j].arg, derived_->tensors[j].element, t);
+        }
+        for (size_t d : derived_->device_args) {
+          stack[d] = c10::IValue(device_);
+        }
+        derived_->op->callBoxed(&stack);
+        buffer_.narrow(0, chunk.first + at, size)
+            .copy_(stack[storage_.tape.front().output].toTensor());
+      };
+      int64_t total = 0;
+      for (const Span& span : spans) {
+        total += span.size();
       }
-      derived_->op->callBoxed(&stack);
-      buffer_.narrow(0, at, size).copy_(stack[storage_.tape.front().output].toTensor());
-    };
-    if (!per_span) {
-      run_op(0, buffer_.numel(), nullptr);  // element-wise: all spans at once
-      return true;
-    }
-    int64_t at = 0;
-    for (const Span& span : spans_) {
-      run_op(at, span.size(), &span);
-      at += span.size();
+      if (!per_span) {
+        run_op(0, total, nullptr);  // element-wise: the chunk's spans at once
+        continue;
+      }
+      int64_t at = 0;
+      for (const Span& span : spans) {
+        run_op(at, span.size(), &span);
+        at += span.size();
+      }
     }
     return true;
   }
@@ -498,7 +544,13 @@ class SpanReplay {
   c10::Device device_;
   Node* derived_ = nullptr;  // element-wise creation op, if the start is one
   Node* random_creation_ = nullptr;  // random factory, if the start is one
-  std::vector<std::pair<size_t, std::unique_ptr<SpanReplay>>> inputs_;  // its lazy inputs
+  // Its lazy inputs: which tensor slot, and where the output's element 0
+  // sits in the input's storage.
+  struct DerivedInput {
+    size_t slot;
+    int64_t shift;
+  };
+  std::vector<DerivedInput> inputs_;
   int64_t start_ = 0;
   at::Tensor source_;                         // value at start_ (flat), if any
   c10::optional<c10::optional<c10::Scalar>> fill_;  // creation fill, if any

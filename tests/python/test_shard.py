@@ -157,12 +157,16 @@ def test_pieces_longer_than_a_generation_chunk(dtype: torch.dtype) -> None:
     """Region generators work in chunks of 2**20 elements: pieces that cross
     chunk boundaries, at odd offsets, with a normal_ tail."""
     def build(dtype):
-        return {"n": torch.empty(3 * 2**20 + 7, dtype=dtype).normal_(),
-                "u": torch.empty(2**20 + 3, 3, dtype=dtype).uniform_()}
+        n = torch.empty(3 * 2**20 + 7, dtype=dtype).normal_()
+        return {"n": n, "u": torch.empty(2**20 + 3, 3, dtype=dtype).uniform_(),
+                # derived pieces are computed 2**20 elements at a time
+                "d": (n * 3).to(torch.bfloat16)}
 
     eager, _, lazy = build_both(build, dtype)
     for name, p in [("n", Shard(0, 1, 3)), ("n", Shard(0, 2, 3)), ("n", FlatRange(5, 2**21 + 9)),
-                    ("u", Shard(0, 0, 2)), ("u", Shard(1, 1, 3)), ("n", Shard(0, 0, 3))]:
+                    ("u", Shard(0, 0, 2)), ("u", Shard(1, 1, 3)), ("n", Shard(0, 0, 3)),
+                    ("d", Shard(0, 1, 2)), ("d", FlatRange(2**20 - 5, 2**21 + 2**19)),
+                    ("d", Shard(0, 0, 1))]:
         assert torch.equal(lazyinit.materialize_shard(lazy[name], p), expected_piece(eager[name], p))
 
 
@@ -327,22 +331,30 @@ _MEMORY_SCRIPT = textwrap.dedent("""
         w = torch.empty(8192, 8192)
         torch.nn.init.trunc_normal_(w, std=0.02)
         v = torch.empty(8192, 8192).normal_(0, 0.02)
+        d = (v * 2).to(torch.bfloat16)  # derived: fp32 inputs, bf16 piece
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # resets the peak RSS (VmHWM) to the current RSS
     base = rss("VmRSS")
-    shards = [lazyinit.materialize_shard(w, lazyinit.Shard(0, 7, 8)),
-              lazyinit.materialize_shard(v, lazyinit.Shard(1, 7, 8))]
+    if sys.argv[1] == "derived":
+        shards = [lazyinit.materialize_shard(d, lazyinit.Shard(0, 1, 2))]
+    else:
+        shards = [lazyinit.materialize_shard(w, lazyinit.Shard(0, 7, 8)),
+                  lazyinit.materialize_shard(v, lazyinit.Shard(1, 7, 8))]
     peak = rss("VmHWM")
     print(base, peak, sum(s.numel() * s.element_size() for s in shards),
           lazyinit.shard_stats()["fallbacks"])
 """)
 
 
-def test_peak_memory_of_a_large_shard_is_bounded() -> None:
+@pytest.mark.parametrize("kind", ["random", "derived"])
+def test_peak_memory_of_a_large_shard_is_bounded(kind: str) -> None:
+    """Peak RSS <= shard bytes + 64 MiB: random fills of rank 7 of 8, and
+    a bf16 piece derived from fp32 lazy tensors (half of 8192 x 8192: its
+    inputs alone would be 256 MiB if not computed a chunk at a time)."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    out = subprocess.run([sys.executable, "-c", _MEMORY_SCRIPT], capture_output=True,
+    out = subprocess.run([sys.executable, "-c", _MEMORY_SCRIPT, kind], capture_output=True,
                          text=True, env=env, check=True)
     base, peak, shard_bytes, fallbacks = map(int, out.stdout.split())
     assert fallbacks == 0
-    assert shard_bytes == 2 * 8192 * 1024 * 4
+    assert shard_bytes == (2 * 8192 * 1024 * 4 if kind == "random" else 8192 * 4096 * 2)
     assert peak - base <= shard_bytes + 64 * 2**20, (peak - base) / 2**20
