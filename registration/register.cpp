@@ -17,7 +17,11 @@
 
 #include <ATen/core/Tensor.h>
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/ops/dropout.h>
 #include <ATen/ops/empty_like.h>
+#include <ATen/ops/equal.h>
+#include <ATen/ops/ones.h>
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
@@ -106,6 +110,28 @@ void to_kernel(
 // targets the CPU: run the CPU path, _dropout (ATen/native/Dropout.cpp), op
 // by op; each op is recorded, and autograd (which falls through to this
 // kernel) sees them as it would see the composite.
+// The layout _dropout gives its mask: contiguous up to some torch 2.x
+// (empty_like(input, LEGACY_CONTIGUOUS_MEMORY_FORMAT)), the input's own
+// since (empty_like(input)); for a transposed input the Bernoulli draws land
+// on other elements. Asked of torch once, on a transposed stand-in, with
+// the default generator set to a known state and then put back.
+at::MemoryFormat dropout_mask_format() {
+  static const at::MemoryFormat format = [] {
+    at::Generator global = at::detail::getDefaultCPUGenerator();
+    const GenState saved = GenState::of(global);
+    at::Generator known = at::make_generator<at::CPUGeneratorImpl>(/*seed=*/0);
+    const at::Tensor input = at::ones({3, 16}, at::TensorOptions().dtype(at::kDouble)).t();
+    GenState::of(known).apply(global);
+    const at::Tensor got = at::dropout(input, 0.5, /*train=*/true);
+    saved.apply(global);
+    at::Tensor mask = at::empty_like(input, at::MemoryFormat::Contiguous);
+    mask.bernoulli_(0.5, known);
+    const bool contiguous = at::equal(got, input.mul(mask.div_(0.5)));
+    return contiguous ? at::MemoryFormat::Contiguous : at::MemoryFormat::Preserve;
+  }();
+  return format;
+}
+
 void dropout_kernel(
     const c10::OperatorHandle& op,
     c10::DispatchKeySet,
@@ -119,7 +145,7 @@ void dropout_kernel(
     op.redispatchBoxed(c10::DispatchKeySet(c10::DispatchKey::CPU), stack);
     return;
   }
-  at::Tensor noise = at::empty_like(input, at::MemoryFormat::Contiguous);
+  at::Tensor noise = at::empty_like(input, dropout_mask_format());
   noise.bernoulli_(1 - p);
   noise.div_(1 - p);
   at::Tensor result = input.mul(noise);
