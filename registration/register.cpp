@@ -102,14 +102,6 @@ void to_kernel(
   op.redispatchBoxed(c10::DispatchKeySet(c10::DispatchKey::CPU), stack);
 }
 
-// at::dropout (a CompositeImplicitAutograd op) takes the fused
-// native_dropout when is_fused_kernel_acceptable(input, p) holds, which is
-// true for Lazy (torch 1.13) and PrivateUse1 (torch 2.x) tensors, and
-// _dropout on the CPU. The two lay out their masks and round differently,
-// so lazy values would differ from eager CPU construction. Materialization
-// targets the CPU: run the CPU path, _dropout (ATen/native/Dropout.cpp), op
-// by op; each op is recorded, and autograd (which falls through to this
-// kernel) sees them as it would see the composite.
 // The layout _dropout gives its mask: contiguous up to some torch 2.x
 // (empty_like(input, LEGACY_CONTIGUOUS_MEMORY_FORMAT)), the input's own
 // since (empty_like(input)); for a transposed input the Bernoulli draws land
@@ -132,6 +124,14 @@ at::MemoryFormat dropout_mask_format() {
   return format;
 }
 
+// at::dropout (a CompositeImplicitAutograd op) takes the fused
+// native_dropout when is_fused_kernel_acceptable(input, p) holds, which is
+// true for Lazy (torch 1.13) and PrivateUse1 (torch 2.x) tensors, and
+// _dropout on the CPU. The two lay out their masks and round differently,
+// so lazy values would differ from eager CPU construction. Materialization
+// targets the CPU: run the CPU path, _dropout (ATen/native/Dropout.cpp), op
+// by op; each op is recorded, and autograd (which falls through to this
+// kernel) sees them as it would see the composite.
 void dropout_kernel(
     const c10::OperatorHandle& op,
     c10::DispatchKeySet,
