@@ -15,7 +15,7 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 BUILD := build
 JOBS ?= $(shell nproc)
-# Extra CMake options, e.g. CMAKE_ARGS=-DLAZYINIT_CUDA_KERNELS=ON on a GPU machine.
+# Extra CMake options, e.g. CMAKE_ARGS=-DLAZYINIT_CUDA_KERNELS=OFF to skip the CUDA kernels.
 CMAKE_ARGS ?=
 
 # Debian packages, installed only when PYTHON is Debian's own python3.
