@@ -117,10 +117,17 @@ BUILDERS: Dict[str, Builder] = {"nn_init": nn_init_model, "edits": edit_model}
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 
 
-def build_both(builder: Builder, dtype: torch.dtype, seed: int = 1234):
+def build_both(builder: Builder, dtype: torch.dtype, seed: int = 1234, device: str = "cpu"):
+    """(eager tensors, the eager generator state of `device` after them,
+    lazy tensors), built with the same seed; eager ones on `device`."""
     torch.manual_seed(seed)
-    eager = builder(dtype)
-    eager_state = torch.get_rng_state()
+    if device == "cpu":
+        eager = builder(dtype)
+        eager_state = torch.get_rng_state()
+    else:
+        with torch.device(device):
+            eager = builder(dtype)
+        eager_state = torch.cuda.get_rng_state()
     torch.manual_seed(seed)
     with lazyinit.LazyInitContext():
         lazy = builder(dtype)

@@ -20,7 +20,7 @@ import torch
 
 import lazyinit
 from lazyinit import FlatRange, Shard, _C
-from test_shard import BUILDERS, DTYPES, expected_piece, placements_for
+from test_shard import BUILDERS, DTYPES, build_both, expected_piece, placements_for
 
 
 def _kernels_built() -> bool:
@@ -76,22 +76,11 @@ def test_region_equals_slice_of_eager(dtype: torch.dtype, kind: str, numel: int)
         assert torch.equal(out, full[begin:begin + out.numel()]), begin
 
 
-def _build_both_cuda(builder, dtype: torch.dtype, seed: int = 1234):
-    torch.manual_seed(seed)
-    with torch.device("cuda"):
-        eager = builder(dtype)
-    eager_state = torch.cuda.get_rng_state()
-    torch.manual_seed(seed)
-    with lazyinit.LazyInitContext():
-        lazy = builder(dtype)
-    return eager, eager_state, lazy
-
-
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
 @pytest.mark.parametrize("kind", sorted(BUILDERS))
 def test_every_cuda_shard_equals_the_eager_slice_in_random_order(kind: str,
                                                                  dtype: torch.dtype) -> None:
-    eager, eager_state, lazy = _build_both_cuda(BUILDERS[kind], dtype)
+    eager, eager_state, lazy = build_both(BUILDERS[kind], dtype, device="cuda")
     rng = random.Random(f"cuda-{kind}-{dtype}")
     work = [(name, p) for name in lazy for p in placements_for(lazy[name].shape, rng)]
     rng.shuffle(work)
@@ -122,7 +111,7 @@ def test_large_cuda_shards_across_the_grid_limit() -> None:
                 "r": torch.randn(1025, 2049, dtype=dtype)}
 
     for dtype in (torch.float32, torch.bfloat16, torch.float64):
-        eager, _, lazy = _build_both_cuda(build, dtype)
+        eager, _, lazy = build_both(build, dtype, device="cuda")
         lazyinit.reset_shard_stats()
         for name, p in [("n", Shard(0, 3, 8)), ("n", Shard(1, 5, 7)), ("u", Shard(0, 1, 3)),
                         ("u", FlatRange(12345, 2**21 + 7)), ("r", [Shard(0, 1, 2), Shard(1, 2, 4)]),
