@@ -60,23 +60,23 @@ bool is_empty_factory(const Node& node) {
 
 }  // namespace
 
-void check_target_device(c10::Device device) {
+void check_target_device(c10::Device device, const char* what) {
   TORCH_CHECK(
       !is_lazy_device(device) && device.type() != c10::DeviceType::Meta,
-      "lazyinit: cannot materialize onto '", device.str(),
+      "lazyinit: cannot materialize ", what, "onto '", device.str(),
       "': pick a device that holds data, such as \"cpu\" or \"cuda\".");
   if (device.is_cpu()) {
     return;
   }
   TORCH_CHECK(
       c10::impl::hasDeviceGuardImpl(device.type()),
-      "lazyinit: cannot materialize onto '", device.str(), "': this build of "
+      "lazyinit: cannot materialize ", what, "onto '", device.str(), "': this build of "
       "torch has no ", c10::DeviceTypeName(device.type()), " support. Use "
       "device=\"cpu\" or a torch built with it.");
   const auto count = c10::impl::getDeviceGuardImpl(device.type())->deviceCount();
   TORCH_CHECK(
       count > 0 && (!device.has_index() || device.index() < count),
-      "lazyinit: cannot materialize onto '", device.str(), "': ", count,
+      "lazyinit: cannot materialize ", what, "onto '", device.str(), "': ", count,
       " device(s) of that type are available.");
 }
 

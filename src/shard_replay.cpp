@@ -84,21 +84,6 @@ at::Tensor contiguous_copy(const at::Tensor& piece, c10::Device device) {
   return out;
 }
 
-void check_shard_device(c10::Device device) {
-  TORCH_CHECK(
-      !is_lazy_device(device) && device.type() != c10::DeviceType::Meta,
-      "lazyinit: cannot materialize a shard onto '", device.str(),
-      "': pick a device that holds data, such as \"cpu\" or \"cuda\".");
-  if (device.is_cpu()) {
-    return;
-  }
-  const bool known = c10::impl::hasDeviceGuardImpl(device.type());
-  const auto count = known ? c10::impl::getDeviceGuardImpl(device.type())->deviceCount() : 0;
-  TORCH_CHECK(
-      count > 0 && (!device.has_index() || device.index() < count),
-      "lazyinit: cannot materialize a shard onto '", device.str(), "': ", count,
-      " device(s) of that type are available in this torch build. Use device=\"cpu\".");
-}
 
 }  // namespace
 
@@ -261,7 +246,7 @@ at::Tensor materialize_shard(
     const std::vector<Placement>& placements,
     c10::Device device,
     const at::Tensor& dest) {
-  check_shard_device(device);
+  check_target_device(device, "a shard ");
   std::lock_guard<std::recursive_mutex> lock(graph_mutex());
   const LocalPiece piece = local_piece(t.sizes(), placements);
   at::Tensor out = compute_shard(t, piece, device, dest);
@@ -281,7 +266,7 @@ std::vector<at::Tensor> materialize_shards(
     c10::Device device) {
   TORCH_CHECK(tensors.size() == placements.size(),
               "lazyinit: one placement per tensor expected");
-  check_shard_device(device);
+  check_target_device(device, "a shard ");
   std::lock_guard<std::recursive_mutex> lock(graph_mutex());
   // Byte offsets of each piece in its dtype's buffer.
   std::map<c10::ScalarType, int64_t> totals;

@@ -60,8 +60,9 @@ class Replayer {
   bool early_;
 };
 
-// Raises an actionable error unless `device` can hold materialized data.
-void check_target_device(c10::Device device);
+// Raises an actionable error unless `device` can hold materialized data;
+// `what` ("" or "a shard ") names what was to be materialized.
+void check_target_device(c10::Device device, const char* what = "");
 
 // Materializes every impl of `storage` in place on `device`, into `dest`
 // when given (see Replayer::value): its views then share dest's storage.
