@@ -271,8 +271,10 @@ std::vector<at::Tensor> materialize_shards(
   // Byte offsets of each piece in its dtype's buffer.
   std::map<c10::ScalarType, int64_t> totals;
   std::vector<int64_t> offsets(tensors.size(), -1);
+  std::vector<int64_t> numels(tensors.size(), 0);
   for (size_t i = 0; i < tensors.size(); ++i) {
     const int64_t numel = local_piece(tensors[i].sizes(), placements[i]).numel();
+    numels[i] = numel;
     if (numel > 0) {
       int64_t& total = totals[tensors[i].scalar_type()];
       offsets[i] = total;
@@ -289,8 +291,8 @@ std::vector<at::Tensor> materialize_shards(
   for (size_t i = 0; i < tensors.size(); ++i) {
     at::Tensor dest;
     if (offsets[i] >= 0) {
-      const int64_t numel = local_piece(tensors[i].sizes(), placements[i]).numel();
-      dest = flat_slice(buffers[tensors[i].scalar_type()], offsets[i], numel, tensors[i].dtype());
+      dest = flat_slice(
+          buffers[tensors[i].scalar_type()], offsets[i], numels[i], tensors[i].dtype());
     }
     out.push_back(materialize_shard(tensors[i], placements[i], device, dest));
   }
