@@ -5,7 +5,6 @@ import threading
 from typing import Any, Callable, Dict, Optional, Union
 
 import torch
-from torch.overrides import TorchFunctionMode
 
 from . import _C, _cuda
 from ._materialize import materialize
@@ -35,34 +34,42 @@ _LEGACY_DTYPES: Dict[str, torch.dtype] = {
 _active = threading.local()
 
 
-def _factories() -> set:
-    found = set()
-    for name in _FACTORY_NAMES:
-        fn = getattr(torch, name, None)
-        if fn is not None:
-            found.add(fn)
-    return found
+def _prime_function_tables() -> None:
+    """Fills torch's lazily built, identity-keyed function tables while the
+    originals are in place, so that none of them caches a stand-in."""
+    for path in ("torch.utils._device._device_constructors",
+                 "torch.overrides.get_ignored_functions"):
+        module_name, _, attr = path.rpartition(".")
+        try:
+            module = __import__(module_name, fromlist=[attr])
+            getattr(module, attr)()
+        except (ImportError, AttributeError):
+            pass
 
 
-class _LazyFactoryMode(TorchFunctionMode):
-    """Puts factories that were given no device on the lazy device."""
+def _lazy_factory(original: Callable[..., Any]) -> Callable[..., Any]:
+    """``original`` with ``device="lazy"`` added where the calling thread has
+    a context active and the call names no device.
 
-    def __init__(self) -> None:
-        super().__init__()
-        self._factories = _factories()
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
-        # Every torch call made in the context passes here: keep the common
-        # case (not a factory) to one set lookup.
-        if func not in self._factories:
-            return func(*args, **(kwargs or {}))
-        kwargs = dict(kwargs or {})
+    A function swap rather than a TorchFunctionMode: a mode sees every torch
+    call made in the context (``tensor.size()``, ``uniform_``, ...) through
+    Python, which costs about as much as recording itself; a swap costs the
+    factories alone.
+    """
+    def factory(*args: Any, **kwargs: Any) -> Any:
         # torch.normal(mean_tensor, std_tensor) follows its inputs, and
         # torch.rand(..., out=t) writes t wherever it lives (real too).
-        if kwargs.get("device") is None and kwargs.get("out") is None and \
-                not any(isinstance(a, torch.Tensor) for a in args):
+        if getattr(_active, "context", None) is not None and kwargs.get("device") is None \
+                and kwargs.get("out") is None \
+                and not any(isinstance(a, torch.Tensor) for a in args):
             kwargs["device"] = "lazy"
-        return func(*args, **kwargs)
+        return original(*args, **kwargs)
+
+    factory.__name__ = getattr(original, "__name__", "factory")
+    factory.__qualname__ = getattr(original, "__qualname__", factory.__name__)
+    factory.__doc__ = getattr(original, "__doc__", None)
+    factory.__wrapped__ = original  # type: ignore[attr-defined]
+    return factory
 
 
 def _legacy_size_args(args: tuple) -> bool:
@@ -101,8 +108,9 @@ class _LegacyMeta(type):
         return cls._new(*args, **kwargs)  # type: ignore[attr-defined]
 
 
-class _LegacyConstructors:
-    """Swaps the legacy constructors while any thread has a context active.
+class _Swaps:
+    """Swaps torch's factories and legacy constructors for stand-ins while
+    any thread has a context active.
 
     The swap is process-wide (they are module attributes), so the stand-ins
     check the calling thread's context and behave as the originals elsewhere.
@@ -126,7 +134,11 @@ class _LegacyConstructors:
                 self._uninstall()
 
     def _install(self) -> None:
-        self._saved = {name: getattr(torch, name) for name in _LEGACY_DTYPES}
+        _prime_function_tables()
+        factories = [name for name in _FACTORY_NAMES if hasattr(torch, name)]
+        self._saved = {name: getattr(torch, name) for name in factories + list(_LEGACY_DTYPES)}
+        for name in factories:
+            setattr(torch, name, _lazy_factory(self._saved[name]))
         for name, dtype in _LEGACY_DTYPES.items():
             stand_in = _LegacyMeta(name, (), {"_original": self._saved[name],
                                                "_new": staticmethod(_legacy_new(dtype))})
@@ -157,7 +169,7 @@ class _LegacyConstructors:
         self._saved = {}
 
 
-_legacy = _LegacyConstructors()
+_swaps = _Swaps()
 
 
 class LazyInitContext:
@@ -182,7 +194,6 @@ class LazyInitContext:
             raise ValueError(
                 "lazyinit: default_device is where lazy tensors get their values; "
                 f"use a device that holds data such as 'cpu' or 'cuda', not {self.default_device}")
-        self._mode: Optional[_LazyFactoryMode] = None
         self._saved_device = "cpu"
 
     def __enter__(self) -> "LazyInitContext":
@@ -196,21 +207,14 @@ class LazyInitContext:
         self._saved_device = _C._default_device()
         _C._set_default_device(str(self.default_device))
         _C._set_in_context(True)
-        _legacy.acquire()
-        self._mode = _LazyFactoryMode()
-        self._mode.__enter__()
+        _swaps.acquire()
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        try:
-            if self._mode is not None:
-                self._mode.__exit__(*exc)
-                self._mode = None
-        finally:
-            _legacy.release()
-            _C._set_default_device(self._saved_device)
-            _C._set_in_context(False)
-            _active.context = None
+        _swaps.release()
+        _C._set_default_device(self._saved_device)
+        _C._set_in_context(False)
+        _active.context = None
 
     @staticmethod
     def materialize(module: torch.nn.Module, verbose: bool = False) -> torch.nn.Module:

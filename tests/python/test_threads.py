@@ -86,3 +86,21 @@ def test_context_in_one_thread_leaves_others_alone():
         assert torch.Tensor(2, 2).device.type == "lazy"
     t.join()
     assert seen == {"factory": "cpu", "legacy": "cpu", "typed": "cpu"}
+
+
+def test_factories_are_restored_and_device_contexts_still_work() -> None:
+    """The context swaps torch's factories while it is active (cheaper than a
+    TorchFunctionMode, which sees every torch call): afterwards the
+    originals are back, and torch's own device contexts, which look
+    factories up by identity, still recognise them."""
+    before = {name: getattr(torch, name) for name in ("empty", "zeros", "randn", "tensor")}
+    with lazyinit.LazyInitContext():
+        assert torch.empty is not before["empty"]
+        assert torch.zeros(3).device.type == "lazy"
+        assert torch.tensor([1.0]).device.type == "lazy"
+        assert torch.zeros(3, device="cpu").device.type == "cpu"
+        assert torch.randn(2, out=torch.empty(2, device="cpu")).device.type == "cpu"
+    assert {name: getattr(torch, name) for name in before} == before
+    if hasattr(torch.device, "__enter__"):  # torch >= 2.0
+        with torch.device("meta"):
+            assert torch.empty(2).device.type == "meta"
