@@ -120,6 +120,17 @@ class _Swaps:
         self._lock = threading.Lock()
         self._users = 0
         self._saved: Dict[str, Any] = {}
+        # Stand-ins made by earlier swaps, by name: (original, stand-in).
+        # Making them anew (a class each for the legacy types) would cost
+        # most of a context's entry.
+        self._made: Dict[str, Any] = {}
+
+    def _stand_in(self, name: str, make: Callable[[Any], Any]) -> Any:
+        original = self._saved[name]
+        made = self._made.get(name)
+        if made is None or made[0] is not original:
+            made = self._made[name] = (original, make(original))
+        return made[1]
 
     def acquire(self) -> None:
         with self._lock:
@@ -138,24 +149,16 @@ class _Swaps:
         factories = [name for name in _FACTORY_NAMES if hasattr(torch, name)]
         self._saved = {name: getattr(torch, name) for name in factories + list(_LEGACY_DTYPES)}
         for name in factories:
-            setattr(torch, name, _lazy_factory(self._saved[name]))
+            setattr(torch, name, self._stand_in(name, _lazy_factory))
         for name, dtype in _LEGACY_DTYPES.items():
-            stand_in = _LegacyMeta(name, (), {"_original": self._saved[name],
-                                               "_new": staticmethod(_legacy_new(dtype))})
-            setattr(torch, name, stand_in)
+            setattr(torch, name, self._stand_in(name, lambda original, name=name, dtype=dtype:
+                _LegacyMeta(name, (), {"_original": original,
+                                       "_new": staticmethod(_legacy_new(dtype))})))
         # torch.Tensor(...) itself: its type must stay intact, so only the
         # constructor is swapped, and only for torch.Tensor proper.
-        base = getattr(torch._C, "TensorBase", None) or torch._C._TensorBase
-        base_new = base.__new__
-        untyped = _legacy_new(None)
-
-        def tensor_new(cls: type, *args: Any, **kwargs: Any) -> torch.Tensor:
-            if cls is torch.Tensor and getattr(_active, "context", None) is not None:
-                return untyped(*args, **kwargs)
-            return base_new(cls, *args, **kwargs)
-
         self._saved["__new__"] = torch.Tensor.__dict__.get("__new__")
-        torch.Tensor.__new__ = tensor_new  # type: ignore[assignment]
+        torch.Tensor.__new__ = self._stand_in(  # type: ignore[assignment]
+            "__new__", lambda _: _tensor_new())
 
     def _uninstall(self) -> None:
         original_new = self._saved.pop("__new__", None)
@@ -167,6 +170,19 @@ class _Swaps:
         for name, value in self._saved.items():
             setattr(torch, name, value)
         self._saved = {}
+
+
+def _tensor_new() -> Callable[..., torch.Tensor]:
+    base = getattr(torch._C, "TensorBase", None) or torch._C._TensorBase
+    base_new = base.__new__
+    untyped = _legacy_new(None)
+
+    def tensor_new(cls: type, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if cls is torch.Tensor and getattr(_active, "context", None) is not None:
+            return untyped(*args, **kwargs)
+        return base_new(cls, *args, **kwargs)
+
+    return tensor_new
 
 
 _swaps = _Swaps()
