@@ -167,7 +167,8 @@ at::Tensor compute_shard(
     ++counters().pushed_down;  // an empty piece (a rank past the last chunk)
     return at::empty(piece.shape(), at::TensorOptions().dtype(impl->dtype()).device(device));
   }
-  GeneratorStateGuard generators;
+  // The caller holds a GeneratorStateGuard: replay leaves the generators
+  // as they were.
   const Geometry geometry = impl->geometry();
   std::string why;
   if (impl->dtype() != storage->dtype) {
@@ -239,16 +240,13 @@ at::Tensor compute_shard(
   return out;
 }
 
-}  // namespace
-
-at::Tensor materialize_shard(
+// `piece` of `t` into `dest` (its size) if defined. The caller holds the
+// graph lock and a GeneratorStateGuard.
+at::Tensor shard_into(
     const at::Tensor& t,
-    const std::vector<Placement>& placements,
+    const LocalPiece& piece,
     c10::Device device,
     const at::Tensor& dest) {
-  check_target_device(device, "a shard ");
-  std::lock_guard<std::recursive_mutex> lock(graph_mutex());
-  const LocalPiece piece = local_piece(t.sizes(), placements);
   at::Tensor out = compute_shard(t, piece, device, dest);
   if (!dest.defined() || piece.numel() == 0) {
     return out;
@@ -258,6 +256,19 @@ at::Tensor materialize_shard(
     shaped.copy_(out);  // computed elsewhere (a fallback, a reordered box)
   }
   return shaped;
+}
+
+}  // namespace
+
+at::Tensor materialize_shard(
+    const at::Tensor& t,
+    const std::vector<Placement>& placements,
+    c10::Device device,
+    const at::Tensor& dest) {
+  check_target_device(device, "a shard ");
+  std::lock_guard<std::recursive_mutex> lock(graph_mutex());
+  GeneratorStateGuard generators;
+  return shard_into(t, local_piece(t.sizes(), placements), device, dest);
 }
 
 std::vector<at::Tensor> materialize_shards(
@@ -270,11 +281,12 @@ std::vector<at::Tensor> materialize_shards(
   std::lock_guard<std::recursive_mutex> lock(graph_mutex());
   // Byte offsets of each piece in its dtype's buffer.
   std::map<c10::ScalarType, int64_t> totals;
+  std::vector<LocalPiece> pieces;
+  pieces.reserve(tensors.size());
   std::vector<int64_t> offsets(tensors.size(), -1);
-  std::vector<int64_t> numels(tensors.size(), 0);
   for (size_t i = 0; i < tensors.size(); ++i) {
-    const int64_t numel = local_piece(tensors[i].sizes(), placements[i]).numel();
-    numels[i] = numel;
+    pieces.push_back(local_piece(tensors[i].sizes(), placements[i]));
+    const int64_t numel = pieces.back().numel();
     if (numel > 0) {
       int64_t& total = totals[tensors[i].scalar_type()];
       offsets[i] = total;
@@ -288,13 +300,14 @@ std::vector<at::Tensor> materialize_shards(
   }
   std::vector<at::Tensor> out;
   out.reserve(tensors.size());
+  GeneratorStateGuard generators;  // one for all: restoring costs a copy
   for (size_t i = 0; i < tensors.size(); ++i) {
     at::Tensor dest;
     if (offsets[i] >= 0) {
       dest = flat_slice(
-          buffers[tensors[i].scalar_type()], offsets[i], numels[i], tensors[i].dtype());
+          buffers[tensors[i].scalar_type()], offsets[i], pieces[i].numel(), tensors[i].dtype());
     }
-    out.push_back(materialize_shard(tensors[i], placements[i], device, dest));
+    out.push_back(shard_into(tensors[i], pieces[i], device, dest));
   }
   return out;
 }
