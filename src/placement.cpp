@@ -3,7 +3,7 @@
 #include <c10/util/Exception.h>
 
 #include <algorithm>
-#include <sstream>
+#include <string>
 
 namespace lazyinit {
 namespace {
@@ -50,20 +50,20 @@ Placement Placement::flat_range(int64_t start, int64_t end) {
   return p;
 }
 
+// Plain string concatenation, no std::ostringstream: built against torch
+// 2.11's wheel, this file's one stream (formatting an int64_t) crashed in
+// libstdc++'s locale code, while c10::str, which TORCH_CHECK uses, works.
 std::string Placement::str() const {
-  std::ostringstream out;
   switch (kind) {
     case Kind::kReplicate:
-      out << "Replicate()";
-      break;
+      return "Replicate()";
     case Kind::kShard:
-      out << "Shard(dim=" << dim << ", rank=" << rank << ", world_size=" << world_size << ")";
-      break;
+      return "Shard(dim=" + std::to_string(dim) + ", rank=" + std::to_string(rank) +
+          ", world_size=" + std::to_string(world_size) + ")";
     case Kind::kFlatRange:
-      out << "FlatRange(" << start << ", " << end << ")";
-      break;
+      return "FlatRange(" + std::to_string(start) + ", " + std::to_string(end) + ")";
   }
-  return out.str();
+  return "?";
 }
 
 std::pair<int64_t, int64_t> chunk_bounds(int64_t size, int64_t rank, int64_t world_size) {
