@@ -51,7 +51,13 @@ def main(argv=None) -> None:
             return Llama(cfg)
 
     print(f"torch {torch.__version__}, shape {args.shape}")
+    def lazy_gc():
+        with lazyinit.LazyInitContext(pause_gc=False):
+            return Llama(cfg)
+
     print(f"lazy build: {_median_seconds(lazy, args.repeat) * 1e3:.1f} ms")
+    print(f"lazy build, garbage collector left on: "
+          f"{_median_seconds(lazy_gc, args.repeat) * 1e3:.1f} ms")
     if hasattr(torch.device, "__enter__"):
         def meta():
             with torch.device("meta"):

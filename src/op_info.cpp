@@ -103,8 +103,13 @@ OpInfo analyze(const c10::OperatorHandle& op) {
     info.returns.push_back(r);
   }
   info.random = is_random_op(schema);
-  info.is_plain_normal =
-      schema.name() == "aten::normal_" && schema.overload_name().empty();
+  if (schema.overload_name().empty()) {
+    if (schema.name() == "aten::normal_") {
+      info.plain_fill = OpInfo::PlainFill::kNormal;
+    } else if (schema.name() == "aten::uniform_") {
+      info.plain_fill = OpInfo::PlainFill::kUniform;
+    }
+  }
   return info;
 }
 

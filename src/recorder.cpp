@@ -17,10 +17,14 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_strided.h>
 #include <c10/core/DefaultDtype.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
 #include <c10/util/Exception.h>
 #include <torch/csrc/jit/runtime/operator.h>
 
 #include <algorithm>
+#include <cmath>
+#include <limits>
 #include <cctype>
 #include <string>
 
@@ -102,12 +106,13 @@ Inputs classify(const OpInfo& info, const std::vector<c10::IValue>& args) {
   return in;
 }
 
-// Whether `normal_(self, mean, std)` is plainly valid, so that its Meta
-// kernel would only return self. torch >= 2 runs that kernel as a Python
-// decomposition (torch._refs.normal, ~300 us a call: most of a Llama's
-// recording time). Anything else (std < 0 or NaN, other dtypes) still goes
-// to the Meta kernel, which raises eager's error.
-bool plain_normal_is_valid(const std::vector<c10::IValue>& args) {
+// Whether `normal_(self, mean, std)` / `uniform_(self, from, to)` is
+// plainly valid, so that its Meta kernel would only return self. torch >= 2
+// runs those kernels as Python decompositions (torch._refs.normal,
+// torch._decomp's uniform: 100-300 us a call, most of a Llama's recording
+// time). Anything else (std < 0, NaN, from > to, bounds outside the dtype,
+// other dtypes) still goes to the Meta kernel, which raises eager's error.
+bool plain_fill_is_valid(OpInfo::PlainFill fill, const std::vector<c10::IValue>& args) {
   if (args.size() < 3 || !args[0].isTensor() || !args[1].isDouble() || !args[2].isDouble()) {
     return false;
   }
@@ -115,10 +120,31 @@ bool plain_normal_is_valid(const std::vector<c10::IValue>& args) {
   if (impl == nullptr) {
     return false;
   }
-  const auto dtype = c10::typeMetaToScalarType(impl->dtype());
-  const bool floating = dtype == at::kFloat || dtype == at::kDouble ||
-      dtype == at::kBFloat16 || dtype == at::kHalf;
-  return floating && args[2].toDouble() >= 0.0;
+  double max = 0.0;
+  switch (c10::typeMetaToScalarType(impl->dtype())) {
+    case at::kFloat:
+      max = std::numeric_limits<float>::max();
+      break;
+    case at::kDouble:
+      max = std::numeric_limits<double>::max();
+      break;
+    case at::kBFloat16:
+      max = static_cast<double>(std::numeric_limits<c10::BFloat16>::max());
+      break;
+    case at::kHalf:
+      max = static_cast<double>(std::numeric_limits<c10::Half>::max());
+      break;
+    default:
+      return false;
+  }
+  const double a = args[1].toDouble();
+  const double b = args[2].toDouble();
+  if (fill == OpInfo::PlainFill::kNormal) {
+    return b >= 0.0;  // std; NaN fails
+  }
+  // uniform_impl_'s checks: both bounds within the dtype, from <= to, and
+  // to - from within the dtype.
+  return std::abs(a) <= max && std::abs(b) <= max && a <= b && b - a <= max;
 }
 
 // Runs the op's Meta kernel on stand-ins of the arguments. Returns false
@@ -128,7 +154,7 @@ bool infer_on_meta(
     const OpInfo& info,
     const std::vector<c10::IValue>& args,
     std::vector<c10::IValue>& meta_stack) {
-  if (info.is_plain_normal && plain_normal_is_valid(args)) {
+  if (info.plain_fill != OpInfo::PlainFill::kNone && plain_fill_is_valid(info.plain_fill, args)) {
     meta_stack = {c10::IValue(meta_for_lazy(*get_pending_impl(args[0].toTensor())))};
     return true;
   }

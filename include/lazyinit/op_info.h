@@ -26,9 +26,11 @@ struct OpInfo {
   bool random = false;
   bool has_tensor_args = false;
   bool returns_non_tensor = false;   // e.g. item(): needs values
-  // aten::normal_ (Tensor, float, float, Generator?): its Meta kernel only
-  // checks std >= 0 and returns self (the recorder checks that itself).
-  bool is_plain_normal = false;
+  // aten::normal_ / aten::uniform_ (Tensor, float, float, Generator?):
+  // their Meta kernels only check the two floats and return self, so the
+  // recorder checks them itself (plain_fill_is_valid in recorder.cpp).
+  enum class PlainFill { kNone, kNormal, kUniform };
+  PlainFill plain_fill = PlainFill::kNone;
 };
 
 const OpInfo& op_info(const c10::OperatorHandle& op);

@@ -95,3 +95,41 @@ def test_invalid_normal_std_raises_eagers_error(std: float):
         t.normal_(0.0, std)
     assert str(want.value).split("\n")[0] in str(got.value)
     assert lazyinit.is_lazy(t)
+
+
+@pytest.mark.parametrize("bounds,dtype", [
+    ((1.0, 0.0), torch.float32),
+    ((0.0, float("inf")), torch.float32),
+    ((float("nan"), 1.0), torch.float32),
+    ((-1e5, 0.0), torch.float16),
+    ((-3e38, 3e38), torch.float32),
+])
+def test_invalid_uniform_bounds_raise_eagers_error(bounds, dtype) -> None:
+    """uniform_ skips its Meta kernel when its bounds are plainly valid;
+    invalid ones are left to it, and raise what eager raises."""
+    eager = torch.empty(4, dtype=dtype)
+    try:
+        eager.uniform_(*bounds)
+        want = None
+    except RuntimeError as e:
+        want = str(e).split("\n")[0]
+    t = torch.empty(4, dtype=dtype, device="lazy")
+    try:
+        t.uniform_(*bounds)
+        lazyinit.materialize(t)
+        got = None
+    except RuntimeError as e:
+        got = str(e)
+    if want is None:
+        assert got is None and torch.equal(t.isnan(), eager.isnan())
+    else:
+        assert got is not None and want in got
+
+
+def test_plain_uniform_records_without_meta_and_matches_eager() -> None:
+    torch.manual_seed(3)
+    eager = torch.empty(5, 7, dtype=torch.bfloat16).uniform_(-0.5, 2.0)
+    torch.manual_seed(3)
+    t = torch.empty(5, 7, dtype=torch.bfloat16, device="lazy").uniform_(-0.5, 2.0)
+    lazyinit.materialize(t)
+    assert torch.equal(t, eager)

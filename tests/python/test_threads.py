@@ -104,3 +104,26 @@ def test_factories_are_restored_and_device_contexts_still_work() -> None:
     if hasattr(torch.device, "__enter__"):  # torch >= 2.0
         with torch.device("meta"):
             assert torch.empty(2).device.type == "meta"
+
+
+def test_context_pauses_gc_and_restores_it() -> None:
+    import gc
+    assert gc.isenabled()
+    with lazyinit.LazyInitContext():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    with lazyinit.LazyInitContext(pause_gc=False):
+        assert gc.isenabled()
+    gc.disable()
+    try:
+        with lazyinit.LazyInitContext():
+            pass
+        assert not gc.isenabled()  # left as the user had it
+    finally:
+        gc.enable()
+    try:
+        with lazyinit.LazyInitContext():
+            raise KeyError("x")
+    except KeyError:
+        pass
+    assert gc.isenabled()
