@@ -24,6 +24,8 @@
 #include <curand_kernel.h>
 
 #include <algorithm>
+#include <map>
+#include <utility>
 
 namespace lazyinit {
 namespace {
@@ -172,6 +174,150 @@ void launch_pieces(
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+// Batches: many fills (of one kind and dtype) in one launch, their
+// descriptions in the kernel's parameters (no upload, no allocation). With
+// __grid_constant__ (CUDA >= 12.1 allows 32 KiB of parameters) a thread
+// indexes them in place; without it they would be copied per thread.
+#if defined(CUDART_VERSION) && CUDART_VERSION >= 12010
+constexpr int kBatchJobs = 128;
+#define LAZYINIT_GRID_CONSTANT __grid_constant__
+#else
+constexpr int kBatchJobs = 16;
+#define LAZYINIT_GRID_CONSTANT
+#endif
+
+struct BatchJob {
+  char* out;
+  int64_t begin;       // elements [begin, end) of the node's tensor
+  int64_t end;
+  int64_t first_iter;  // pair mode: begin / (unroll * stride)
+  int64_t stride;      // S of the node's whole launch
+  uint64_t seed;
+  uint64_t offset;
+  double a;  // normal: mean, uniform: from (exact in their kernel types)
+  double b;  // normal: std, uniform: to
+  double c;  // uniform: to - from in opmath
+  int64_t element_mode;  // one Philox call an element (short pieces)
+};
+
+struct BatchTable {
+  int64_t work_start[kBatchJobs + 1];  // prefix sums of the jobs' work items
+  BatchJob jobs[kBatchJobs];
+  int32_t count;
+};
+
+template <typename scalar_t, typename acc_t>
+struct NormalOf {
+  __device__ scalar_t operator()(const BatchJob& job, acc_t rand) const {
+    const auto mean = static_cast<acc_t>(job.a);
+    const auto std = static_cast<acc_t>(job.b);
+    return static_cast<scalar_t>(rand * std + mean);  // transformation::normal
+  }
+};
+
+template <typename scalar_t, typename opmath_t>
+struct UniformOf {
+  __device__ scalar_t operator()(const BatchJob& job, opmath_t rand) const {
+    const auto from = static_cast<scalar_t>(job.a);
+    const auto to = static_cast<scalar_t>(job.b);
+    const auto range = static_cast<opmath_t>(job.c);
+    auto value = static_cast<scalar_t>(rand * range + from);
+    return value == to ? from : value;
+  }
+};
+
+// Work item w belongs to the job whose prefix range holds it; within it,
+// item p is a (thread, iteration) pair of the node's launch (pair mode, as
+// pair_kernel) or one element (element mode, as element_kernel).
+template <typename scalar_t, typename acc_t, int kUnroll, typename dist_t, typename transform_t>
+__global__ void batch_kernel(
+    const LAZYINIT_GRID_CONSTANT BatchTable table, dist_t dist, transform_t transform) {
+  const int64_t total = table.work_start[table.count];
+  for (int64_t w = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; w < total;
+       w += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    int lo = 0;
+    int hi = table.count - 1;
+    while (lo < hi) {
+      const int mid = (lo + hi + 1) / 2;
+      if (table.work_start[mid] <= w) {
+        lo = mid;
+      } else {
+        hi = mid - 1;
+      }
+    }
+    const BatchJob& job = table.jobs[lo];
+    const int64_t p = w - table.work_start[lo];
+    scalar_t* out = reinterpret_cast<scalar_t*>(job.out);
+    const int64_t s = job.stride;
+    curandStatePhilox4_32_10_t state;
+    if (job.element_mode) {
+      const int64_t li = job.begin + p;
+      const int64_t q = li / s;
+      curand_init(job.seed, li % s, job.offset + 4 * static_cast<uint64_t>(q / kUnroll), &state);
+      auto rand = dist(&state);
+      out[p] = transform(job, static_cast<acc_t>((&rand.x)[static_cast<int>(q % kUnroll)]));
+      continue;
+    }
+    const int64_t iter = job.first_iter + p / s;
+    const int64_t thread = p % s;
+    const int64_t lane0 = iter * kUnroll * s + thread;
+    const int64_t first = job.begin > lane0 ? (job.begin - lane0 + s - 1) / s : 0;
+    int64_t last = job.end - 1 >= lane0 ? (job.end - 1 - lane0) / s : -1;
+    last = last < kUnroll - 1 ? last : kUnroll - 1;
+    if (first > last) {
+      continue;
+    }
+    curand_init(job.seed, thread, job.offset + 4 * static_cast<uint64_t>(iter), &state);
+    auto rand = dist(&state);
+#pragma unroll
+    for (int lane = 0; lane < kUnroll; ++lane) {
+      if (lane >= first && lane <= last) {
+        out[lane0 + lane * s - job.begin] = transform(job, static_cast<acc_t>((&rand.x)[lane]));
+      }
+    }
+  }
+}
+
+// Launches `jobs` (one device and dtype) kBatchJobs at a time. `describe`
+// sets a job's a, b, c.
+template <typename scalar_t, typename acc_t, int kUnroll, typename dist_t, typename transform_t,
+          typename describe_t>
+void launch_batch(
+    const std::vector<const PhiloxJob*>& jobs, dist_t dist, transform_t transform,
+    describe_t describe) {
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  for (size_t first = 0; first < jobs.size(); first += kBatchJobs) {
+    BatchTable table{};
+    const size_t count = std::min<size_t>(kBatchJobs, jobs.size() - first);
+    table.count = static_cast<int32_t>(count);
+    table.work_start[0] = 0;
+    for (size_t i = 0; i < count; ++i) {
+      const PhiloxJob& job = *jobs[first + i];
+      const int64_t n = job.out.numel();
+      const int64_t grid =
+          std::min<int64_t>(job.grid_limit, (job.numel + kThreads - 1) / kThreads);
+      const int64_t s = static_cast<int64_t>(kThreads) * grid;
+      BatchJob& d = table.jobs[i];
+      d.out = static_cast<char*>(job.out.data_ptr());
+      d.begin = job.begin;
+      d.end = job.begin + n;
+      d.stride = s;
+      d.seed = job.start.seed;
+      d.offset = job.start.offset;
+      d.first_iter = d.begin / (kUnroll * s);
+      // Pairs cost about n / unroll + 2 S calls, elements n (launch_pieces).
+      d.element_mode = n / kUnroll + 2 * s >= n;
+      const int64_t work =
+          d.element_mode ? n : ((d.end - 1) / (kUnroll * s) - d.first_iter + 1) * s;
+      describe(job, d);
+      table.work_start[i + 1] = table.work_start[i] + work;
+    }
+    batch_kernel<scalar_t, acc_t, kUnroll><<<blocks_for(table.work_start[count]), kThreads, 0,
+                                               stream>>>(table, dist, transform);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+}
+
 }  // namespace
 
 void philox_region_fill(
@@ -238,6 +384,65 @@ void philox_region_fill(
       }
     }
   });
+}
+
+}  // namespace lazyinit
+
+namespace lazyinit {
+
+void philox_batch_fill(const std::vector<PhiloxJob>& jobs, PhiloxFill kind) {
+  std::map<std::pair<int, at::ScalarType>, std::vector<const PhiloxJob*>> groups;
+  for (const auto& job : jobs) {
+    const at::Tensor& out = job.out;
+    TORCH_CHECK(out.is_cuda() && out.is_contiguous() && out.dim() == 1,
+                "lazyinit: philox_batch_fill writes contiguous 1-D CUDA tensors");
+    TORCH_CHECK(job.begin >= 0 && job.begin + out.numel() <= job.numel,
+                "lazyinit: region out of range");
+    TORCH_CHECK(job.grid_limit > 0, "lazyinit: philox_batch_fill needs the device's grid limit");
+    if (out.numel() > 0) {
+      groups[{out.device().index(), out.scalar_type()}].push_back(&job);
+    }
+  }
+  for (const auto& group : groups) {
+    c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(group.first.first));
+    const auto& members = group.second;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, group.first.second, "philox_batch_fill", [&] {
+      if (kind == PhiloxFill::kNormal) {
+        using acc_t = at::acc_type<scalar_t, true>;
+        auto describe = [](const PhiloxJob& job, BatchJob& d) {
+          d.a = static_cast<double>(static_cast<acc_t>(job.a));
+          d.b = static_cast<double>(static_cast<acc_t>(job.b));
+        };
+        if constexpr (std::is_same<scalar_t, double>::value) {
+          launch_batch<scalar_t, acc_t, 2>(members,
+              [] __device__(curandStatePhilox4_32_10_t* s) { return curand_normal2_double(s); },
+              NormalOf<scalar_t, acc_t>{}, describe);
+        } else {
+          launch_batch<scalar_t, acc_t, 4>(members,
+              [] __device__(curandStatePhilox4_32_10_t* s) { return curand_normal4(s); },
+              NormalOf<scalar_t, acc_t>{}, describe);
+        }
+      } else {
+        using opmath_t = at::opmath_type<scalar_t>;
+        auto describe = [](const PhiloxJob& job, BatchJob& d) {
+          const auto from = static_cast<scalar_t>(job.a);
+          const auto to = static_cast<scalar_t>(job.b);
+          d.a = static_cast<double>(from);
+          d.b = static_cast<double>(to);
+          d.c = static_cast<double>(static_cast<opmath_t>(to - from));
+        };
+        if constexpr (std::is_same<scalar_t, double>::value) {
+          launch_batch<scalar_t, opmath_t, 2>(members,
+              [] __device__(curandStatePhilox4_32_10_t* s) { return curand_uniform2_double(s); },
+              UniformOf<scalar_t, opmath_t>{}, describe);
+        } else {
+          launch_batch<scalar_t, opmath_t, 4>(members,
+              [] __device__(curandStatePhilox4_32_10_t* s) { return curand_uniform4(s); },
+              UniformOf<scalar_t, opmath_t>{}, describe);
+        }
+      }
+    });
+  }
 }
 
 }  // namespace lazyinit

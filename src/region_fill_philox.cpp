@@ -14,6 +14,37 @@
 namespace lazyinit {
 namespace {
 
+// Fills queued while a replay allows it (fills_may_defer): launched
+// batched, once this many are waiting (so the GPU starts while the CPU
+// plans the rest) and when the queue is flushed.
+constexpr size_t kFlushAt = 48;
+constexpr size_t kMaxQueuedPieces = 8;
+
+struct Queue {
+  std::vector<PhiloxJob> normal;
+  std::vector<PhiloxJob> uniform;
+  size_t size() const { return normal.size() + uniform.size(); }
+};
+
+Queue& queue() {
+  thread_local Queue q;
+  return q;
+}
+
+void flush_queue(bool drop) {
+  Queue& q = queue();
+  // Emptied first: a launch that throws leaves nothing half-queued.
+  std::vector<PhiloxJob> normal = std::move(q.normal);
+  std::vector<PhiloxJob> uniform = std::move(q.uniform);
+  q.normal.clear();
+  q.uniform.clear();
+  if (drop) {
+    return;
+  }
+  philox_batch_fill(normal, PhiloxFill::kNormal);
+  philox_batch_fill(uniform, PhiloxFill::kUniform);
+}
+
 bool is_floating(at::ScalarType t) {
   return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
 }
@@ -50,6 +81,18 @@ bool fill_with_philox(
   if (!start) {
     return false;
   }
+  // Many pieces (a Shard(1): one a row) already go out in one launch.
+  if (fills_may_defer() && requests.size() <= kMaxQueuedPieces) {
+    Queue& q = queue();
+    auto& jobs = kind == PhiloxFill::kNormal ? q.normal : q.uniform;
+    for (auto& r : requests) {
+      jobs.push_back(PhiloxJob{r.begin, r.out, *start, numel, grid, a, b});
+    }
+    if (q.size() >= kFlushAt) {
+      flush_queue(/*drop=*/false);
+    }
+    return true;
+  }
   std::vector<PhiloxPiece> pieces;
   pieces.reserve(requests.size());
   for (auto& r : requests) {
@@ -61,6 +104,7 @@ bool fill_with_philox(
 
 struct RegisterPhiloxFills {
   RegisterPhiloxFills() {
+    register_deferred_flush(&flush_queue);
     constexpr auto cuda = c10::DeviceType::CUDA;
     register_region_fill(
         "aten::normal_", cuda, [](Node& node, int64_t n, std::vector<RegionRequest>& r) {

@@ -85,7 +85,45 @@ at::Tensor contiguous_copy(const at::Tensor& piece, c10::Device device) {
 }
 
 
+thread_local int g_deferral_scopes = 0;
+thread_local bool g_window_open = false;
+void (*g_deferred_flush)(bool) = nullptr;
+
 }  // namespace
+
+DeferredFillScope::DeferredFillScope() {
+  ++g_deferral_scopes;
+}
+
+// The normal path flushes before the scope ends (flushing launches kernels,
+// which may throw); what is still queued here was left by an exception.
+DeferredFillScope::~DeferredFillScope() {
+  if (--g_deferral_scopes == 0) {
+    flush_deferred_fills(/*drop=*/true);
+  }
+}
+
+DeferralWindow::DeferralWindow(bool open) : previous_(g_window_open) {
+  g_window_open = open;
+}
+
+DeferralWindow::~DeferralWindow() {
+  g_window_open = previous_;
+}
+
+bool fills_may_defer() {
+  return g_deferral_scopes > 0 && g_window_open;
+}
+
+void flush_deferred_fills(bool drop) {
+  if (g_deferred_flush != nullptr) {
+    g_deferred_flush(drop);
+  }
+}
+
+void register_deferred_flush(void (*flush)(bool drop)) {
+  g_deferred_flush = flush;
+}
 
 void register_region_fill(const std::string& op, c10::DeviceType device, RegionFill fill) {
   fill_table()[{op, device}] = std::move(fill);
@@ -179,8 +217,10 @@ at::Tensor compute_shard(
     const int64_t lo = spans.empty() ? 0 : spans.front().begin;
     const bool whole = spans.size() == 1 && lo == 0 && spans.front().end == storage->numel();
     at::Tensor buffer;
+    // In order, the buffer is the result: its last write may be queued (the
+    // caller flushes before reading it). Out of order it is copied below.
     if (replay_spans(*storage, storage->version, std::move(spans), device, &buffer, &why,
-                     in_order ? dest : at::Tensor())) {
+                     in_order ? dest : at::Tensor(), /*may_defer=*/in_order)) {
       ++(whole ? counters().whole : counters().pushed_down);
       if (in_order) {
         return buffer.view(piece.shape());
@@ -248,13 +288,12 @@ at::Tensor shard_into(
     c10::Device device,
     const at::Tensor& dest) {
   at::Tensor out = compute_shard(t, piece, device, dest);
-  if (!dest.defined() || piece.numel() == 0) {
-    return out;
+  if (!dest.defined() || piece.numel() == 0 || out.data_ptr() == dest.data_ptr()) {
+    return out;  // computed in dest, already shaped
   }
+  flush_deferred_fills();  // `out` may be waiting for a queued fill
   at::Tensor shaped = dest.view(piece.shape());
-  if (out.data_ptr() != dest.data_ptr()) {
-    shaped.copy_(out);  // computed elsewhere (a fallback, a reordered box)
-  }
+  shaped.copy_(out);  // computed elsewhere (a fallback, a reordered box)
   return shaped;
 }
 
@@ -301,6 +340,7 @@ std::vector<at::Tensor> materialize_shards(
   std::vector<at::Tensor> out;
   out.reserve(tensors.size());
   GeneratorStateGuard generators;  // one for all: restoring costs a copy
+  DeferredFillScope deferred;       // fills launched batched
   for (size_t i = 0; i < tensors.size(); ++i) {
     at::Tensor dest;
     if (offsets[i] >= 0) {
@@ -309,6 +349,7 @@ std::vector<at::Tensor> materialize_shards(
     }
     out.push_back(shard_into(tensors[i], pieces[i], device, dest));
   }
+  flush_deferred_fills();
   return out;
 }
 

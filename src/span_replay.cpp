@@ -187,8 +187,13 @@ at::Tensor on_target(const at::Tensor& t, c10::Device device) {
 // the tape is not element-local; nothing is changed then.
 class SpanReplay {
  public:
-  SpanReplay(LazyStorage& storage, int64_t version, std::vector<Span> spans, c10::Device device)
-      : storage_(storage), version_(version), spans_(std::move(spans)), device_(device) {}
+  SpanReplay(LazyStorage& storage, int64_t version, std::vector<Span> spans, c10::Device device,
+             bool may_defer = false)
+      : storage_(storage),
+        version_(version),
+        spans_(std::move(spans)),
+        device_(device),
+        may_defer_(may_defer) {}
 
   // `dest`: a flat tensor of the spans' total size to compute into.
   bool run(at::Tensor* out, std::string* why, const at::Tensor& dest) {
@@ -205,10 +210,14 @@ class SpanReplay {
     buffer_ = dest.defined() && dest.numel() == total && dest.dtype() == storage_.dtype
         ? dest
         : at::empty({total}, at::TensorOptions().dtype(storage_.dtype).device(device_));
-    int64_t at = 0;
-    for (const Span& s : spans_) {
-      parts_.push_back(buffer_.narrow(0, at, s.size()));
-      at += s.size();
+    if (spans_.size() == 1) {
+      parts_.push_back(buffer_);  // the common case: no narrow() to pay for
+    } else {
+      int64_t at = 0;
+      for (const Span& s : spans_) {
+        parts_.push_back(buffer_.narrow(0, at, s.size()));
+        at += s.size();
+      }
     }
     if (source_.defined()) {
       for (size_t i = 0; i < spans_.size(); ++i) {
@@ -223,11 +232,14 @@ class SpanReplay {
       for (size_t i = 0; i < spans_.size(); ++i) {
         requests.push_back({spans_[i].begin, spans_[i].end, parts_[i]});
       }
+      // Nothing of this storage runs after it: the launch may be queued.
+      DeferralWindow window(may_defer_ && start_ == version_);
       if (!requests.empty() && !fill_random(*random_creation_, storage_.numel(), requests, why)) {
         return false;
       }
     }
     for (int64_t k = start_ + 1; k <= version_; ++k) {
+      DeferralWindow window(may_defer_ && k == version_);
       if (!apply(*storage_.tape[k].node, why)) {
         return false;
       }
@@ -475,8 +487,10 @@ class SpanReplay {
       const int64_t lo = std::max(spans_[i].begin, begin);
       const int64_t hi = std::min(spans_[i].end, begin + numel);
       if (lo < hi) {
-        requests.push_back(
-            {lo - begin, hi - begin, parts_[i].narrow(0, lo - spans_[i].begin, hi - lo)});
+        const bool whole_part = lo == spans_[i].begin && hi == spans_[i].end;
+        requests.push_back({lo - begin, hi - begin,
+                            whole_part ? parts_[i]
+                                       : parts_[i].narrow(0, lo - spans_[i].begin, hi - lo)});
       }
     }
     if (requests.empty()) {
@@ -542,6 +556,7 @@ class SpanReplay {
   int64_t version_;
   std::vector<Span> spans_;
   c10::Device device_;
+  bool may_defer_;  // the tape's last write may be queued (DeferralWindow)
   Node* derived_ = nullptr;  // element-wise creation op, if the start is one
   Node* random_creation_ = nullptr;  // random factory, if the start is one
   // Its lazy inputs: which tensor slot, and where the output's element 0
@@ -567,8 +582,9 @@ bool replay_spans(
     c10::Device device,
     at::Tensor* out,
     std::string* why,
-    const at::Tensor& dest) {
-  SpanReplay replay(storage, version, std::move(spans), device);
+    const at::Tensor& dest,
+    bool may_defer) {
+  SpanReplay replay(storage, version, std::move(spans), device, may_defer);
   return replay.run(out, why, dest);
 }
 

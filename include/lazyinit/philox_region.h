@@ -39,4 +39,21 @@ void philox_region_fill(
     double a,
     double b);
 
+// One region fill of a batch: what philox_region_fill({{begin, out}}, kind,
+// start, numel, grid_limit, a, b) would write.
+struct PhiloxJob {
+  int64_t begin = 0;
+  at::Tensor out;  // contiguous 1-D CUDA tensor; kept alive until launched
+  PhiloxState start;
+  int64_t numel = 0;
+  int64_t grid_limit = 0;
+  double a = 0.0;
+  double b = 1.0;
+};
+
+// Runs `jobs` (all of one kind) as few kernels: one per device and dtype
+// for up to a kernel parameter block's worth of jobs (128 on CUDA >= 12.1).
+// Each job gives the values philox_region_fill gives it alone.
+void philox_batch_fill(const std::vector<PhiloxJob>& jobs, PhiloxFill kind);
+
 }  // namespace lazyinit

@@ -41,6 +41,43 @@ struct RegionRequest {
 using RegionFill =
     std::function<bool(Node& node, int64_t numel, std::vector<RegionRequest>& requests)>;
 
+// Deferred launches. Kernel launches, not the kernels, bound a rank's
+// shards on a GPU (hundreds of tensors, each a few microseconds of CPU to
+// plan and launch): region generators may queue their work instead and
+// launch it batched (the CUDA one: up to 128 fills a kernel). They may only
+// when nothing reads or writes the outputs before the queue is flushed:
+// inside a DeferredFillScope (materialize_shards), and only within a
+// DeferralWindow, which span replay opens for the last write of a tape
+// (nothing of that storage runs after it). Whoever reads an output that
+// may be pending calls flush_deferred_fills() first, and so does the owner
+// of the scope before it ends; a scope that ends with work still queued
+// (an exception unwinding it: the outputs are abandoned) drops it.
+class DeferredFillScope {
+ public:
+  DeferredFillScope();
+  ~DeferredFillScope();
+  DeferredFillScope(const DeferredFillScope&) = delete;
+  DeferredFillScope& operator=(const DeferredFillScope&) = delete;
+};
+
+class DeferralWindow {
+ public:
+  explicit DeferralWindow(bool open);
+  ~DeferralWindow();
+  DeferralWindow(const DeferralWindow&) = delete;
+  DeferralWindow& operator=(const DeferralWindow&) = delete;
+
+ private:
+  bool previous_;
+};
+
+// Whether a region generator called now may queue its work.
+bool fills_may_defer();
+// Launches (or, with `drop`, discards) what region generators queued.
+void flush_deferred_fills(bool drop = false);
+// Called by a region generator that queues work: how to flush its queue.
+void register_deferred_flush(void (*flush)(bool drop));
+
 // Number of generator draws (32-bit outputs of mt19937) `node` consumes
 // when run whole, where it is known without running it; -1 otherwise.
 using DrawCount = std::function<int64_t(const Node& node)>;
@@ -100,7 +137,9 @@ std::vector<at::Tensor> materialize_shards(
 // element ranges) into one buffer holding the spans' elements concatenated.
 // Returns false, with the reason, when the tape is not element-local (see
 // the top of this file); nothing observable has changed then. With `dest`
-// (flat, the spans' total size), the buffer is dest.
+// (flat, the spans' total size), the buffer is dest. `may_defer`: the
+// caller reads the buffer only after flush_deferred_fills(), so the tape's
+// last write may be queued (DeferralWindow).
 bool replay_spans(
     LazyStorage& storage,
     int64_t version,
@@ -108,7 +147,8 @@ bool replay_spans(
     c10::Device device,
     at::Tensor* out,
     std::string* why,
-    const at::Tensor& dest = {});
+    const at::Tensor& dest = {},
+    bool may_defer = false);
 
 // If the view `g` is a contiguous run of storage elements (row-major, size-1
 // dims ignored), its first element and length.
