@@ -7,6 +7,7 @@
 // (storage offset 0, no storage shared between parameters, nbytes their
 // own, and resizing one raises instead of freeing its neighbours).
 #include <lazyinit/flat.h>
+#include <lazyinit/shard_replay.h>
 
 #include <lazyinit/lazy_tensor_impl.h>
 #include <lazyinit/replay.h>
@@ -98,6 +99,7 @@ void materialize_flat(
     groups[it->second].storages.push_back(std::move(storage));
   }
   GeneratorStateGuard generators;
+  DeferredFillScope deferred;  // CUDA random fills launched batched
   for (const Group& group : groups) {
     const int64_t itemsize = static_cast<int64_t>(group.dtype.itemsize());
     int64_t total = 0;
@@ -117,6 +119,7 @@ void materialize_flat(
       }
     }
   }
+  flush_deferred_fills();
 }
 
 }  // namespace lazyinit

@@ -279,6 +279,35 @@ c10::optional<PhiloxState> philox_state_before(Node& node, int device) {
   return state_before(chain, device, node.rng_index, &replayer);
 }
 
+c10::optional<PhiloxState> philox_take_run(Node& node, int device) {
+  RngChain& chain = *node.chain;
+  check_cuda_chain(chain);
+  const auto increment = philox_increment(node, device);
+  if (!increment) {
+    return c10::nullopt;
+  }
+  Replayer replayer(c10::Device(c10::DeviceType::CUDA, static_cast<c10::DeviceIndex>(device)));
+  auto before = state_before(chain, device, node.rng_index, &replayer);
+  if (!before) {
+    return c10::nullopt;
+  }
+  const PhiloxState after{before->seed, before->offset + *increment};
+  PhiloxStream& stream = stream_of(chain, device);
+  auto& slot = stream.states[node.rng_index + 1];
+  TORCH_INTERNAL_ASSERT(!slot || *slot == after, "lazyinit: Philox state mismatch");
+  slot = after;
+  stream.replayed[node.rng_index] = true;
+  if (chain.cuda.device < 0) {
+    chain.cuda.device = device;
+  } else if (chain.cuda.device != device) {
+    chain.cuda.mixed = true;
+  }
+  at::Generator gen = cuda_generator(device);
+  note_cuda_generator_touched(device);
+  write_state(gen, after);
+  return before;
+}
+
 int64_t philox_grid_limit(int device) {
   const auto& limits = grid_limits();
   return device >= 0 && device < static_cast<int>(limits.size()) ? limits[device] : -1;

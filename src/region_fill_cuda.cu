@@ -226,9 +226,12 @@ struct UniformOf {
   }
 };
 
-// Work item w belongs to the job whose prefix range holds it; within it,
-// item p is a (thread, iteration) pair of the node's launch (pair mode, as
-// pair_kernel) or one element (element mode, as element_kernel).
+// Work item w belongs to the job whose prefix range holds it. Pair mode:
+// item t is thread t of the node's whole launch, which runs the
+// iterations whose lanes reach [begin, end) as PyTorch's grid-stride loop
+// does: one curand_init, then one draw an iteration (each draw advances the
+// state by 4, as curand_init(seed, t, offset + 4 * iteration) would).
+// Element mode: item p is element begin + p, with a Philox call of its own.
 template <typename scalar_t, typename acc_t, int kUnroll, typename dist_t, typename transform_t>
 __global__ void batch_kernel(
     const LAZYINIT_GRID_CONSTANT BatchTable table, dist_t dist, transform_t transform) {
@@ -258,21 +261,18 @@ __global__ void batch_kernel(
       out[p] = transform(job, static_cast<acc_t>((&rand.x)[static_cast<int>(q % kUnroll)]));
       continue;
     }
-    const int64_t iter = job.first_iter + p / s;
-    const int64_t thread = p % s;
-    const int64_t lane0 = iter * kUnroll * s + thread;
-    const int64_t first = job.begin > lane0 ? (job.begin - lane0 + s - 1) / s : 0;
-    int64_t last = job.end - 1 >= lane0 ? (job.end - 1 - lane0) / s : -1;
-    last = last < kUnroll - 1 ? last : kUnroll - 1;
-    if (first > last) {
-      continue;
-    }
-    curand_init(job.seed, thread, job.offset + 4 * static_cast<uint64_t>(iter), &state);
-    auto rand = dist(&state);
+    const int64_t thread = p;  // < s
+    const int64_t last_iter = (job.end - 1) / (kUnroll * s);
+    curand_init(job.seed, thread, job.offset + 4 * static_cast<uint64_t>(job.first_iter), &state);
+    for (int64_t iter = job.first_iter; iter <= last_iter; ++iter) {
+      auto rand = dist(&state);
+      const int64_t lane0 = iter * kUnroll * s + thread;
 #pragma unroll
-    for (int lane = 0; lane < kUnroll; ++lane) {
-      if (lane >= first && lane <= last) {
-        out[lane0 + lane * s - job.begin] = transform(job, static_cast<acc_t>((&rand.x)[lane]));
+      for (int lane = 0; lane < kUnroll; ++lane) {
+        const int64_t li = lane0 + lane * s;
+        if (li >= job.begin && li < job.end) {
+          out[li - job.begin] = transform(job, static_cast<acc_t>((&rand.x)[lane]));
+        }
       }
     }
   }
@@ -307,8 +307,7 @@ void launch_batch(
       d.first_iter = d.begin / (kUnroll * s);
       // Pairs cost about n / unroll + 2 S calls, elements n (launch_pieces).
       d.element_mode = n / kUnroll + 2 * s >= n;
-      const int64_t work =
-          d.element_mode ? n : ((d.end - 1) / (kUnroll * s) - d.first_iter + 1) * s;
+      const int64_t work = d.element_mode ? n : s;  // pair mode: the launch's threads
       describe(job, d);
       table.work_start[i + 1] = table.work_start[i] + work;
     }

@@ -33,6 +33,9 @@ Queue& queue() {
 
 void flush_queue(bool drop) {
   Queue& q = queue();
+  if (q.size() == 0) {
+    return;
+  }
   // Emptied first: a launch that throws leaves nothing half-queued.
   std::vector<PhiloxJob> normal = std::move(q.normal);
   std::vector<PhiloxJob> uniform = std::move(q.uniform);
@@ -102,9 +105,55 @@ bool fill_with_philox(
   return true;
 }
 
+// A whole-storage normal_ / uniform_ (the last write of a storage that
+// materialize_flat replays) queued as a region fill of all of it.
+bool queue_whole(Node& node, const at::Tensor& out) {
+  const auto& name = node.op->schema().operator_name();
+  if (!name.overload_name.empty() || node.self_slot < 0 || !out.is_cuda() ||
+      !out.device().has_index() || !out.is_contiguous() || out.dim() != 1 ||
+      node.args.size() < 3 || !node.args[1].isDouble() || !node.args[2].isDouble()) {
+    return false;
+  }
+  PhiloxFill kind;
+  if (name.name == "aten::normal_") {
+    kind = PhiloxFill::kNormal;
+  } else if (name.name == "aten::uniform_") {
+    kind = PhiloxFill::kUniform;
+  } else {
+    return false;
+  }
+  // It writes the whole storage, in order, in the storage's dtype.
+  const TensorRef& self = node.tensors[node.self_slot].ref;
+  int64_t begin = 0;
+  int64_t numel = 0;
+  if (!contiguous_range(self.geometry, &begin, &numel) || begin != 0 ||
+      numel != out.numel() || self.dtype != out.dtype() || !is_floating(out.scalar_type()) ||
+      numel > std::numeric_limits<int32_t>::max()) {
+    return false;
+  }
+  const int device = out.device().index();
+  const int64_t grid = philox_grid_limit(device);
+  if (grid <= 0) {
+    return false;
+  }
+  auto start = philox_take_run(node, device);
+  if (!start) {
+    return false;
+  }
+  Queue& q = queue();
+  (kind == PhiloxFill::kNormal ? q.normal : q.uniform)
+      .push_back(PhiloxJob{0, out, *start, numel, grid, node.args[1].toDouble(),
+                           node.args[2].toDouble()});
+  if (q.size() >= kFlushAt) {
+    flush_queue(/*drop=*/false);
+  }
+  return true;
+}
+
 struct RegisterPhiloxFills {
   RegisterPhiloxFills() {
     register_deferred_flush(&flush_queue);
+    register_whole_fill_queuer(&queue_whole);
     constexpr auto cuda = c10::DeviceType::CUDA;
     register_region_fill(
         "aten::normal_", cuda, [](Node& node, int64_t n, std::vector<RegionRequest>& r) {

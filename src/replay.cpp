@@ -1,4 +1,5 @@
 #include <lazyinit/replay.h>
+#include <lazyinit/shard_replay.h>
 
 #include <lazyinit/device.h>
 #include <lazyinit/lazy_tensor_impl.h>
@@ -254,7 +255,8 @@ at::Tensor Replayer::run_creation(LazyStorage& storage) {
   return flat;
 }
 
-at::Tensor Replayer::value(LazyStorage& storage, int64_t version, const at::Tensor& dest) {
+at::Tensor Replayer::value(
+    LazyStorage& storage, int64_t version, const at::Tensor& dest, bool may_defer) {
   storage.check_usable();
   TORCH_INTERNAL_ASSERT(version >= 0 && version <= storage.version);
   auto into_dest = [&](const at::Tensor& t) { return dest.defined() ? dest.copy_(t) : t; };
@@ -262,6 +264,7 @@ at::Tensor Replayer::value(LazyStorage& storage, int64_t version, const at::Tens
     return into_dest(storage.in_progress);
   }
   if (storage.cached.defined() && storage.cached_version == version) {
+    flush_deferred_fills();  // the cached value may await a queued fill
     return into_dest(on_device(storage.cached, device_));
   }
   TORCH_INTERNAL_ASSERT(
@@ -278,6 +281,7 @@ at::Tensor Replayer::value(LazyStorage& storage, int64_t version, const at::Tens
       break;
     }
     if (storage.cached.defined() && storage.cached_version == k) {
+      flush_deferred_fills();
       start = k;
       base = storage.cached;
       break;
@@ -319,7 +323,14 @@ at::Tensor Replayer::value(LazyStorage& storage, int64_t version, const at::Tens
     InProgress guard(storage, base);
     for (int64_t k = start + 1; k <= version; ++k) {
       storage.in_progress_version = k - 1;
-      run(*storage.tape[k].node, base);
+      Node& node = *storage.tape[k].node;
+      if (may_defer && k == version && node.is_random()) {
+        DeferralWindow window(true);  // nothing of this storage runs after it
+        if (queue_whole_fill(node, base)) {
+          continue;
+        }
+      }
+      run(node, base);
     }
   }
   ++storage.replay_count;
@@ -340,7 +351,9 @@ void materialize_storage(LazyStorage& storage, c10::Device device, const at::Ten
   }
   check_target_device(device);
   Replayer replayer(device);
-  at::Tensor base = replayer.value(storage, storage.version, dest);
+  // With dest, nothing reads the value before the caller flushes: its last
+  // write may be queued where the caller opened a DeferredFillScope.
+  at::Tensor base = replayer.value(storage, storage.version, dest, /*may_defer=*/dest.defined());
   // Readers that have not been replayed yet keep reading this version
   // through a frozen copy of the tape, not through the real tensor, which
   // the user may modify from now on.

@@ -88,6 +88,7 @@ at::Tensor contiguous_copy(const at::Tensor& piece, c10::Device device) {
 thread_local int g_deferral_scopes = 0;
 thread_local bool g_window_open = false;
 void (*g_deferred_flush)(bool) = nullptr;
+WholeFillQueuer g_whole_fill_queuer = nullptr;
 
 }  // namespace
 
@@ -123,6 +124,14 @@ void flush_deferred_fills(bool drop) {
 
 void register_deferred_flush(void (*flush)(bool drop)) {
   g_deferred_flush = flush;
+}
+
+void register_whole_fill_queuer(WholeFillQueuer queuer) {
+  g_whole_fill_queuer = queuer;
+}
+
+bool queue_whole_fill(Node& node, const at::Tensor& out) {
+  return g_whole_fill_queuer != nullptr && fills_may_defer() && g_whole_fill_queuer(node, out);
 }
 
 void register_region_fill(const std::string& op, c10::DeviceType device, RegionFill fill) {

@@ -83,6 +83,13 @@ c10::optional<uint64_t> philox_increment(const Node& node, int device);
 // that generator: callers hold a GeneratorStateGuard). nullopt when unknown.
 c10::optional<PhiloxState> philox_state_before(Node& node, int device);
 
+// For a node whose run is replaced by a queued region fill of its whole
+// output: its start state, after doing what philox_run would have done
+// (the state after it recorded, the node marked replayed on `device`, the
+// generator left after it). nullopt, with nothing changed, where the
+// increment is not known without running it.
+c10::optional<PhiloxState> philox_take_run(Node& node, int device);
+
 // The grid limit set_philox_grid_limits gave `device`, or -1.
 int64_t philox_grid_limit(int device);
 

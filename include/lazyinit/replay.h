@@ -38,7 +38,10 @@ class Replayer {
   // The result may be shared with a cache: callers must not modify it.
   // With `dest` (a flat tensor of the storage's numel and dtype on this
   // device), the value is computed in it, and it is returned.
-  at::Tensor value(LazyStorage& storage, int64_t version, const at::Tensor& dest = {});
+  // `may_defer`: the storage's last write may be queued (shard_replay.h,
+  // DeferredFillScope): only for a value nobody reads before the flush.
+  at::Tensor value(LazyStorage& storage, int64_t version, const at::Tensor& dest = {},
+                   bool may_defer = false);
   // A real tensor for a node argument.
   at::Tensor resolve(const TensorRef& ref, const at::Tensor& self_base);
   // The node's boxed arguments with tensors resolved (scratch: written

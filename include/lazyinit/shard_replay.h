@@ -78,6 +78,16 @@ void flush_deferred_fills(bool drop = false);
 // Called by a region generator that queues work: how to flush its queue.
 void register_deferred_flush(void (*flush)(bool drop));
 
+// Whole-storage replay may queue a storage's last write the same way
+// (materialize_flat opens the scope): a region generator's replacement for
+// running random node `node` over all of `out` (the storage's flat value).
+// It queues the fill and does the generator bookkeeping the run would do;
+// false where it cannot (the node then runs as usual).
+using WholeFillQueuer = bool (*)(Node& node, const at::Tensor& out);
+void register_whole_fill_queuer(WholeFillQueuer queuer);
+// Queues `node` through the registered queuer if fills_may_defer().
+bool queue_whole_fill(Node& node, const at::Tensor& out);
+
 // Number of generator draws (32-bit outputs of mt19937) `node` consumes
 // when run whole, where it is known without running it; -1 otherwise.
 using DrawCount = std::function<int64_t(const Node& node)>;

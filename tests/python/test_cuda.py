@@ -190,6 +190,32 @@ def test_peak_memory_is_the_parameter_bytes() -> None:
     assert peak <= 1.05 * nbytes, (peak, nbytes)
 
 
+class Readers(nn.Module):
+    """More random storages than one batch of queued fills holds, and
+    storages that read others whose last write was queued (a dtype
+    conversion, a copy_, an element-wise product), before and after them
+    in module order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.early_copy = nn.Parameter(torch.empty(1000, 3))
+        for i in range(150):
+            self.register_parameter(f"w{i}", nn.Parameter(torch.empty(257, 33).normal_(0, 1 + i)))
+        self.a = nn.Parameter(torch.empty(1000, 3).uniform_(-1, 1))
+        with torch.no_grad():
+            self.early_copy.copy_(self.a)
+        self.register_buffer("a_bf16", self.a.detach().to(torch.bfloat16))
+        self.register_buffer("a_twice", self.a.detach() * 2)
+        self.late_copy = nn.Parameter(torch.empty(257, 33))
+        with torch.no_grad():
+            self.late_copy.copy_(self.w7)
+
+
+@pytest.mark.parametrize("order", ["module", "random"])
+def test_queued_fills_are_written_before_anything_reads_them(order: str) -> None:
+    _check(Readers, order)
+
+
 TORCHVISION = ["resnet18", "mobilenet_v3_small", "efficientnet_b0", "vit_b_32", "convnext_tiny"]
 
 
