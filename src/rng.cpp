@@ -220,16 +220,22 @@ void rng_record(const NodePtr& node, const c10::optional<at::Generator>& explici
     // draw before the next recorded op is seen and starts a new chain: one
     // draw, and a marker in the engine's seed_ field, which no draw reads or
     // writes (so no sequence of real draws can reach the marked state).
+    // The tagged state is built here rather than read back (GenState::of):
+    // each copy of the 2.5 KiB engine costs, and recording is on the
+    // model's construction path.
     std::lock_guard<std::mutex> lock(gen.mutex());
     auto* impl = at::check_generator<at::CPUGeneratorImpl>(gen);
     impl->random();
-    at::mt19937 engine = impl->engine();
-    auto data = engine.data();
+    GenState& tagged = chain->tagged_state;
+    tagged.engine = impl->engine();
+    auto data = tagged.engine.data();
     data.seed_ = kMarkerSeed ^ static_cast<uint64_t>(chain->size());
-    engine.set_data(data);
-    impl->set_engine(engine);
+    tagged.engine.set_data(data);
+    impl->set_engine(tagged.engine);
+    tagged.next_float = impl->next_float_normal_sample();
+    tagged.next_double = impl->next_double_normal_sample();
+    tagged.defined = true;
   }
-  chain->tagged_state = get_state(gen);
 }
 
 uint64_t rng_initial_seed() {
