@@ -50,11 +50,11 @@ def main(argv=None) -> None:
         with lazyinit.LazyInitContext():
             return Llama(cfg)
 
-    print(f"torch {torch.__version__}, shape {args.shape}")
     def lazy_gc():
         with lazyinit.LazyInitContext(pause_gc=False):
             return Llama(cfg)
 
+    print(f"torch {torch.__version__}, shape {args.shape}")
     print(f"lazy build: {_median_seconds(lazy, args.repeat) * 1e3:.1f} ms")
     print(f"lazy build, garbage collector left on: "
           f"{_median_seconds(lazy_gc, args.repeat) * 1e3:.1f} ms")

@@ -50,9 +50,6 @@ Placement Placement::flat_range(int64_t start, int64_t end) {
   return p;
 }
 
-// Plain string concatenation, no std::ostringstream: built against torch
-// 2.11's wheel, this file's one stream (formatting an int64_t) crashed in
-// libstdc++'s locale code, while c10::str, which TORCH_CHECK uses, works.
 std::string Placement::str() const {
   switch (kind) {
     case Kind::kReplicate:

@@ -18,14 +18,14 @@
 #include <ATen/ops/empty_strided.h>
 #include <c10/core/DefaultDtype.h>
 #include <c10/util/BFloat16.h>
-#include <c10/util/Half.h>
 #include <c10/util/Exception.h>
+#include <c10/util/Half.h>
 #include <torch/csrc/jit/runtime/operator.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <limits>
-#include <cctype>
 #include <string>
 
 namespace lazyinit {

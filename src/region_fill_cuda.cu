@@ -385,10 +385,6 @@ void philox_region_fill(
   });
 }
 
-}  // namespace lazyinit
-
-namespace lazyinit {
-
 void philox_batch_fill(const std::vector<PhiloxJob>& jobs, PhiloxFill kind) {
   std::map<std::pair<int, at::ScalarType>, std::vector<const PhiloxJob*>> groups;
   for (const auto& job : jobs) {

@@ -96,11 +96,18 @@ DeferredFillScope::DeferredFillScope() {
   ++g_deferral_scopes;
 }
 
-// The normal path flushes before the scope ends (flushing launches kernels,
-// which may throw); what is still queued here was left by an exception.
+// The normal path flushes before the scope ends; what is still queued here
+// was left by an exception. It is launched all the same: whole-module
+// materialization has already handed the queued storages to their tensors.
+// A launch failing now (flushing may throw) drops the rest instead, as a
+// destructor must not throw.
 DeferredFillScope::~DeferredFillScope() {
   if (--g_deferral_scopes == 0) {
-    flush_deferred_fills(/*drop=*/true);
+    try {
+      flush_deferred_fills();
+    } catch (...) {
+      flush_deferred_fills(/*drop=*/true);
+    }
   }
 }
 

@@ -51,7 +51,7 @@ using RegionFill =
 // (nothing of that storage runs after it). Whoever reads an output that
 // may be pending calls flush_deferred_fills() first, and so does the owner
 // of the scope before it ends; a scope that ends with work still queued
-// (an exception unwinding it: the outputs are abandoned) drops it.
+// (an exception unwinding it) launches it too.
 class DeferredFillScope {
  public:
   DeferredFillScope();

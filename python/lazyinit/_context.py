@@ -192,10 +192,10 @@ _swaps = _Swaps()
 class _GcPause:
     """Pauses Python's cyclic garbage collector while any thread has a
     context that asked for it, and resumes it (if it was on) when the last
-    one exits. Building a model creates many long-lived objects and
-    little cyclic garbage; each full collection that creates on the way
-    walks the whole heap (torch's included), tens of milliseconds on
-    torch 2.x, which would otherwise land inside the build."""
+    one exits. Building a model creates many long-lived objects and little
+    cyclic garbage; the allocations trigger full collections, each walking
+    the whole heap (torch's included, tens of milliseconds on torch 2.x),
+    which would otherwise land inside the build."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
