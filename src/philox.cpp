@@ -243,23 +243,18 @@ void philox_chain_started(
   }
 }
 
-void philox_run(Node& node, Replayer& replayer, const std::function<void()>& call) {
-  RngChain& chain = *node.chain;
-  check_cuda_chain(chain);
-  const int device = replayer.device().index();
-  auto before = state_before(chain, device, node.rng_index, &replayer);
-  TORCH_INTERNAL_ASSERT(before.has_value());
-  at::Generator gen = cuda_generator(device);
-  note_cuda_generator_touched(device);
-  write_state(gen, *before);
-  call();
-  const PhiloxState after = read_state(gen);
+namespace {
+
+// Records that `node` ran on `device` from `before` and left the generator
+// at `after` (checked against the position computed for it, if any).
+void record_run(RngChain& chain, const Node& node, int device, const PhiloxState& before,
+                const PhiloxState& after) {
   PhiloxStream& stream = stream_of(chain, device);
   auto& slot = stream.states[node.rng_index + 1];
   TORCH_CHECK(
       !slot || *slot == after,
       "lazyinit: internal error: ", node.op->schema().name(), " moved the CUDA "
-      "generator's offset from ", before->offset, " to ", after.offset,
+      "generator's offset from ", before.offset, " to ", after.offset,
       ", but ", slot->offset, " was computed for it; values of later random "
       "tensors would differ from eager. Please report this with your torch "
       "version and GPU.");
@@ -270,6 +265,21 @@ void philox_run(Node& node, Replayer& replayer, const std::function<void()>& cal
   } else if (chain.cuda.device != device) {
     chain.cuda.mixed = true;
   }
+}
+
+}  // namespace
+
+void philox_run(Node& node, Replayer& replayer, const std::function<void()>& call) {
+  RngChain& chain = *node.chain;
+  check_cuda_chain(chain);
+  const int device = replayer.device().index();
+  auto before = state_before(chain, device, node.rng_index, &replayer);
+  TORCH_INTERNAL_ASSERT(before.has_value());
+  at::Generator gen = cuda_generator(device);
+  note_cuda_generator_touched(device);
+  write_state(gen, *before);
+  call();
+  record_run(chain, node, device, *before, read_state(gen));
 }
 
 c10::optional<PhiloxState> philox_state_before(Node& node, int device) {
@@ -292,16 +302,7 @@ c10::optional<PhiloxState> philox_take_run(Node& node, int device) {
     return c10::nullopt;
   }
   const PhiloxState after{before->seed, before->offset + *increment};
-  PhiloxStream& stream = stream_of(chain, device);
-  auto& slot = stream.states[node.rng_index + 1];
-  TORCH_INTERNAL_ASSERT(!slot || *slot == after, "lazyinit: Philox state mismatch");
-  slot = after;
-  stream.replayed[node.rng_index] = true;
-  if (chain.cuda.device < 0) {
-    chain.cuda.device = device;
-  } else if (chain.cuda.device != device) {
-    chain.cuda.mixed = true;
-  }
+  record_run(chain, node, device, *before, after);
   at::Generator gen = cuda_generator(device);
   note_cuda_generator_touched(device);
   write_state(gen, after);
