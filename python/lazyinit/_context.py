@@ -109,29 +109,14 @@ class _LegacyMeta(type):
         return cls._new(*args, **kwargs)  # type: ignore[attr-defined]
 
 
-class _Swaps:
-    """Swaps torch's factories and legacy constructors for stand-ins while
-    any thread has a context active.
-
-    The swap is process-wide (they are module attributes), so the stand-ins
-    check the calling thread's context and behave as the originals elsewhere.
-    """
+class _WhileInUse:
+    """Process-wide state changed while at least one user holds it:
+    ``_install`` on the first ``acquire``, ``_uninstall`` on the last
+    ``release``, under a lock (threads enter and exit contexts freely)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._users = 0
-        self._saved: Dict[str, Any] = {}
-        # Stand-ins made by earlier swaps, by name: (original, stand-in).
-        # Making them anew (a class each for the legacy types) would cost
-        # most of a context's entry.
-        self._made: Dict[str, Any] = {}
-
-    def _stand_in(self, name: str, make: Callable[[Any], Any]) -> Any:
-        original = self._saved[name]
-        made = self._made.get(name)
-        if made is None or made[0] is not original:
-            made = self._made[name] = (original, make(original))
-        return made[1]
 
     def acquire(self) -> None:
         with self._lock:
@@ -144,6 +129,36 @@ class _Swaps:
             self._users -= 1
             if self._users == 0:
                 self._uninstall()
+
+    def _install(self) -> None:
+        raise NotImplementedError
+
+    def _uninstall(self) -> None:
+        raise NotImplementedError
+
+
+class _Swaps(_WhileInUse):
+    """Swaps torch's factories and legacy constructors for stand-ins while
+    any thread has a context active.
+
+    The swap is process-wide (they are module attributes), so the stand-ins
+    check the calling thread's context and behave as the originals elsewhere.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._saved: Dict[str, Any] = {}
+        # Stand-ins made by earlier swaps, by name: (original, stand-in).
+        # Making them anew (a class each for the legacy types) would cost
+        # most of a context's entry.
+        self._made: Dict[str, Any] = {}
+
+    def _stand_in(self, name: str, make: Callable[[Any], Any]) -> Any:
+        original = self._saved[name]
+        made = self._made.get(name)
+        if made is None or made[0] is not original:
+            made = self._made[name] = (original, make(original))
+        return made[1]
 
     def _install(self) -> None:
         _prime_function_tables()
@@ -189,7 +204,7 @@ def _tensor_new() -> Callable[..., torch.Tensor]:
 _swaps = _Swaps()
 
 
-class _GcPause:
+class _GcPause(_WhileInUse):
     """Pauses Python's cyclic garbage collector while any thread has a
     context that asked for it, and resumes it (if it was on) when the last
     one exits. Building a model creates many long-lived objects and little
@@ -198,22 +213,16 @@ class _GcPause:
     which would otherwise land inside the build."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._users = 0
+        super().__init__()
         self._was_enabled = False
 
-    def acquire(self) -> None:
-        with self._lock:
-            self._users += 1
-            if self._users == 1:
-                self._was_enabled = gc.isenabled()
-                gc.disable()
+    def _install(self) -> None:
+        self._was_enabled = gc.isenabled()
+        gc.disable()
 
-    def release(self) -> None:
-        with self._lock:
-            self._users -= 1
-            if self._users == 0 and self._was_enabled:
-                gc.enable()
+    def _uninstall(self) -> None:
+        if self._was_enabled:
+            gc.enable()
 
 
 _gc_pause = _GcPause()

@@ -23,6 +23,15 @@ def _device_str(device: DeviceLike) -> Optional[str]:
     return str(torch.device(device))
 
 
+def _target(device: DeviceLike) -> Optional[str]:
+    """``device`` as a string (None stays None), with CUDA initialized for
+    lazyinit (grid limits, generators) when it names a GPU."""
+    target = _device_str(device)
+    if target is not None and target.startswith("cuda"):
+        _cuda.ensure_initialized()
+    return target
+
+
 def _module_tensors(module: torch.nn.Module) -> Iterator[Tuple[str, torch.Tensor, bool]]:
     """(name, tensor, is_parameter) for every parameter and buffer, once each
     (tied tensors are reported under their first name)."""
@@ -79,9 +88,7 @@ def materialize(obj: T, device: DeviceLike = None, progress: Optional[bool] = No
     ``flat=False`` gives each tensor its own allocation, as eager
     construction does.
     """
-    target = _device_str(device)
-    if target is not None and target.startswith("cuda"):
-        _cuda.ensure_initialized()
+    target = _target(device)
     if isinstance(obj, torch.Tensor):
         _C._materialize(obj, target)
         _C._finish()

@@ -18,8 +18,8 @@ from typing import Any, Callable, Dict, List, Sequence, Tuple, Union
 
 import torch
 
-from . import _C, _cuda
-from ._materialize import DeviceLike, _device_str, _module_tensors
+from . import _C
+from ._materialize import DeviceLike, _module_tensors, _target
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,9 +95,7 @@ def materialize_shard(tensor: torch.Tensor, placement: PlacementLike,
     whole and sliced, which :func:`shard_stats` counts. Real tensors are
     sliced and copied.
     """
-    target = _device_str(device) or "cpu"
-    if target.startswith("cuda"):
-        _cuda.ensure_initialized()
+    target = _target(device) or "cpu"
     return _C._materialize_shard(tensor, _encode(placement), target)
 
 
@@ -113,9 +111,7 @@ def materialize_module_shards(
     over a slice of it (as :func:`lazyinit.materialize` with ``flat=True``).
     Call :func:`lazyinit.discard` on it afterwards to free the recorded graph.
     """
-    target = _device_str(device) or "cpu"
-    if target.startswith("cuda"):
-        _cuda.ensure_initialized()
+    target = _target(device) or "cpu"
     names: List[str] = []
     tensors: List[torch.Tensor] = []
     placements: List[List[Tuple[int, int, int, int]]] = []
