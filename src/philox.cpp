@@ -290,19 +290,16 @@ c10::optional<PhiloxState> philox_state_before(Node& node, int device) {
 }
 
 c10::optional<PhiloxState> philox_take_run(Node& node, int device) {
-  RngChain& chain = *node.chain;
-  check_cuda_chain(chain);
   const auto increment = philox_increment(node, device);
   if (!increment) {
     return c10::nullopt;
   }
-  Replayer replayer(c10::Device(c10::DeviceType::CUDA, static_cast<c10::DeviceIndex>(device)));
-  auto before = state_before(chain, device, node.rng_index, &replayer);
+  auto before = philox_state_before(node, device);
   if (!before) {
     return c10::nullopt;
   }
   const PhiloxState after{before->seed, before->offset + *increment};
-  record_run(chain, node, device, *before, after);
+  record_run(*node.chain, node, device, *before, after);
   at::Generator gen = cuda_generator(device);
   note_cuda_generator_touched(device);
   write_state(gen, after);

@@ -2,14 +2,19 @@
 // normal_ / uniform_ / randn / rand node would hold in eager's whole CUDA
 // tensor, computed for the shard's element ranges alone by the Philox region
 // kernel (src/region_fill_cuda.cu) from the node's position in eager's
-// Philox stream (src/philox.cpp). Built with LAZYINIT_CUDA_KERNELS.
+// Philox stream (src/philox.cpp). The queue of deferred launches also takes
+// small constant fills (a module's norm weights). Built with
+// LAZYINIT_CUDA_KERNELS.
 #include <lazyinit/philox.h>
 #include <lazyinit/philox_region.h>
 #include <lazyinit/shard_replay.h>
 
 #include <c10/util/Exception.h>
 
+#include <algorithm>
 #include <limits>
+#include <utility>
+#include <vector>
 
 namespace lazyinit {
 namespace {
@@ -18,7 +23,9 @@ namespace {
 // batched, once this many are waiting (so the GPU starts while the CPU
 // plans the rest) and when the queue is flushed.
 constexpr size_t kFlushAt = 48;
-constexpr size_t kMaxQueuedPieces = 8;
+// A fill of more jobs than this (pieces that are not rows) is launched at
+// once, in kernels of its own.
+constexpr size_t kMaxQueuedJobs = 8;
 // Whole storages above this many elements run PyTorch's own kernel: at that
 // size the launch is a small part of the kernel's time, and PyTorch's
 // kernel (a fixed grid, one tensor) measured faster than the batch kernel
@@ -29,7 +36,8 @@ constexpr int64_t kMaxQueuedWholeNumel = int64_t{1} << 20;
 struct Queue {
   std::vector<PhiloxJob> normal;
   std::vector<PhiloxJob> uniform;
-  size_t size() const { return normal.size() + uniform.size(); }
+  std::vector<ConstantJob> constant;
+  size_t size() const { return normal.size() + uniform.size() + constant.size(); }
 };
 
 Queue& queue() {
@@ -45,13 +53,48 @@ void flush_queue(bool drop) {
   // Emptied first: a launch that throws leaves nothing half-queued.
   std::vector<PhiloxJob> normal = std::move(q.normal);
   std::vector<PhiloxJob> uniform = std::move(q.uniform);
+  std::vector<ConstantJob> constant = std::move(q.constant);
   q.normal.clear();
   q.uniform.clear();
+  q.constant.clear();
   if (drop) {
     return;
   }
   philox_batch_fill(normal, PhiloxFill::kNormal);
   philox_batch_fill(uniform, PhiloxFill::kUniform);
+  constant_batch_fill(constant);
+}
+
+void flush_if_full() {
+  if (queue().size() >= kFlushAt) {
+    flush_queue(/*drop=*/false);
+  }
+}
+
+// Queues `job`; launches the queue once it holds kFlushAt jobs.
+void enqueue(PhiloxFill kind, PhiloxJob job) {
+  Queue& q = queue();
+  (kind == PhiloxFill::kNormal ? q.normal : q.uniform).push_back(std::move(job));
+  flush_if_full();
+}
+
+// A creation's ones / zeros / full (queue_constant_fill): small ones only,
+// as whole fills; larger fills are bandwidth-bound kernels of their own.
+bool queue_constant(const at::Tensor& out, const c10::Scalar& value) {
+  switch (out.scalar_type()) {  // constant_batch_fill's dtypes
+    case at::kFloat: case at::kDouble: case at::kHalf: case at::kBFloat16: case at::kBool:
+    case at::kByte: case at::kChar: case at::kShort: case at::kInt: case at::kLong:
+      break;
+    default:
+      return false;
+  }
+  if (!out.is_cuda() || !out.is_contiguous() || out.dim() != 1 ||
+      out.numel() > kMaxQueuedWholeNumel || value.isComplex()) {
+    return false;
+  }
+  queue().constant.push_back(ConstantJob{out, value});
+  flush_if_full();
+  return true;
 }
 
 bool is_floating(at::ScalarType t) {
@@ -90,24 +133,19 @@ bool fill_with_philox(
   if (!start) {
     return false;
   }
-  // Many pieces (a Shard(1): one a row) already go out in one launch.
-  if (fills_may_defer() && requests.size() <= kMaxQueuedPieces) {
-    Queue& q = queue();
-    auto& jobs = kind == PhiloxFill::kNormal ? q.normal : q.uniform;
-    for (auto& r : requests) {
-      jobs.push_back(PhiloxJob{r.begin, r.out, *start, numel, grid, a, b});
-    }
-    if (q.size() >= kFlushAt) {
-      flush_queue(/*drop=*/false);
-    }
-    return true;
-  }
   std::vector<PhiloxPiece> pieces;
   pieces.reserve(requests.size());
   for (auto& r : requests) {
     pieces.push_back(PhiloxPiece{r.begin, r.out});
   }
-  philox_region_fill(pieces, kind, *start, numel, grid, a, b);
+  std::vector<PhiloxJob> jobs = philox_jobs(pieces, *start, numel, grid, a, b);
+  if (fills_may_defer() && jobs.size() <= kMaxQueuedJobs) {
+    for (auto& job : jobs) {
+      enqueue(kind, std::move(job));
+    }
+  } else {
+    philox_batch_fill(jobs, kind);
+  }
   return true;
 }
 
@@ -146,13 +184,8 @@ bool queue_whole(Node& node, const at::Tensor& out) {
   if (!start) {
     return false;
   }
-  Queue& q = queue();
-  (kind == PhiloxFill::kNormal ? q.normal : q.uniform)
-      .push_back(PhiloxJob{0, out, *start, numel, grid, node.args[1].toDouble(),
-                           node.args[2].toDouble()});
-  if (q.size() >= kFlushAt) {
-    flush_queue(/*drop=*/false);
-  }
+  enqueue(kind, PhiloxJob{0, out, *start, numel, grid, node.args[1].toDouble(),
+                          node.args[2].toDouble()});
   return true;
 }
 
@@ -160,6 +193,7 @@ struct RegisterPhiloxFills {
   RegisterPhiloxFills() {
     register_deferred_flush(&flush_queue);
     register_whole_fill_queuer(&queue_whole);
+    register_constant_fill_queuer(&queue_constant);
     constexpr auto cuda = c10::DeviceType::CUDA;
     register_region_fill(
         "aten::normal_", cuda, [](Node& node, int64_t n, std::vector<RegionRequest>& r) {
@@ -182,4 +216,71 @@ struct RegisterPhiloxFills {
 const RegisterPhiloxFills register_philox_fills;
 
 }  // namespace
+
+std::vector<PhiloxJob> philox_jobs(
+    const std::vector<PhiloxPiece>& pieces,
+    const PhiloxState& start,
+    int64_t numel,
+    int64_t grid_limit,
+    double a,
+    double b) {
+  std::vector<PhiloxJob> jobs;
+  if (pieces.empty()) {
+    return jobs;
+  }
+  // The stride S of the whole tensor's launch, as the kernel computes it:
+  // rows are generated one Philox call an element, which only short pieces
+  // would be anyway (n / unroll + 2 S >= n).
+  const int64_t threads = int64_t{256} *
+      std::min<int64_t>(grid_limit, (numel + 255) / 256);
+  const int64_t unroll = pieces.front().out.scalar_type() == at::kDouble ? 2 : 4;
+  auto is_short = [&](int64_t n) { return n > 0 && n / unroll + 2 * threads >= n; };
+  for (size_t i = 0; i < pieces.size();) {
+    const at::Tensor& head = pieces[i].out;
+    const int64_t len = head.numel();
+    // Pieces i .. end - 1: rows of `len` elements, `step` apart in the
+    // tensor and back to back in head's storage.
+    size_t end = i + 1;
+    if (is_short(len) && end < pieces.size()) {
+      const int64_t step = pieces[end].begin - pieces[i].begin;
+      while (end < pieces.size() && step >= len &&
+             pieces[end].begin - pieces[end - 1].begin == step &&
+             pieces[end].out.numel() == len &&
+             pieces[end].out.scalar_type() == head.scalar_type() &&
+             pieces[end].out.storage().is_alias_of(head.storage()) &&
+             pieces[end].out.storage_offset() == pieces[end - 1].out.storage_offset() + len) {
+        ++end;
+      }
+    }
+    const int64_t rows = static_cast<int64_t>(end - i);
+    PhiloxJob job{pieces[i].begin, head, start, numel, grid_limit, a, b};
+    if (rows > 1) {
+      job.rows = rows;
+      job.row_step = pieces[i + 1].begin - pieces[i].begin;
+      job.out = head.as_strided({rows * len}, {1});
+    }
+    jobs.push_back(std::move(job));
+    i = end;
+  }
+  return jobs;
+}
+
+void philox_region_fill(
+    const std::vector<PhiloxPiece>& pieces,
+    PhiloxFill kind,
+    const PhiloxState& start,
+    int64_t numel,
+    int64_t grid_limit,
+    double a,
+    double b) {
+  for (const auto& piece : pieces) {
+    TORCH_CHECK(piece.out.is_cuda() && piece.out.is_contiguous() && piece.out.dim() == 1 &&
+                    piece.out.device() == pieces.front().out.device() &&
+                    piece.out.scalar_type() == pieces.front().out.scalar_type(),
+                "lazyinit: philox_region_fill writes contiguous 1-D CUDA tensors of one "
+                "device and dtype");
+  }
+  philox_batch_fill(philox_jobs(pieces, start, numel, grid_limit, a, b), kind);
+}
+
 }  // namespace lazyinit

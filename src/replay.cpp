@@ -59,7 +59,53 @@ bool is_empty_factory(const Node& node) {
       name == "aten::new_empty" || name == "aten::new_empty_strided";
 }
 
+// The value a storage's creation fills it with, when it is a constant
+// fill (ones, zeros, full) of the whole storage in the storage's dtype.
+c10::optional<c10::Scalar> constant_creation(const LazyStorage& storage) {
+  const auto& entry = storage.tape.front();
+  const Node& node = *entry.node;
+  if (node.is_constant() || entry.element >= 0 || entry.output != 0) {
+    return c10::nullopt;
+  }
+  auto fill = creation_fill(node);
+  if (!fill.has_value() || !fill->has_value()) {
+    return c10::nullopt;
+  }
+  int64_t begin = 0;
+  int64_t numel = 0;
+  if (!contiguous_range(storage.creation_geometry, &begin, &numel) || begin != 0 ||
+      numel != storage.numel()) {
+    return c10::nullopt;
+  }
+  return **fill;
+}
+
 }  // namespace
+
+// Value a constant-filling creation op writes, or nullopt for other ops.
+// `empty` gives an undefined value, like the kernel.
+c10::optional<c10::optional<c10::Scalar>> creation_fill(const Node& node) {
+  const std::string& name = node.op->schema().name();
+  if (name == "aten::empty" || name == "aten::empty_strided" || name == "aten::new_empty" ||
+      name == "aten::new_empty_strided" || name == "aten::empty_like") {
+    return c10::optional<c10::Scalar>();
+  }
+  if (name == "aten::zeros" || name == "aten::new_zeros" || name == "aten::zeros_like") {
+    return c10::optional<c10::Scalar>(c10::Scalar(0));
+  }
+  if (name == "aten::ones" || name == "aten::new_ones" || name == "aten::ones_like") {
+    return c10::optional<c10::Scalar>(c10::Scalar(1));
+  }
+  if (name == "aten::full" || name == "aten::new_full" || name == "aten::full_like") {
+    const auto& args = node.op->schema().arguments();
+    for (size_t i = 0; i < args.size(); ++i) {
+      if (args[i].name() == "fill_value" && node.args[i].isScalar()) {
+        return c10::optional<c10::Scalar>(node.args[i].toScalar());
+      }
+    }
+  }
+  return c10::nullopt;
+}
 
 void check_target_device(c10::Device device, const char* what) {
   TORCH_CHECK(
@@ -316,6 +362,15 @@ at::Tensor Replayer::value(
     }
   } else if (dest.defined() && is_empty_factory(*storage.tape.front().node)) {
     base = dest;
+  } else if (const auto value =
+                 dest.defined() ? constant_creation(storage) : c10::optional<c10::Scalar>()) {
+    // ones / zeros / full: one fill of dest (queued where nothing runs
+    // after it), not a new tensor copied into dest.
+    base = dest;
+    DeferralWindow window(may_defer && version == 0);
+    if (!queue_constant_fill(dest, *value)) {
+      dest.fill_(*value);
+    }
   } else {
     base = into_dest(run_creation(storage));
   }

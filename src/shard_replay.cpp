@@ -89,6 +89,7 @@ thread_local int g_deferral_scopes = 0;
 thread_local bool g_window_open = false;
 void (*g_deferred_flush)(bool) = nullptr;
 WholeFillQueuer g_whole_fill_queuer = nullptr;
+ConstantFillQueuer g_constant_fill_queuer = nullptr;
 
 }  // namespace
 
@@ -139,6 +140,15 @@ void register_whole_fill_queuer(WholeFillQueuer queuer) {
 
 bool queue_whole_fill(Node& node, const at::Tensor& out) {
   return g_whole_fill_queuer != nullptr && fills_may_defer() && g_whole_fill_queuer(node, out);
+}
+
+void register_constant_fill_queuer(ConstantFillQueuer queuer) {
+  g_constant_fill_queuer = queuer;
+}
+
+bool queue_constant_fill(const at::Tensor& out, const c10::Scalar& value) {
+  return g_constant_fill_queuer != nullptr && fills_may_defer() &&
+      g_constant_fill_queuer(out, value);
 }
 
 void register_region_fill(const std::string& op, c10::DeviceType device, RegionFill fill) {

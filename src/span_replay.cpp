@@ -72,31 +72,6 @@ bool overwrites_storage(const LazyStorage& storage, const Node& node) {
       begin == 0 && numel == storage.numel();
 }
 
-// Value a constant-filling creation op writes, or nullopt for other ops.
-// `empty` gives an undefined value, like the kernel.
-c10::optional<c10::optional<c10::Scalar>> creation_fill(const Node& node) {
-  const std::string& name = op_name(node);
-  if (name == "aten::empty" || name == "aten::empty_strided" || name == "aten::new_empty" ||
-      name == "aten::new_empty_strided" || name == "aten::empty_like") {
-    return c10::optional<c10::Scalar>();
-  }
-  if (name == "aten::zeros" || name == "aten::new_zeros" || name == "aten::zeros_like") {
-    return c10::optional<c10::Scalar>(c10::Scalar(0));
-  }
-  if (name == "aten::ones" || name == "aten::new_ones" || name == "aten::ones_like") {
-    return c10::optional<c10::Scalar>(c10::Scalar(1));
-  }
-  if (name == "aten::full" || name == "aten::new_full" || name == "aten::full_like") {
-    const auto& args = node.op->schema().arguments();
-    for (size_t i = 0; i < args.size(); ++i) {
-      if (args[i].name() == "fill_value" && node.args[i].isScalar()) {
-        return c10::optional<c10::Scalar>(node.args[i].toScalar());
-      }
-    }
-  }
-  return c10::nullopt;
-}
-
 // a + alpha * b: the vectorized kernel fuses it (fmadd), the scalar tail
 // does not, so only alpha == 1 is position-independent.
 std::string bad_alpha(const Node& node) {
@@ -224,7 +199,11 @@ class SpanReplay {
         parts_[i].copy_(source_.narrow(0, spans_[i].begin, spans_[i].size()));
       }
     } else if (fill_.has_value() && fill_->has_value()) {
-      buffer_.fill_(**fill_);
+      // The creation's constant, queued where nothing runs after it.
+      DeferralWindow window(may_defer_ && start_ == version_);
+      if (!queue_constant_fill(buffer_, **fill_)) {
+        buffer_.fill_(**fill_);
+      }
     } else if (derived_ != nullptr && !run_derived(why)) {
       return false;
     } else if (random_creation_ != nullptr) {

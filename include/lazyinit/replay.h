@@ -4,6 +4,8 @@
 #include <ATen/core/Tensor.h>
 #include <c10/core/DefaultDtype.h>
 #include <c10/core/Device.h>
+#include <c10/core/Scalar.h>
+#include <c10/util/Optional.h>
 
 #include <lazyinit/graph.h>
 
@@ -24,6 +26,11 @@ class DefaultDtypeGuard {
  private:
   caffe2::TypeMeta saved_;
 };
+
+// The value a constant-filling creation op (zeros, ones, full and their
+// _like / new_ forms) writes; an empty optional inside for empty / empty_like
+// (values unspecified, like the kernel's); nullopt for other ops.
+c10::optional<c10::optional<c10::Scalar>> creation_fill(const Node& node);
 
 class Replayer {
  public:

@@ -88,6 +88,15 @@ void register_whole_fill_queuer(WholeFillQueuer queuer);
 // Queues `node` through the registered queuer if fills_may_defer().
 bool queue_whole_fill(Node& node, const at::Tensor& out);
 
+// Constant fills (a creation's ones / zeros / full, when nothing of the
+// storage runs after it) may be queued the same way: `out` (contiguous,
+// 1-D) set to `value`. False where the registered queuer cannot (not a GPU
+// tensor, too large, a dtype it lacks) or fills_may_defer() is false; the
+// caller then fills it itself.
+using ConstantFillQueuer = bool (*)(const at::Tensor& out, const c10::Scalar& value);
+void register_constant_fill_queuer(ConstantFillQueuer queuer);
+bool queue_constant_fill(const at::Tensor& out, const c10::Scalar& value);
+
 // Number of generator draws (32-bit outputs of mt19937) `node` consumes
 // when run whole, where it is known without running it; -1 otherwise.
 using DrawCount = std::function<int64_t(const Node& node)>;

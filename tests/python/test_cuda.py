@@ -191,14 +191,26 @@ def test_peak_memory_is_the_parameter_bytes() -> None:
 
 
 class Readers(nn.Module):
-    """More random storages than one batch of queued fills holds, and
-    storages that read others whose last write was queued (a dtype
-    conversion, a copy_, an element-wise product), before and after them
-    in module order."""
+    """More random storages and constant fills than one batch of queued
+    fills holds, and storages that read others whose last write was queued
+    (a dtype conversion, a copy_, an element-wise product), before and
+    after them in module order."""
 
     def __init__(self) -> None:
         super().__init__()
         self.early_copy = nn.Parameter(torch.empty(1000, 3))
+        self.early_ones = nn.Parameter(torch.empty(69))
+        dtypes = [torch.float32, torch.bfloat16, torch.float16, torch.float64, torch.int64,
+                  torch.bool, torch.uint8, torch.int32]
+        for i in range(70):
+            dtype = dtypes[i % len(dtypes)]
+            value = i / 3 if dtype.is_floating_point else i - 35
+            self.register_buffer(f"c{i}", torch.full((i + 1, 7), value, dtype=dtype))
+            self.register_parameter(f"n{i}", nn.Parameter(torch.ones(64 + i)))
+        with torch.no_grad():
+            self.early_ones.copy_(self.n5)
+        self.register_buffer("c_twice", self.c8 * 2)
+        self.register_buffer("zeros_plus", torch.zeros(133).add_(self.n69))
         for i in range(150):
             self.register_parameter(f"w{i}", nn.Parameter(torch.empty(257, 33).normal_(0, 1 + i)))
         self.a = nn.Parameter(torch.empty(1000, 3).uniform_(-1, 1))

@@ -76,6 +76,32 @@ def test_region_equals_slice_of_eager(dtype: torch.dtype, kind: str, numel: int)
         assert torch.equal(out, full[begin:begin + out.numel()]), begin
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("kind", ["normal", "uniform"])
+def test_rows_in_one_buffer_equal_the_eager_columns(dtype: torch.dtype, kind: str) -> None:
+    """Pieces that are the rows of a column block, back to back in one
+    buffer (a Shard(1)), go out as one job of rows; a piece that breaks the
+    pattern starts a new job. Each must still hold eager's values."""
+    gen = torch.cuda.default_generators[torch.cuda.current_device()]
+    torch.cuda.manual_seed(7)
+    a, b = (0.0, 0.02) if kind == "normal" else (-1.0, 2.0)
+    for rows, cols, lo, hi in [(4097, 11, 3, 9), (300, 1000, 0, 1000), (3, 5000, 4999, 5000),
+                               (2000, 700, 350, 438)]:
+        seed, offset = gen.initial_seed(), gen.get_offset()
+        full = torch.empty(rows, cols, dtype=dtype, device="cuda")
+        getattr(full, kind + "_")(a, b)
+        buf = torch.empty(rows, hi - lo, dtype=dtype, device="cuda")
+        other = torch.empty(hi - lo, dtype=dtype, device="cuda")
+        pieces = [(r * cols + lo, buf[r]) for r in range(rows)]
+        pieces[rows // 2] = (pieces[rows // 2][0], other)  # not adjacent: breaks the run
+        _C._philox_region_fill(pieces, kind, seed, offset, rows * cols, _grid_limit(), a, b)
+        want = full[:, lo:hi]
+        assert torch.equal(other, want[rows // 2]), (rows, cols)
+        got = buf.clone()
+        got[rows // 2] = want[rows // 2]
+        assert torch.equal(got, want), (rows, cols, lo, hi)
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
 @pytest.mark.parametrize("kind", sorted(BUILDERS))
 def test_every_cuda_shard_equals_the_eager_slice_in_random_order(kind: str,
