@@ -33,17 +33,18 @@ def _target(device: DeviceLike) -> Optional[str]:
 
 
 def _module_tensors(module: torch.nn.Module) -> Iterator[Tuple[str, torch.Tensor, bool]]:
-    """(name, tensor, is_parameter) for every parameter and buffer, once each
-    (tied tensors are reported under their first name)."""
+    """(name, tensor, is_parameter) for every parameter and buffer, once each,
+    in ``named_parameters()`` then ``named_buffers()`` order (tied tensors
+    under their first name). One walk of the module tree serves both: on
+    models of hundreds of tensors the walk, not the tensors, is what costs."""
+    modules = list(module.named_modules())
     seen = set()
-    for name, p in module.named_parameters():
-        if id(p) not in seen:
-            seen.add(id(p))
-            yield name, p, True
-    for name, b in module.named_buffers():
-        if b is not None and id(b) not in seen:
-            seen.add(id(b))
-            yield name, b, False
+    for attr, is_param in (("_parameters", True), ("_buffers", False)):
+        for prefix, mod in modules:
+            for key, t in getattr(mod, attr).items():
+                if t is not None and id(t) not in seen:
+                    seen.add(id(t))
+                    yield (prefix + "." + key if prefix else key), t, is_param
 
 
 def is_lazy(obj: Union[torch.Tensor, torch.nn.Module]) -> bool:
