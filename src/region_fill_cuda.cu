@@ -135,23 +135,35 @@ struct BatchTable {
   int32_t count;
 };
 
+// A job's transform of a draw, its parameters converted once per job.
 template <typename scalar_t, typename acc_t>
 struct NormalOf {
-  __device__ scalar_t operator()(const BatchJob& job, acc_t rand) const {
-    const auto mean = static_cast<acc_t>(job.a);
-    const auto std = static_cast<acc_t>(job.b);
-    return static_cast<scalar_t>(rand * std + mean);  // transformation::normal
+  struct Bound {
+    acc_t mean;
+    acc_t std;
+    __device__ scalar_t operator()(acc_t rand) const {
+      return static_cast<scalar_t>(rand * std + mean);  // transformation::normal
+    }
+  };
+  __device__ Bound operator()(const BatchJob& job) const {
+    return Bound{static_cast<acc_t>(job.a), static_cast<acc_t>(job.b)};
   }
 };
 
 template <typename scalar_t, typename opmath_t>
 struct UniformOf {
-  __device__ scalar_t operator()(const BatchJob& job, opmath_t rand) const {
-    const auto from = static_cast<scalar_t>(job.a);
-    const auto to = static_cast<scalar_t>(job.b);
-    const auto range = static_cast<opmath_t>(job.c);
-    auto value = static_cast<scalar_t>(rand * range + from);
-    return value == to ? from : value;
+  struct Bound {
+    scalar_t from;
+    scalar_t to;
+    opmath_t range;
+    __device__ scalar_t operator()(opmath_t rand) const {
+      auto value = static_cast<scalar_t>(rand * range + from);
+      return value == to ? from : value;
+    }
+  };
+  __device__ Bound operator()(const BatchJob& job) const {
+    return Bound{static_cast<scalar_t>(job.a), static_cast<scalar_t>(job.b),
+                 static_cast<opmath_t>(job.c)};
   }
 };
 
@@ -186,7 +198,7 @@ __global__ void batch_kernel(
       const int64_t q = li / s;
       const auto rand =
           dist(philox_draw(job.seed, li % s, job.offset + 4 * static_cast<uint64_t>(q / kUnroll)));
-      out[p] = transform(job, static_cast<acc_t>((&rand.x)[static_cast<int>(q % kUnroll)]));
+      out[p] = transform(job)(static_cast<acc_t>((&rand.x)[static_cast<int>(q % kUnroll)]));
       continue;
     }
     const int64_t thread = p;  // < s
@@ -201,15 +213,25 @@ __global__ void batch_kernel(
     if (last * step + thread >= job.end) {
       --last;
     }
-    for (int64_t iter = first; iter <= last; ++iter) {
+    const auto value_of = transform(job);
+    int64_t lane0 = first * step + thread;  // element of lane 0
+    for (int64_t iter = first; iter <= last; ++iter, lane0 += step) {
       const auto rand =
           dist(philox_draw(job.seed, thread, job.offset + 4 * static_cast<uint64_t>(iter)));
-      const int64_t lane0 = iter * step + thread;
+      if (lane0 >= job.begin && lane0 + (kUnroll - 1) * s < job.end) {
+        // Every lane in the piece: the iterations between the edges.
+        scalar_t* o = out + (lane0 - job.begin);
+#pragma unroll
+        for (int lane = 0; lane < kUnroll; ++lane) {
+          o[lane * s] = value_of(static_cast<acc_t>((&rand.x)[lane]));
+        }
+        continue;
+      }
 #pragma unroll
       for (int lane = 0; lane < kUnroll; ++lane) {
         const int64_t li = lane0 + lane * s;
         if (li >= job.begin && li < job.end) {
-          out[li - job.begin] = transform(job, static_cast<acc_t>((&rand.x)[lane]));
+          out[li - job.begin] = value_of(static_cast<acc_t>((&rand.x)[lane]));
         }
       }
     }

@@ -26,12 +26,9 @@ constexpr size_t kFlushAt = 48;
 // A fill of more jobs than this (pieces that are not rows) is launched at
 // once, in kernels of its own.
 constexpr size_t kMaxQueuedJobs = 8;
-// Whole storages above this many elements run PyTorch's own kernel: at that
-// size the launch is a small part of the kernel's time, and PyTorch's
-// kernel (a fixed grid, one tensor) measured faster than the batch kernel
-// on large tensors (7B Llama on an H100: 1.22x the normal_ floor against
-// 1.46-1.55x).
-constexpr int64_t kMaxQueuedWholeNumel = int64_t{1} << 20;
+// Constant fills above this many elements run fill_'s own (vectorized)
+// kernel: the batch fill kernel looks up its job for every element.
+constexpr int64_t kMaxQueuedConstantNumel = int64_t{1} << 20;
 
 struct Queue {
   std::vector<PhiloxJob> normal;
@@ -89,7 +86,7 @@ bool queue_constant(const at::Tensor& out, const c10::Scalar& value) {
       return false;
   }
   if (!out.is_cuda() || !out.is_contiguous() || out.dim() != 1 ||
-      out.numel() > kMaxQueuedWholeNumel || value.isComplex()) {
+      out.numel() > kMaxQueuedConstantNumel || value.isComplex()) {
     return false;
   }
   queue().constant.push_back(ConstantJob{out, value});
@@ -172,7 +169,7 @@ bool queue_whole(Node& node, const at::Tensor& out) {
   int64_t numel = 0;
   if (!contiguous_range(self.geometry, &begin, &numel) || begin != 0 ||
       numel != out.numel() || self.dtype != out.dtype() || !is_floating(out.scalar_type()) ||
-      numel > kMaxQueuedWholeNumel) {
+      numel > std::numeric_limits<int32_t>::max()) {  // PyTorch splits those
     return false;
   }
   const int device = out.device().index();
