@@ -96,6 +96,22 @@ struct Uniform2Double {
   }
 };
 
+// The job whose work items hold item w: the last j < count with
+// work_start[j] <= w (work_start: prefix sums of the jobs' items).
+__device__ __forceinline__ int job_of(const int64_t* work_start, int count, int64_t w) {
+  int lo = 0;
+  int hi = count - 1;
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) / 2;
+    if (work_start[mid] <= w) {
+      lo = mid;
+    } else {
+      hi = mid - 1;
+    }
+  }
+  return lo;
+}
+
 int64_t blocks_for(int64_t work) {
   return std::max<int64_t>(1, std::min<int64_t>((work + kThreads - 1) / kThreads, 65535));
 }
@@ -179,18 +195,9 @@ __global__ void batch_kernel(
   const int64_t total = table.work_start[table.count];
   for (int64_t w = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; w < total;
        w += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    int lo = 0;
-    int hi = table.count - 1;
-    while (lo < hi) {
-      const int mid = (lo + hi + 1) / 2;
-      if (table.work_start[mid] <= w) {
-        lo = mid;
-      } else {
-        hi = mid - 1;
-      }
-    }
-    const BatchJob& job = table.jobs[lo];
-    const int64_t p = w - table.work_start[lo];
+    const int j = job_of(table.work_start, table.count, w);
+    const BatchJob& job = table.jobs[j];
+    const int64_t p = w - table.work_start[j];
     scalar_t* out = reinterpret_cast<scalar_t*>(job.out);
     const int64_t s = job.stride;
     if (job.element_mode) {
@@ -296,20 +303,11 @@ __global__ void fill_kernel(const LAZYINIT_GRID_CONSTANT FillTable table) {
   const int64_t total = table.work_start[table.count];
   for (int64_t w = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; w < total;
        w += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    int lo = 0;
-    int hi = table.count - 1;
-    while (lo < hi) {
-      const int mid = (lo + hi + 1) / 2;
-      if (table.work_start[mid] <= w) {
-        lo = mid;
-      } else {
-        hi = mid - 1;
-      }
-    }
-    const FillJob& job = table.jobs[lo];
+    const int j = job_of(table.work_start, table.count, w);
+    const FillJob& job = table.jobs[j];
     scalar_t value;
     memcpy(&value, &job.bits, sizeof(scalar_t));
-    reinterpret_cast<scalar_t*>(job.out)[w - table.work_start[lo]] = value;
+    reinterpret_cast<scalar_t*>(job.out)[w - table.work_start[j]] = value;
   }
 }
 
