@@ -51,12 +51,11 @@ at::Tensor flat_view(const at::Tensor& t, int64_t numel) {
   return at::as_strided(t, {numel}, {1}, 0);
 }
 
-// Whether `node` is an `empty` factory: its values are unspecified, so a
-// destination buffer can stand for its result as it is.
+// Whether `node` is an `empty` factory (creation_fill's unspecified
+// value): a destination buffer can stand for its result as it is.
 bool is_empty_factory(const Node& node) {
-  const std::string& name = node.op->schema().name();
-  return name == "aten::empty" || name == "aten::empty_strided" ||
-      name == "aten::new_empty" || name == "aten::new_empty_strided";
+  const auto fill = creation_fill(node);
+  return fill.has_value() && !fill->has_value();
 }
 
 // The value a storage's creation fills it with, when it is a constant

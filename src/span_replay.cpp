@@ -157,6 +157,16 @@ at::Tensor on_target(const at::Tensor& t, c10::Device device) {
   return t.dim() == 0 && t.device().is_cpu() ? t : t.to(device);
 }
 
+// `spans` moved `by` elements: where a derived storage's spans sit in an
+// input's storage.
+std::vector<Span> shifted(std::vector<Span> spans, int64_t by) {
+  for (Span& span : spans) {
+    span.begin += by;
+    span.end += by;
+  }
+  return spans;
+}
+
 // Replays `storage` at its current version over `spans` into one buffer
 // (the spans' elements, concatenated). Returns false, with a reason, when
 // the tape is not element-local; nothing is changed then.
@@ -266,12 +276,7 @@ class SpanReplay {
         *why = name + " reads a lazy tensor of another shape or layout";
         return false;
       }
-      std::vector<Span> shifted = spans_;
-      for (Span& sp : shifted) {
-        sp.begin += in_begin;
-        sp.end += in_begin;
-      }
-      SpanReplay input(*ref.storage, ref.version, std::move(shifted), device_);
+      SpanReplay input(*ref.storage, ref.version, shifted(spans_, in_begin), device_);
       std::string inner;
       if (!input.plan(&inner)) {
         *why = name + " reads a lazy tensor that is not element-local (" + inner + ")";
@@ -359,13 +364,8 @@ class SpanReplay {
       const std::vector<Span>& spans = chunk.second;
       std::vector<at::Tensor> values(derived_->tensors.size());
       for (const auto& input : inputs_) {
-        std::vector<Span> shifted = spans;
-        for (Span& sp : shifted) {
-          sp.begin += input.shift;
-          sp.end += input.shift;
-        }
         const TensorRef& ref = derived_->tensors[input.slot].ref;
-        SpanReplay replay(*ref.storage, ref.version, std::move(shifted), device_);
+        SpanReplay replay(*ref.storage, ref.version, shifted(spans, input.shift), device_);
         if (!replay.run(&values[input.slot], why, at::Tensor())) {
           return false;
         }
