@@ -21,10 +21,9 @@
 namespace lazyinit {
 namespace {
 
-// PyTorch's distribution kernels (ATen/native/cuda/DistributionTemplates.h):
-// 256 threads a block, at most `grid limit` blocks, and an offset increment
-// of 4 per grid-stride iteration, each iteration using `unroll` values.
-constexpr uint64_t kBlockSize = 256;
+// PyTorch's distribution kernels (ATen/native/cuda/DistributionTemplates.h)
+// add 4 to the offset per grid-stride iteration of their launch
+// (philox_launch_threads, philox_unroll).
 constexpr uint64_t kOffsetPerCall = 4;
 
 std::vector<int64_t>& grid_limits() {
@@ -86,13 +85,9 @@ c10::optional<uint64_t> increment_for(int64_t numel, caffe2::TypeMeta dtype, int
   if (device < 0 || device >= static_cast<int>(limits.size()) || limits[device] <= 0) {
     return c10::nullopt;
   }
-  // curand_uniform2_double / curand_normal2_double give 2 values a call,
-  // the float versions (also used for half and bfloat16) 4.
-  const uint64_t unroll = dtype.toScalarType() == at::kDouble ? 2 : 4;
-  const uint64_t n = static_cast<uint64_t>(numel);
-  const uint64_t grid = std::min<uint64_t>(
-      static_cast<uint64_t>(limits[device]), (n + kBlockSize - 1) / kBlockSize);
-  const uint64_t calls = (n - 1) / (kBlockSize * grid * unroll) + 1;
+  const uint64_t threads = static_cast<uint64_t>(philox_launch_threads(numel, limits[device]));
+  const uint64_t unroll = static_cast<uint64_t>(philox_unroll(dtype.toScalarType()));
+  const uint64_t calls = (static_cast<uint64_t>(numel) - 1) / (threads * unroll) + 1;
   return calls * kOffsetPerCall;
 }
 

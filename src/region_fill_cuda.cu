@@ -261,9 +261,7 @@ void launch_batch(
     for (size_t i = 0; i < count; ++i) {
       const PhiloxJob& job = *jobs[first + i];
       const int64_t n = job.out.numel();
-      const int64_t grid =
-          std::min<int64_t>(job.grid_limit, (job.numel + kThreads - 1) / kThreads);
-      const int64_t s = static_cast<int64_t>(kThreads) * grid;
+      const int64_t s = philox_launch_threads(job.numel, job.grid_limit);
       BatchJob& d = table.jobs[i];
       d.out = static_cast<char*>(job.out.data_ptr());
       d.begin = job.begin;

@@ -228,9 +228,8 @@ std::vector<PhiloxJob> philox_jobs(
   // The stride S of the whole tensor's launch, as the kernel computes it:
   // rows are generated one Philox call an element, which only short pieces
   // would be anyway (n / unroll + 2 S >= n).
-  const int64_t threads = int64_t{256} *
-      std::min<int64_t>(grid_limit, (numel + 255) / 256);
-  const int64_t unroll = pieces.front().out.scalar_type() == at::kDouble ? 2 : 4;
+  const int64_t threads = philox_launch_threads(numel, grid_limit);
+  const int64_t unroll = philox_unroll(pieces.front().out.scalar_type());
   auto is_short = [&](int64_t n) { return n > 0 && n / unroll + 2 * threads >= n; };
   for (size_t i = 0; i < pieces.size();) {
     const at::Tensor& head = pieces[i].out;

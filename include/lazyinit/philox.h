@@ -14,8 +14,10 @@
 #include <lazyinit/graph.h>
 
 #include <ATen/core/Generator.h>
+#include <c10/core/ScalarType.h>
 #include <c10/util/Optional.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -34,6 +36,26 @@ struct PhiloxState {
   }
   bool operator!=(const PhiloxState& other) const { return !(*this == other); }
 };
+
+// The launch of PyTorch's distribution kernels (distribution_nullary_kernel)
+// over `numel` elements on a device of grid limit `grid_limit`: 256 threads
+// a block, min(grid_limit, ceil(numel / 256)) blocks. Element i is drawn by
+// thread i % threads, in that thread's call i / (threads * unroll) of
+// curand, each call giving `unroll` values. The offset increment, the
+// region kernels' element-to-Philox mapping and the jobs' modes all derive
+// from these two numbers.
+constexpr int64_t kPhiloxBlockThreads = 256;
+
+inline int64_t philox_launch_threads(int64_t numel, int64_t grid_limit) {
+  return kPhiloxBlockThreads *
+      std::min<int64_t>(grid_limit, (numel + kPhiloxBlockThreads - 1) / kPhiloxBlockThreads);
+}
+
+// Values a curand call gives: curand_normal2_double / curand_uniform2_double
+// for double, the float4 forms (also used for half and bfloat16) otherwise.
+inline int64_t philox_unroll(c10::ScalarType dtype) {
+  return dtype == c10::ScalarType::Double ? 2 : 4;
+}
 
 // Positions of one chain's nodes in one CUDA device's Philox stream.
 struct PhiloxStream {
