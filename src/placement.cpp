@@ -1,6 +1,7 @@
 #include <lazyinit/placement.h>
 
 #include <c10/util/Exception.h>
+#include <c10/util/SmallVector.h>
 
 #include <algorithm>
 #include <string>
@@ -148,29 +149,58 @@ std::vector<Span> storage_spans(const Geometry& g, const LocalPiece& piece, bool
     spans.push_back({g.offset, g.offset + 1});
     return spans;
   }
-  const int64_t last = ndim - 1;
-  const int64_t row = piece.box_sizes[last];
+  // The box over fewer, longer dims: a dim the box spans whole merges into
+  // the one before it where their strides are contiguous, which leaves the
+  // box's row-major order (and so flat ranges) as it was. A Shard(0) of a
+  // contiguous matrix becomes one row instead of one a matrix row.
+  c10::SmallVector<int64_t, 6> sizes;
+  c10::SmallVector<int64_t, 6> strides;
+  c10::SmallVector<int64_t, 6> start;
+  c10::SmallVector<int64_t, 6> box;
+  for (int64_t d = 0; d < ndim; ++d) {
+    if (g.sizes[d] == 1) {
+      continue;  // its stride is arbitrary, and it holds one index
+    }
+    const bool whole = piece.box_start[d] == 0 && piece.box_sizes[d] == g.sizes[d];
+    if (whole && !sizes.empty() && strides.back() == g.strides[d] * g.sizes[d]) {
+      sizes.back() *= g.sizes[d];
+      strides.back() = g.strides[d];
+      start.back() *= g.sizes[d];
+      box.back() *= g.sizes[d];
+    } else {
+      sizes.push_back(g.sizes[d]);
+      strides.push_back(g.strides[d]);
+      start.push_back(piece.box_start[d]);
+      box.push_back(piece.box_sizes[d]);
+    }
+  }
+  if (sizes.empty()) {
+    spans.push_back({g.offset, g.offset + 1});
+    return spans;
+  }
+  const int64_t last = static_cast<int64_t>(sizes.size()) - 1;
+  const int64_t row = box[last];
   const int64_t first_elem = piece.flat ? piece.flat_start : 0;
   const int64_t end_elem = piece.flat ? piece.flat_end : total + first_elem;
   const int64_t first_row = first_elem / row;
   const int64_t last_row = (end_elem - 1) / row;
-  bool rows_ok = (g.strides[last] == 1 || row == 1) && last_row - first_row < kMaxSpans;
-  for (int64_t d = 0; d < ndim && rows_ok; ++d) {
-    rows_ok = g.strides[d] >= 0;
+  bool rows_ok = (strides[last] == 1 || row == 1) && last_row - first_row < kMaxSpans;
+  for (int64_t d = 0; d <= last && rows_ok; ++d) {
+    rows_ok = strides[d] >= 0;
   }
   if (rows_ok) {
     for (int64_t r = first_row; r <= last_row && rows_ok; ++r) {
-      // Storage position of (outer index of row r, box_start[last]).
-      int64_t pos = g.offset + piece.box_start[last] * g.strides[last];
+      // Storage position of (outer index of row r, start[last]).
+      int64_t pos = g.offset + start[last] * strides[last];
       int64_t rest = r;
       for (int64_t d = last - 1; d >= 0; --d) {
-        pos += (piece.box_start[d] + rest % piece.box_sizes[d]) * g.strides[d];
-        rest /= piece.box_sizes[d];
+        pos += (start[d] + rest % box[d]) * strides[d];
+        rest /= box[d];
       }
       const int64_t lo = r == first_row ? first_elem - r * row : 0;
       const int64_t hi = r == last_row ? end_elem - r * row : row;
-      Span s{pos + lo * g.strides[last], pos + (hi - 1) * g.strides[last] + 1};
-      if (row == 1 || g.strides[last] == 1) {
+      Span s{pos + lo * strides[last], pos + (hi - 1) * strides[last] + 1};
+      if (row == 1 || strides[last] == 1) {
         if (!spans.empty() && s.begin < spans.back().end) {
           rows_ok = false;  // overlapping or decreasing: not a plain layout
         } else if (!spans.empty() && s.begin == spans.back().end) {

@@ -6,10 +6,22 @@
 
 #include "test_util.h"
 
+#include <algorithm>
+#include <numeric>
+#include <random>
+
 namespace lazyinit {
 namespace {
 
 using testing::lazy_options;
+
+int64_t product_of(const std::vector<int64_t>& v) {
+  int64_t n = 1;
+  for (int64_t x : v) {
+    n *= x;
+  }
+  return n;
+}
 
 TEST(Placement, ChunkBoundsMatchTorchChunk) {
   for (int64_t size : {0, 1, 5, 7, 16, 17}) {
@@ -54,6 +66,89 @@ TEST(Placement, SpansOfRowsAreMerged) {
   spans = storage_spans(t, local_piece(t.sizes, {Placement::shard(0, 1, 2)}), &in_order);
   EXPECT_FALSE(in_order);
   ASSERT_EQ(spans.size(), 1u);
+}
+
+// storage_spans against the storage positions of the piece's elements,
+// over strided views of many shapes (size-1 dims, slices, permutations,
+// offsets) and placements (shards of each dim, nested, flat ranges).
+TEST(Placement, SpansHoldThePiecesPositions) {
+  std::mt19937 rng(11);
+  auto pick = [&](int64_t n) { return static_cast<int64_t>(rng() % n); };
+  int checked = 0;
+  for (int iter = 0; iter < 3000; ++iter) {
+    const int64_t ndim = 1 + pick(4);
+    std::vector<int64_t> base_sizes;
+    for (int64_t d = 0; d < ndim; ++d) {
+      base_sizes.push_back(pick(4) == 0 ? 1 : 1 + pick(7));
+    }
+    at::Tensor base = at::arange(3 + product_of(base_sizes)).slice(0, 3).view(base_sizes);
+    at::Tensor view = base;
+    if (pick(3) == 0 && ndim > 1) {  // a permutation: transposed layouts
+      std::vector<int64_t> perm(ndim);
+      std::iota(perm.begin(), perm.end(), 0);
+      std::shuffle(perm.begin(), perm.end(), rng);
+      view = view.permute(perm);
+    }
+    if (pick(2) == 0) {  // a slice of one dim
+      const int64_t d = pick(ndim);
+      const int64_t size = view.size(d);
+      const int64_t from = pick(size);
+      view = view.slice(d, from, from + 1 + pick(size - from));
+    }
+    std::vector<Placement> placements;
+    const int64_t nplace = pick(3);
+    std::vector<int64_t> shape(view.sizes().begin(), view.sizes().end());
+    bool flat = false;
+    for (int64_t k = 0; k < nplace && !flat; ++k) {
+      if (pick(4) == 0) {
+        const int64_t n = product_of(shape);
+        const int64_t a = pick(n + 1);
+        placements.push_back(Placement::flat_range(a, a + pick(n - a + 1)));
+        flat = true;
+      } else {
+        const int64_t d = pick(static_cast<int64_t>(shape.size()));
+        const int64_t world = 1 + pick(5);
+        const int64_t rank = pick(world);
+        placements.push_back(Placement::shard(d, rank, world));
+        shape = local_piece(shape, {placements.back()}).shape();
+      }
+    }
+    const LocalPiece piece = local_piece(view.sizes(), placements);
+    Geometry g{view.sizes().vec(), view.strides().vec(), view.storage_offset()};
+    bool in_order = false;
+    const std::vector<Span> spans = storage_spans(g, piece, &in_order);
+    // arange's values are storage positions.
+    at::Tensor positions = piece.slice(view).contiguous().reshape({-1});
+    const int64_t n = positions.numel();
+    if (n == 0) {
+      ASSERT_TRUE(spans.empty());
+      continue;
+    }
+    auto* p = positions.data_ptr<int64_t>();
+    if (in_order) {
+      std::vector<int64_t> from_spans;
+      for (size_t i = 0; i < spans.size(); ++i) {
+        ASSERT_LT(spans[i].begin, spans[i].end);
+        if (i > 0) {
+          ASSERT_LT(spans[i - 1].end, spans[i].begin);  // sorted, disjoint, merged
+        }
+        for (int64_t x = spans[i].begin; x < spans[i].end; ++x) {
+          from_spans.push_back(x);
+        }
+      }
+      ASSERT_EQ(static_cast<int64_t>(from_spans.size()), n) << iter;
+      for (int64_t i = 0; i < n; ++i) {
+        ASSERT_EQ(from_spans[i], p[i]) << iter << " element " << i;
+      }
+    } else {
+      ASSERT_EQ(spans.size(), 1u);
+      const auto mm = std::minmax_element(p, p + n);
+      ASSERT_LE(spans[0].begin, *mm.first) << iter;
+      ASSERT_GT(spans[0].end, *mm.second) << iter;
+    }
+    ++checked;
+  }
+  EXPECT_GT(checked, 2000);
 }
 
 TEST(Placement, DiscardMatchesDraws) {
