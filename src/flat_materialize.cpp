@@ -16,6 +16,8 @@
 #include <ATen/ops/empty.h>
 #include <c10/core/Storage.h>
 #include <c10/core/TensorOptions.h>
+#include <c10/util/Exception.h>
+#include <c10/util/accumulate.h>
 
 #include <map>
 #include <memory>
@@ -67,6 +69,17 @@ at::Tensor flat_slice(const at::Tensor& buffer, int64_t offset, int64_t numel,
   at::Tensor out = at::detail::make_tensor<c10::TensorImpl>(
       std::move(storage), c10::DispatchKeySet(key), dtype);
   out.unsafeGetTensorImpl()->set_sizes_contiguous({numel});
+  return out;
+}
+
+at::Tensor contiguous_alias(const at::Tensor& t, c10::IntArrayRef shape) {
+  TORCH_INTERNAL_ASSERT(t.is_contiguous() && c10::multiply_integers(shape) == t.numel() &&
+                        t.layout() == c10::kStrided && !t.requires_grad());
+  const auto key = c10::computeDispatchKey(t.scalar_type(), c10::kStrided, t.device());
+  at::Tensor out = at::detail::make_tensor<c10::TensorImpl>(
+      c10::Storage(t.storage()), c10::DispatchKeySet(key), t.dtype());
+  out.unsafeGetTensorImpl()->set_storage_offset(t.storage_offset());
+  out.unsafeGetTensorImpl()->set_sizes_contiguous(shape);
   return out;
 }
 

@@ -249,7 +249,7 @@ at::Tensor compute_shard(
                      in_order ? dest : at::Tensor(), /*may_defer=*/in_order)) {
       ++(whole ? counters().whole : counters().pushed_down);
       if (in_order) {
-        return buffer.view(piece.shape());
+        return contiguous_alias(buffer, piece.shape());
       }
       // The buffer holds storage [lo, hi): view the piece's box in it.
       int64_t box_offset = geometry.offset - lo;
@@ -318,7 +318,7 @@ at::Tensor shard_into(
     return out;  // computed in dest, already shaped
   }
   flush_deferred_fills();  // `out` may be waiting for a queued fill
-  at::Tensor shaped = dest.view(piece.shape());
+  at::Tensor shaped = contiguous_alias(dest, piece.shape());
   shaped.copy_(out);  // computed elsewhere (a fallback, a reordered box)
   return shaped;
 }

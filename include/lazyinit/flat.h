@@ -36,4 +36,10 @@ int64_t flat_slice_bytes(int64_t nbytes);
 at::Tensor flat_slice(const at::Tensor& buffer, int64_t offset, int64_t numel,
                       caffe2::TypeMeta dtype);
 
+// Contiguous `t` as a new tensor of `shape` (same number of elements) over
+// the same storage, made without dispatching: view() costs a dispatcher
+// call and autograd's view bookkeeping, a good part of a small shard's cost.
+// For lazyinit's own buffers only (no autograd history to keep).
+at::Tensor contiguous_alias(const at::Tensor& t, c10::IntArrayRef shape);
+
 }  // namespace lazyinit
