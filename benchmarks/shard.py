@@ -120,20 +120,27 @@ LAYOUTS = ("fsdp", "dim1", "tp2-fsdp")
 def _placement(model, rank: int, world: int, layout: str = "fsdp"):
     """Buffers replicated; parameters: "fsdp" Shard(0) (FSDP2 / DTensor),
     "dim1" Shard(1) of matrices (one storage span per row), "tp2-fsdp"
-    tensor parallel over 2 on dim 0, then FSDP over world/2 on dim 1."""
+    tensor parallel over 2 on dim 0, then FSDP over world/2 on dim 1.
+    The placements are made once, as a plugin would, not once a tensor."""
+    import torch
     import lazyinit
 
-    buffers = {name for name, _ in model.named_buffers()}
+    replicate = lazyinit.Replicate()
+    dim0 = lazyinit.Shard(0, rank, world)
+    dim1 = lazyinit.Shard(1, rank, world)
+    inner = max(world // 2, 1)
+    tp_fsdp = [lazyinit.Shard(0, rank // inner, 2), lazyinit.Shard(1, rank % inner, inner)] \
+        if world >= 2 else None
+    parameter = torch.nn.Parameter
 
     def fn(name, tensor):
-        if name in buffers or tensor.dim() == 0:
-            return lazyinit.Replicate()
+        if not isinstance(tensor, parameter) or tensor.dim() == 0:
+            return replicate
         if tensor.dim() == 1 or layout == "fsdp":
-            return lazyinit.Shard(0, rank, world)
+            return dim0
         if layout == "dim1":
-            return lazyinit.Shard(1, rank, world)
-        inner = world // 2
-        return [lazyinit.Shard(0, rank // inner, 2), lazyinit.Shard(1, rank % inner, inner)]
+            return dim1
+        return tp_fsdp
     return fn
 
 

@@ -37,14 +37,20 @@ def _module_tensors(module: torch.nn.Module) -> Iterator[Tuple[str, torch.Tensor
     in ``named_parameters()`` then ``named_buffers()`` order (tied tensors
     under their first name). One walk of the module tree serves both: on
     models of hundreds of tensors the walk, not the tensors, is what costs."""
-    modules = list(module.named_modules())
     seen = set()
-    for attr, is_param in (("_parameters", True), ("_buffers", False)):
-        for prefix, mod in modules:
-            for key, t in getattr(mod, attr).items():
-                if t is not None and id(t) not in seen:
-                    seen.add(id(t))
-                    yield (prefix + "." + key if prefix else key), t, is_param
+    buffers = []  # (prefix, dict) of modules that have buffers, for after
+    for prefix, mod in module.named_modules():
+        if mod._buffers:
+            buffers.append((prefix, mod._buffers))
+        for key, t in mod._parameters.items():
+            if t is not None and id(t) not in seen:
+                seen.add(id(t))
+                yield (prefix + "." + key if prefix else key), t, True
+    for prefix, found in buffers:
+        for key, t in found.items():
+            if t is not None and id(t) not in seen:
+                seen.add(id(t))
+                yield (prefix + "." + key if prefix else key), t, False
 
 
 def is_lazy(obj: Union[torch.Tensor, torch.nn.Module]) -> bool:

@@ -115,10 +115,17 @@ def materialize_module_shards(
     names: List[str] = []
     tensors: List[torch.Tensor] = []
     placements: List[List[Tuple[int, int, int, int]]] = []
+    # Plugins return the same few placement objects for many tensors: each
+    # is encoded once (kept alive here, so that its id stays its own).
+    encoded: Dict[int, Tuple[Any, List[Tuple[int, int, int, int]]]] = {}
     for name, tensor, _ in _module_tensors(module):
         names.append(name)
         tensors.append(tensor)
-        placements.append(_encode(placement_fn(name, tensor)))
+        placement = placement_fn(name, tensor)
+        known = encoded.get(id(placement))
+        if known is None:
+            known = encoded[id(placement)] = (placement, _encode(placement))
+        placements.append(known[1])
     return dict(zip(names, _C._materialize_shards(tensors, placements, target)))
 
 
