@@ -9,6 +9,7 @@
 #include <lazyinit/early.h>
 #include <lazyinit/layout.h>
 #include <lazyinit/lazy_tensor_impl.h>
+#include <lazyinit/meta_cache.h>
 #include <lazyinit/op_info.h>
 #include <lazyinit/rng.h>
 #include <lazyinit/tensor_args.h>
@@ -183,6 +184,35 @@ bool infer_on_meta(
     // Meta kernels written in Python (torch._meta_registrations) raise
     // Python exceptions, e.g. NotImplementedError for nonzero on torch 2.x.
     return false;
+  }
+  return true;
+}
+
+// The outputs' metadata: infer_on_meta, then use_cpu_layout, remembered by
+// call signature (meta_cache.h). Valid plain fills skip both (their output
+// is their input).
+bool infer_outputs(
+    const c10::OperatorHandle& op,
+    const OpInfo& info,
+    const std::vector<c10::IValue>& args,
+    std::vector<c10::IValue>& meta_stack) {
+  if (info.plain_fill != OpInfo::PlainFill::kNone && plain_fill_is_valid(info.plain_fill, args)) {
+    return infer_on_meta(op, info, args, meta_stack);
+  }
+  MetaKey key;
+  const bool keyed = meta_key(op, args, &key);
+  if (keyed) {
+    if (const auto* known = find_meta(key)) {
+      meta_stack = *known;
+      return true;
+    }
+  }
+  if (!infer_on_meta(op, info, args, meta_stack)) {
+    return false;
+  }
+  use_cpu_layout(op, info, args, meta_stack);
+  if (keyed) {
+    store_meta(std::move(key), meta_stack);
   }
   return true;
 }
@@ -404,11 +434,10 @@ void record_op(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
   // Keep args[] as the caller's values; the meta stack holds stand-ins and,
   // after the call, the Meta kernel's outputs.
   std::vector<c10::IValue> meta_stack;
-  if (!infer_on_meta(op, info, args, meta_stack)) {
+  if (!infer_outputs(op, info, args, meta_stack)) {
     run_early(op, stack, "it has no Meta kernel or needs values");
     return;
   }
-  use_cpu_layout(op, info, args, meta_stack);
   // Written arguments as the Meta kernel left them (returned as themselves).
   std::vector<c10::IValue> meta_args(num_args);
   for (size_t r = 0; r < info.returns.size() && r < meta_stack.size(); ++r) {

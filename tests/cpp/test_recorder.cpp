@@ -3,6 +3,11 @@
 
 #include "test_util.h"
 
+#include <lazyinit/lazy_tensor_impl.h>
+#include <lazyinit/meta_cache.h>
+
+#include <c10/core/DefaultDtype.h>
+
 namespace lazyinit {
 namespace {
 
@@ -16,6 +21,41 @@ TEST(Recorder, ShapesComeFromMetaKernels) {
   EXPECT_TRUE(testing::is_pending(c));
   at::Tensor d = at::cat({a, a}, 0);
   EXPECT_EQ(d.sizes(), at::IntArrayRef({4, 3}));
+}
+
+// Repeated calls reuse the outputs' metadata (meta_cache.h), and every
+// input that changes the outputs changes the key.
+TEST(Recorder, RepeatedCallsReuseTheirMetadata) {
+  at::Tensor a = at::empty({6, 4}, lazy_options());
+  at::Tensor first = at::cat({a, a}, 1);
+  const int64_t hits = meta_cache_stats().hits;
+  at::Tensor again = at::cat({a, a}, 1);
+  EXPECT_EQ(meta_cache_stats().hits, hits + 1);
+  EXPECT_EQ(again.sizes(), at::IntArrayRef({6, 8}));
+  EXPECT_FALSE(get_pending_impl(again)->lazy_storage().get() ==
+               get_pending_impl(first)->lazy_storage().get());
+  // Another dim, a transposed input, another dtype: other outputs.
+  EXPECT_EQ(at::cat({a, a}, 0).sizes(), at::IntArrayRef({12, 4}));
+  at::Tensor t = a.t();
+  at::Tensor tt = at::cat({t, t}, 1);
+  EXPECT_EQ(tt.sizes(), at::IntArrayRef({4, 12}));
+  EXPECT_EQ(at::cat({a.to(at::kDouble), a.to(at::kDouble)}, 1).scalar_type(), at::kDouble);
+  // Wrapped scalars of other dtypes promote differently.
+  at::Tensor ints = at::empty({3}, lazy_options().dtype(at::kLong));
+  at::Tensor two = at::scalar_tensor(2, at::kLong);
+  two.unsafeGetTensorImpl()->set_wrapped_number(true);
+  at::Tensor half = at::scalar_tensor(0.5, at::kDouble);
+  half.unsafeGetTensorImpl()->set_wrapped_number(true);
+  EXPECT_EQ(at::mul(ints, two).scalar_type(), at::kLong);
+  EXPECT_EQ(at::mul(ints, half).scalar_type(), c10::get_default_dtype_as_scalartype());
+  // Factories follow the default dtype.
+  const auto saved = c10::get_default_dtype();
+  at::Tensor f32 = at::arange(0.0, 4.0, 1.0, at::TensorOptions().device(lazy_options().device()));
+  c10::set_default_dtype(caffe2::TypeMeta::Make<double>());
+  at::Tensor f64 = at::arange(0.0, 4.0, 1.0, at::TensorOptions().device(lazy_options().device()));
+  c10::set_default_dtype(saved);
+  EXPECT_EQ(f32.scalar_type(), c10::typeMetaToScalarType(saved));
+  EXPECT_EQ(f64.scalar_type(), at::kDouble);
 }
 
 TEST(Recorder, FactoriesKeepTheirOwnOp) {
