@@ -116,8 +116,7 @@ void check_cpu(const RngChain& chain, const Replayer& replayer) {
 GenState GenState::of(at::Generator& gen) {
   std::lock_guard<std::mutex> lock(gen.mutex());
   auto* impl = at::check_generator<at::CPUGeneratorImpl>(gen);
-  GenState state;
-  state.engine = impl->engine();
+  GenState state(impl->engine());
   state.next_float = impl->next_float_normal_sample();
   state.next_double = impl->next_double_normal_sample();
   state.defined = true;

@@ -26,6 +26,11 @@ namespace lazyinit {
 // samples), copied without allocating: get_state() builds a tensor and costs
 // microseconds, which recording pays for every random op.
 struct GenState {
+  GenState() = default;
+  // From an engine, without the default constructor's seeding (a loop over
+  // the 624-word state, paid per recorded random op otherwise).
+  explicit GenState(const at::mt19937& from) : engine(from) {}
+
   at::mt19937 engine;
   c10::optional<float> next_float;
   c10::optional<double> next_double;
