@@ -15,6 +15,9 @@
 
 #include <array>
 #include <string>
+#include <unordered_map>
+#include <unordered_set>
+#include <utility>
 #include <vector>
 
 namespace py = pybind11;
@@ -92,6 +95,99 @@ std::vector<Placement> placements_from(const std::vector<std::array<int64_t, 4>>
   return out;
 }
 
+// (key, value) pairs of a module's _modules / _parameters / _buffers:
+// dicts read directly, other mappings (TorchScript's wrappers) through
+// items().
+template <typename F>
+void for_each_item(const py::object& mapping, F&& f) {
+  if (PyDict_Check(mapping.ptr())) {
+    PyObject* key = nullptr;
+    PyObject* value = nullptr;
+    Py_ssize_t pos = 0;
+    while (PyDict_Next(mapping.ptr(), &pos, &key, &value)) {
+      f(py::handle(key), py::handle(value));
+    }
+    return;
+  }
+  for (py::handle item : mapping.attr("items")()) {
+    py::tuple pair = py::reinterpret_borrow<py::tuple>(item);
+    f(pair[0], pair[1]);
+  }
+}
+
+// `prefix.key`, or `key` at the root: Python strings throughout.
+py::object qualified(const py::object& prefix, py::handle key) {
+  if (PyUnicode_GetLength(prefix.ptr()) == 0) {
+    return py::reinterpret_borrow<py::object>(key);
+  }
+  return py::reinterpret_steal<py::object>(PyUnicode_FromFormat("%U.%U", prefix.ptr(), key.ptr()));
+}
+
+py::object attr_of(const py::object& obj, const py::object& name) {
+  PyObject* value = PyObject_GetAttr(obj.ptr(), name.ptr());
+  if (value == nullptr) {
+    throw py::error_already_set();
+  }
+  return py::reinterpret_steal<py::object>(value);
+}
+
+// (name, tensor, is_parameter) of every parameter and buffer of `root`,
+// once each, in named_parameters() then named_buffers() order (modules in
+// named_modules() order: depth first, each module once; tied tensors under
+// their first name). The same walk as Python's, without a generator frame
+// per module and level. `only_lazy`: lazy tensors alone.
+py::list module_tensors(const py::object& root, bool only_lazy) {
+  static const py::object kModules = py::reinterpret_steal<py::object>(
+      PyUnicode_InternFromString("_modules"));
+  static const py::object kParameters = py::reinterpret_steal<py::object>(
+      PyUnicode_InternFromString("_parameters"));
+  static const py::object kBuffers = py::reinterpret_steal<py::object>(
+      PyUnicode_InternFromString("_buffers"));
+  std::vector<std::pair<py::object, py::object>> modules;  // (prefix, module)
+  std::unordered_set<PyObject*> seen;
+  std::vector<std::pair<py::object, py::object>> stack;
+  stack.emplace_back(py::str(""), root);
+  std::vector<std::pair<py::object, py::object>> children;
+  while (!stack.empty()) {
+    auto entry = std::move(stack.back());
+    stack.pop_back();
+    if (!seen.insert(entry.second.ptr()).second) {
+      continue;
+    }
+    children.clear();
+    for_each_item(attr_of(entry.second, kModules), [&](py::handle key, py::handle child) {
+      if (!child.is_none()) {
+        children.emplace_back(qualified(entry.first, key),
+                              py::reinterpret_borrow<py::object>(child));
+      }
+    });
+    // Popped in order: the same pre-order as named_modules().
+    for (auto it = children.rbegin(); it != children.rend(); ++it) {
+      stack.push_back(std::move(*it));
+    }
+    modules.push_back(std::move(entry));
+  }
+  py::list out;
+  std::unordered_set<PyObject*> seen_tensors;
+  for (const py::object* attr : {&kParameters, &kBuffers}) {
+    const py::object is_param = py::bool_(attr == &kParameters);
+    for (const auto& entry : modules) {
+      for_each_item(attr_of(entry.second, *attr), [&](py::handle key, py::handle value) {
+        if (value.is_none() || !seen_tensors.insert(value.ptr()).second) {
+          return;
+        }
+        if (only_lazy &&
+            (!THPVariable_Check(value.ptr()) ||
+             tensor_state(THPVariable_Unpack(value.ptr())) != 1)) {
+          return;
+        }
+        out.append(py::make_tuple(qualified(entry.first, key), value, is_param));
+      });
+    }
+  }
+  return out;
+}
+
 // Installed as the graph lock's blocking wait (see lock_graph): a thread
 // that holds the GIL releases it while it waits for the lock, so the thread
 // holding the lock can run Python (Meta kernels written in Python).
@@ -122,6 +218,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("_default_device", [] { return default_device().str(); });
   m.def("_set_in_context", &set_in_context);
   m.def("_tensor_state", &tensor_state);
+  m.def("_module_tensors", &module_tensors, py::arg("module"), py::arg("only_lazy") = false);
   m.def("_was_early", &was_early);
   m.def("_home_device", [](const at::Tensor& t) {
     return pending_storage(t).home_device.str();
@@ -226,6 +323,43 @@ PYBIND11_MODULE(_C, m) {
         }
         py::gil_scoped_release no_gil;
         return materialize_shards(tensors, lists, c10::Device(device));
+      });
+  m.def(
+      "_materialize_module_shards",
+      [](const py::object& module, const py::function& placement_fn, const py::function& encode,
+         const std::string& device) {
+        // Plugins return the same few placement objects for many tensors:
+        // each is encoded once (held in `encoded`, so its address stays its own).
+        std::unordered_map<PyObject*, size_t> index;
+        std::vector<std::pair<py::object, std::vector<Placement>>> encoded;
+        std::vector<py::object> names;
+        std::vector<at::Tensor> tensors;
+        std::vector<std::vector<Placement>> lists;
+        for (py::handle item : module_tensors(module, /*only_lazy=*/false)) {
+          py::tuple entry = py::reinterpret_borrow<py::tuple>(item);
+          py::object placement = placement_fn(entry[0], entry[1]);
+          auto it = index.find(placement.ptr());
+          if (it == index.end()) {
+            auto items = encode(placement).cast<std::vector<std::array<int64_t, 4>>>();
+            it = index.emplace(placement.ptr(), encoded.size()).first;
+            encoded.emplace_back(placement, placements_from(items));
+          }
+          TORCH_CHECK(THPVariable_Check(entry[1].ptr()), "lazyinit: ", py::str(entry[0]).cast<std::string>(),
+                      " is neither None nor a tensor");
+          names.push_back(entry[0]);
+          tensors.push_back(THPVariable_Unpack(entry[1].ptr()));
+          lists.push_back(encoded[it->second].second);
+        }
+        std::vector<at::Tensor> pieces;
+        {
+          py::gil_scoped_release no_gil;
+          pieces = materialize_shards(tensors, lists, c10::Device(device));
+        }
+        py::dict out;
+        for (size_t i = 0; i < names.size(); ++i) {
+          out[names[i]] = py::cast(pieces[i]);
+        }
+        return out;
       });
   m.def("_shard_stats", [] {
     ShardStats s = shard_stats();

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterator, List, Optional, Tuple, TypeVar, Union
+from typing import List, Optional, Tuple, TypeVar, Union
 
 import torch
 
@@ -32,25 +32,17 @@ def _target(device: DeviceLike) -> Optional[str]:
     return target
 
 
-def _module_tensors(module: torch.nn.Module) -> Iterator[Tuple[str, torch.Tensor, bool]]:
+def _module_tensors(module: torch.nn.Module,
+                    only_lazy: bool = False) -> List[Tuple[str, torch.Tensor, bool]]:
     """(name, tensor, is_parameter) for every parameter and buffer, once each,
     in ``named_parameters()`` then ``named_buffers()`` order (tied tensors
-    under their first name). One walk of the module tree serves both: on
-    models of hundreds of tensors the walk, not the tensors, is what costs."""
-    seen = set()
-    buffers = []  # (prefix, dict) of modules that have buffers, for after
-    for prefix, mod in module.named_modules():
-        if mod._buffers:
-            buffers.append((prefix, mod._buffers))
-        for key, t in mod._parameters.items():
-            if t is not None and id(t) not in seen:
-                seen.add(id(t))
-                yield (prefix + "." + key if prefix else key), t, True
-    for prefix, found in buffers:
-        for key, t in found.items():
-            if t is not None and id(t) not in seen:
-                seen.add(id(t))
-                yield (prefix + "." + key if prefix else key), t, False
+    under their first name); ``only_lazy``: the lazy ones alone. The walk
+    runs in C++: on models of hundreds of modules, ``named_modules``'
+    generators cost more than materializing the tensors. It follows the
+    ``_modules`` / ``_parameters`` / ``_buffers`` mappings as
+    ``named_modules()`` does; a class that overrides ``named_modules`` or
+    ``named_parameters`` is not consulted."""
+    return _C._module_tensors(module, only_lazy)
 
 
 def is_lazy(obj: Union[torch.Tensor, torch.nn.Module]) -> bool:
@@ -100,11 +92,11 @@ def materialize(obj: T, device: DeviceLike = None, progress: Optional[bool] = No
         _C._materialize(obj, target)
         _C._finish()
         return obj
-    pending: List[torch.Tensor] = [
-        t for _, t, _ in _module_tensors(obj) if _C._tensor_state(t) == _LAZY]
+    pending: List[torch.Tensor] = [t for _, t, _ in _module_tensors(obj, only_lazy=True)]
     if target is None and any(_C._home_device(t).startswith("cuda") for t in pending):
         _cuda.ensure_initialized()
-    bar = _progress_bar(sum(t.numel() * t.element_size() for t in pending), progress)
+    bar = None if progress is False else _progress_bar(
+        sum(t.numel() * t.element_size() for t in pending), progress)
     try:
         if flat:
             _C._materialize_flat(pending, target, None if bar is None else bar.update)

@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, List, Sequence, Tuple, Union
 import torch
 
 from . import _C
-from ._materialize import DeviceLike, _module_tensors, _target
+from ._materialize import DeviceLike, _target
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,21 +112,10 @@ def materialize_module_shards(
     Call :func:`lazyinit.discard` on it afterwards to free the recorded graph.
     """
     target = _target(device) or "cpu"
-    names: List[str] = []
-    tensors: List[torch.Tensor] = []
-    placements: List[List[Tuple[int, int, int, int]]] = []
-    # Plugins return the same few placement objects for many tensors: each
-    # is encoded once (kept alive here, so that its id stays its own).
-    encoded: Dict[int, Tuple[Any, List[Tuple[int, int, int, int]]]] = {}
-    for name, tensor, _ in _module_tensors(module):
-        names.append(name)
-        tensors.append(tensor)
-        placement = placement_fn(name, tensor)
-        known = encoded.get(id(placement))
-        if known is None:
-            known = encoded[id(placement)] = (placement, _encode(placement))
-        placements.append(known[1])
-    return dict(zip(names, _C._materialize_shards(tensors, placements, target)))
+    # The walk, the calls of placement_fn and the encoding (once for each
+    # placement object returned) run in C++; placement_fn is called in
+    # named_parameters() then named_buffers() order.
+    return _C._materialize_module_shards(module, placement_fn, _encode, target)
 
 
 def shard_stats() -> Dict[str, Any]:

@@ -365,3 +365,53 @@ def test_peak_memory_of_a_large_shard_is_bounded(kind: str) -> None:
     assert fallbacks == 0
     assert shard_bytes == (2 * 8192 * 1024 * 4 if kind == "random" else 8192 * 4096 * 2)
     assert peak - base <= shard_bytes + 64 * 2**20, (peak - base) / 2**20
+
+
+def _shared_model() -> nn.Module:
+    m = nn.Module()
+    block = nn.Sequential(nn.Linear(4, 6), nn.LayerNorm(6))
+    m.a = block
+    m.b = nn.Sequential(block, nn.BatchNorm1d(6))  # a module reached twice
+    m.head = nn.Linear(6, 4, bias=False)
+    m.emb = nn.Embedding(4, 6)
+    m.head.weight = m.emb.weight                   # tied (and transposed use)
+    m.register_parameter("missing", None)          # None entries are skipped
+    m.register_buffer("scale", torch.ones(3))
+    m.register_buffer("none_buffer", None)
+    return m
+
+
+def test_module_walk_matches_named_parameters_and_buffers() -> None:
+    """The C++ walk behind materialize / materialize_module_shards / stats
+    gives named_parameters() then named_buffers(): names, order, tied
+    tensors once, and calls placement_fn in that order."""
+    with lazyinit.LazyInitContext():
+        lazy = _shared_model()
+    want = [(n, t) for n, t in list(lazy.named_parameters()) + list(lazy.named_buffers())]
+    got = [(n, t) for n, t, _ in lazyinit._materialize._module_tensors(lazy)]
+    assert [n for n, _ in got] == [n for n, _ in want]
+    assert all(a is b for (_, a), (_, b) in zip(got, want))
+    calls = []
+
+    def fn(name, t):
+        calls.append((name, t))
+        return Replicate()
+    shards = lazyinit.materialize_module_shards(lazy, fn)
+    assert [n for n, _ in calls] == [n for n, _ in want]
+    assert list(shards) == [n for n, _ in want]
+    s = lazyinit.stats(lazy)
+    assert s.parameters_lazy == len(list(lazy.parameters()))
+    assert s.buffers_lazy == len(list(lazy.buffers()))
+
+
+def test_placement_function_errors_propagate() -> None:
+    with lazyinit.LazyInitContext():
+        lazy = _shared_model()
+
+    def bad(name, t):
+        raise KeyError(name)
+    with pytest.raises(KeyError):
+        lazyinit.materialize_module_shards(lazy, bad)
+    with pytest.raises(TypeError, match="expected Replicate, Shard, FlatRange"):
+        lazyinit.materialize_module_shards(lazy, lambda n, t: "dim0")
+    assert lazyinit.is_lazy(lazy)
