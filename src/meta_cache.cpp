@@ -4,6 +4,7 @@
 
 #include <c10/core/DefaultDtype.h>
 
+#include <algorithm>
 #include <cstring>
 #include <unordered_map>
 #include <utility>
@@ -68,7 +69,7 @@ bool put_tensor(MetaKey* key, const at::Tensor& t) {
     put_shape(key, impl->sizes(), impl->strides());
     return true;
   }
-  if (t.layout() != c10::kStrided || !t.has_storage()) {
+  if (t.layout() != c10::kStrided || !t.has_storage() || t.is_quantized()) {
     return false;
   }
   key->push_back(kReal);
@@ -82,9 +83,10 @@ bool put_tensor(MetaKey* key, const at::Tensor& t) {
   if (t.dim() == 0 && t.device().is_cpu()) {
     // Passed to the Meta kernel as it is (type promotion reads it): its
     // value goes into the key too.
-    int64_t value = 0;
-    std::memcpy(&value, t.data_ptr(), std::min<size_t>(sizeof(value), t.element_size()));
-    key->push_back(value);
+    int64_t value[2] = {0, 0};  // complex double: 16 bytes
+    std::memcpy(value, t.data_ptr(), std::min<size_t>(sizeof(value), t.element_size()));
+    key->push_back(value[0]);
+    key->push_back(value[1]);
   }
   return true;
 }
