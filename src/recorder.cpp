@@ -155,10 +155,6 @@ bool infer_on_meta(
     const OpInfo& info,
     const std::vector<c10::IValue>& args,
     std::vector<c10::IValue>& meta_stack) {
-  if (info.plain_fill != OpInfo::PlainFill::kNone && plain_fill_is_valid(info.plain_fill, args)) {
-    meta_stack = {c10::IValue(meta_for_lazy(*get_pending_impl(args[0].toTensor())))};
-    return true;
-  }
   meta_stack = args;
   copy_tensor_lists(meta_stack);
   for_each_tensor(args, [&](size_t i, int64_t e, const at::Tensor& t) {
@@ -189,15 +185,16 @@ bool infer_on_meta(
 }
 
 // The outputs' metadata: infer_on_meta, then use_cpu_layout, remembered by
-// call signature (meta_cache.h). Valid plain fills skip both (their output
-// is their input).
+// call signature (meta_cache.h). Valid plain fills skip all three: their
+// output is their input (and use_cpu_layout leaves written inputs alone).
 bool infer_outputs(
     const c10::OperatorHandle& op,
     const OpInfo& info,
     const std::vector<c10::IValue>& args,
     std::vector<c10::IValue>& meta_stack) {
   if (info.plain_fill != OpInfo::PlainFill::kNone && plain_fill_is_valid(info.plain_fill, args)) {
-    return infer_on_meta(op, info, args, meta_stack);
+    meta_stack = {c10::IValue(meta_for_lazy(*get_pending_impl(args[0].toTensor())))};
+    return true;
   }
   MetaKey key;
   const bool keyed = meta_key(op, args, &key);
