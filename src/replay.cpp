@@ -61,19 +61,12 @@ bool is_empty_factory(const Node& node) {
 // The value a storage's creation fills it with, when it is a constant
 // fill (ones, zeros, full) of the whole storage in the storage's dtype.
 c10::optional<c10::Scalar> constant_creation(const LazyStorage& storage) {
-  const auto& entry = storage.tape.front();
-  const Node& node = *entry.node;
-  if (node.is_constant() || entry.element >= 0 || entry.output != 0) {
+  const Node& node = *storage.tape.front().node;
+  if (node.is_constant()) {
     return c10::nullopt;
   }
   auto fill = creation_fill(node);
-  if (!fill.has_value() || !fill->has_value()) {
-    return c10::nullopt;
-  }
-  int64_t begin = 0;
-  int64_t numel = 0;
-  if (!contiguous_range(storage.creation_geometry, &begin, &numel) || begin != 0 ||
-      numel != storage.numel()) {
+  if (!fill.has_value() || !fill->has_value() || !creation_covers_storage(storage)) {
     return c10::nullopt;
   }
   return **fill;
@@ -104,6 +97,15 @@ c10::optional<c10::optional<c10::Scalar>> creation_fill(const Node& node) {
     }
   }
   return c10::nullopt;
+}
+
+bool creation_covers_storage(const LazyStorage& storage) {
+  const auto& entry = storage.tape.front();
+  int64_t begin = 0;
+  int64_t numel = 0;
+  return entry.element < 0 && entry.output == 0 &&
+      contiguous_range(storage.creation_geometry, &begin, &numel) && begin == 0 &&
+      numel == storage.numel();
 }
 
 void check_target_device(c10::Device device, const char* what) {

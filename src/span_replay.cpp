@@ -242,12 +242,8 @@ class SpanReplay {
   // over the same spans, then the op runs on each span.
   bool plan_derived(Node& creation, std::string* why) {
     const std::string& name = op_name(creation);
-    int64_t begin = 0;
-    int64_t numel = 0;
     const Geometry& out = storage_.creation_geometry;
-    if (derived_ops().count(name) == 0 || storage_.tape.front().element >= 0 ||
-        storage_.tape.front().output != 0 || !contiguous_range(out, &begin, &numel) ||
-        begin != 0 || numel != storage_.numel()) {
+    if (derived_ops().count(name) == 0 || !creation_covers_storage(storage_)) {
       *why = "created by " + name + ", which is neither a constant fill nor element-wise";
       return false;
     }
@@ -292,12 +288,8 @@ class SpanReplay {
   // whose output is the whole storage in order.
   bool plan_random_creation(Node& creation, std::string* why) {
     const std::string& name = op_name(creation);
-    int64_t begin = 0;
-    int64_t numel = 0;
     if (find_region_fill(name, device_.type()) == nullptr ||
-        storage_.tape.front().element >= 0 || storage_.tape.front().output != 0 ||
-        !contiguous_range(storage_.creation_geometry, &begin, &numel) || begin != 0 ||
-        numel != storage_.numel()) {
+        !creation_covers_storage(storage_)) {
       *why = "created by " + name + ", which has no region generator for " +
           c10::DeviceTypeName(device_.type());
       return false;

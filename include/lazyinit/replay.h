@@ -32,6 +32,11 @@ class DefaultDtypeGuard {
 // (values unspecified, like the kernel's); nullopt for other ops.
 c10::optional<c10::optional<c10::Scalar>> creation_fill(const Node& node);
 
+// Whether the storage's creation (tape[0]) writes all of it, in order: its
+// output 0, not an element of a returned list, over a contiguous range that
+// is every element of the storage.
+bool creation_covers_storage(const LazyStorage& storage);
+
 class Replayer {
  public:
   // `early`: values are computed before materialization was asked for;
