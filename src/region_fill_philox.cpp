@@ -21,8 +21,10 @@ namespace {
 
 // Fills queued while a replay allows it (fills_may_defer): launched
 // batched, once this many are waiting (so the GPU starts while the CPU
-// plans the rest) and when the queue is flushed.
+// plans the rest) and when the queue is flushed. The first launches come
+// sooner (kFirstFlushAt, then doubling): until then the GPU waits.
 constexpr size_t kFlushAt = 48;
+constexpr size_t kFirstFlushAt = 8;
 // A fill of more jobs than this (pieces that are not rows) is launched at
 // once, in kernels of its own.
 constexpr size_t kMaxQueuedJobs = 8;
@@ -34,7 +36,11 @@ struct Queue {
   std::vector<PhiloxJob> normal;
   std::vector<PhiloxJob> uniform;
   std::vector<ConstantJob> constant;
+  size_t early_flushes = 0;  // launches since the queue was last flushed by its owner
   size_t size() const { return normal.size() + uniform.size() + constant.size(); }
+  size_t flush_at() const {
+    return std::min(kFlushAt, kFirstFlushAt << std::min<size_t>(early_flushes, 3));
+  }
 };
 
 Queue& queue() {
@@ -42,7 +48,7 @@ Queue& queue() {
   return q;
 }
 
-void flush_queue(bool drop) {
+void launch_queue(bool drop) {
   Queue& q = queue();
   if (q.size() == 0) {
     return;
@@ -62,9 +68,17 @@ void flush_queue(bool drop) {
   constant_batch_fill(constant);
 }
 
+// The owner's flush (the end of a replay, or before reading a result).
+void flush_queue(bool drop) {
+  queue().early_flushes = 0;
+  launch_queue(drop);
+}
+
 void flush_if_full() {
-  if (queue().size() >= kFlushAt) {
-    flush_queue(/*drop=*/false);
+  Queue& q = queue();
+  if (q.size() >= q.flush_at()) {
+    ++q.early_flushes;
+    launch_queue(/*drop=*/false);
   }
 }
 
@@ -227,17 +241,16 @@ std::vector<PhiloxJob> philox_jobs(
   }
   // The stride S of the whole tensor's launch, as the kernel computes it:
   // rows are generated one Philox call an element, which only short pieces
-  // would be anyway (n / unroll + 2 S >= n).
+  // would be anyway (philox_short_piece).
   const int64_t threads = philox_launch_threads(numel, grid_limit);
   const int64_t unroll = philox_unroll(pieces.front().out.scalar_type());
-  auto is_short = [&](int64_t n) { return n > 0 && n / unroll + 2 * threads >= n; };
   for (size_t i = 0; i < pieces.size();) {
     const at::Tensor& head = pieces[i].out;
     const int64_t len = head.numel();
     // Pieces i .. end - 1: rows of `len` elements, `step` apart in the
     // tensor and back to back in head's storage.
     size_t end = i + 1;
-    if (is_short(len) && end < pieces.size()) {
+    if (philox_short_piece(len, unroll, threads) && end < pieces.size()) {
       const int64_t step = pieces[end].begin - pieces[i].begin;
       while (end < pieces.size() && step >= len &&
              pieces[end].begin - pieces[end - 1].begin == step &&

@@ -51,6 +51,14 @@ inline int64_t philox_launch_threads(int64_t numel, int64_t grid_limit) {
       std::min<int64_t>(grid_limit, (numel + kPhiloxBlockThreads - 1) / kPhiloxBlockThreads);
 }
 
+// Whether a piece of `n` elements of a tensor drawn by `threads` threads is
+// cheaper drawn one Philox call an element: by PyTorch's pairing (one call
+// for `unroll` elements `threads` apart), each thread of the piece costs
+// about n / unroll calls plus two part-used ones at the piece's edges.
+inline bool philox_short_piece(int64_t n, int64_t unroll, int64_t threads) {
+  return n > 0 && n / unroll + 2 * threads >= n;
+}
+
 // Values a curand call gives: curand_normal2_double / curand_uniform2_double
 // for double, the float4 forms (also used for half and bfloat16) otherwise.
 inline int64_t philox_unroll(c10::ScalarType dtype) {
