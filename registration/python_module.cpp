@@ -115,12 +115,17 @@ void for_each_item(const py::object& mapping, F&& f) {
   }
 }
 
-// `prefix.key`, or `key` at the root: Python strings throughout.
-py::object qualified(const py::object& prefix, py::handle key) {
-  if (PyUnicode_GetLength(prefix.ptr()) == 0) {
+// `prefix.key`, or `key` at the root: Python strings throughout. `dotted`
+// is `prefix.` (empty at the root), made once per module.
+py::object qualified(const py::object& dotted, py::handle key) {
+  if (PyUnicode_GET_LENGTH(dotted.ptr()) == 0) {
     return py::reinterpret_borrow<py::object>(key);
   }
-  return py::reinterpret_steal<py::object>(PyUnicode_FromFormat("%U.%U", prefix.ptr(), key.ptr()));
+  PyObject* name = PyUnicode_Concat(dotted.ptr(), key.ptr());
+  if (name == nullptr) {
+    throw py::error_already_set();  // a key that is not a string
+  }
+  return py::reinterpret_steal<py::object>(name);
 }
 
 py::object attr_of(const py::object& obj, const py::object& name) {
@@ -131,21 +136,28 @@ py::object attr_of(const py::object& obj, const py::object& name) {
   return py::reinterpret_steal<py::object>(value);
 }
 
-// (name, tensor, is_parameter) of every parameter and buffer of `root`,
-// once each, in named_parameters() then named_buffers() order (modules in
-// named_modules() order: depth first, each module once; tied tensors under
-// their first name). The same walk as Python's, without a generator frame
-// per module and level. `only_lazy`: lazy tensors alone.
-py::list module_tensors(const py::object& root, bool only_lazy) {
+// Calls visit(name, tensor, is_parameter) for every parameter and buffer of
+// `root`, once each, in named_parameters() then named_buffers() order
+// (modules in named_modules() order: depth first, each module once; tied
+// tensors under their first name). The same walk as Python's, without a
+// generator frame per module and level. `only_lazy`: lazy tensors alone.
+template <typename Visit>
+void visit_module_tensors(const py::object& root, bool only_lazy, Visit&& visit) {
   static const py::object kModules = py::reinterpret_steal<py::object>(
       PyUnicode_InternFromString("_modules"));
   static const py::object kParameters = py::reinterpret_steal<py::object>(
       PyUnicode_InternFromString("_parameters"));
   static const py::object kBuffers = py::reinterpret_steal<py::object>(
       PyUnicode_InternFromString("_buffers"));
-  std::vector<std::pair<py::object, py::object>> modules;  // (prefix, module)
+  static const py::object kDot = py::reinterpret_steal<py::object>(
+      PyUnicode_InternFromString("."));
+  struct Module {
+    py::object dotted;  // "name." ("" at the root)
+    py::object module;
+  };
+  std::vector<Module> modules;
   std::unordered_set<PyObject*> seen;
-  std::vector<std::pair<py::object, py::object>> stack;
+  std::vector<std::pair<py::object, py::object>> stack;  // (name, module)
   stack.emplace_back(py::str(""), root);
   std::vector<std::pair<py::object, py::object>> children;
   while (!stack.empty()) {
@@ -154,25 +166,30 @@ py::list module_tensors(const py::object& root, bool only_lazy) {
     if (!seen.insert(entry.second.ptr()).second) {
       continue;
     }
+    py::object dotted = entry.first;
+    if (PyUnicode_GET_LENGTH(dotted.ptr()) != 0) {
+      dotted = py::reinterpret_steal<py::object>(PyUnicode_Concat(dotted.ptr(), kDot.ptr()));
+      if (!dotted) {
+        throw py::error_already_set();
+      }
+    }
     children.clear();
     for_each_item(attr_of(entry.second, kModules), [&](py::handle key, py::handle child) {
       if (!child.is_none()) {
-        children.emplace_back(qualified(entry.first, key),
-                              py::reinterpret_borrow<py::object>(child));
+        children.emplace_back(qualified(dotted, key), py::reinterpret_borrow<py::object>(child));
       }
     });
     // Popped in order: the same pre-order as named_modules().
     for (auto it = children.rbegin(); it != children.rend(); ++it) {
       stack.push_back(std::move(*it));
     }
-    modules.push_back(std::move(entry));
+    modules.push_back(Module{std::move(dotted), std::move(entry.second)});
   }
-  py::list out;
   std::unordered_set<PyObject*> seen_tensors;
   for (const py::object* attr : {&kParameters, &kBuffers}) {
-    const py::object is_param = py::bool_(attr == &kParameters);
+    const bool is_param = attr == &kParameters;
     for (const auto& entry : modules) {
-      for_each_item(attr_of(entry.second, *attr), [&](py::handle key, py::handle value) {
+      for_each_item(attr_of(entry.module, *attr), [&](py::handle key, py::handle value) {
         if (value.is_none() || !seen_tensors.insert(value.ptr()).second) {
           return;
         }
@@ -181,10 +198,18 @@ py::list module_tensors(const py::object& root, bool only_lazy) {
              tensor_state(THPVariable_Unpack(value.ptr())) != 1)) {
           return;
         }
-        out.append(py::make_tuple(qualified(entry.first, key), value, is_param));
+        visit(qualified(entry.dotted, key), value, is_param);
       });
     }
   }
+}
+
+// visit_module_tensors as a list of (name, tensor, is_parameter).
+py::list module_tensors(const py::object& root, bool only_lazy) {
+  py::list out;
+  visit_module_tensors(root, only_lazy, [&](py::object name, py::handle value, bool is_param) {
+    out.append(py::make_tuple(std::move(name), value, is_param));
+  });
   return out;
 }
 
@@ -335,21 +360,30 @@ PYBIND11_MODULE(_C, m) {
         std::vector<py::object> names;
         std::vector<at::Tensor> tensors;
         std::vector<std::vector<Placement>> lists;
-        for (py::handle item : module_tensors(module, /*only_lazy=*/false)) {
-          py::tuple entry = py::reinterpret_borrow<py::tuple>(item);
-          py::object placement = placement_fn(entry[0], entry[1]);
+        visit_module_tensors(module, /*only_lazy=*/false, [&](py::object name, py::handle value, bool) {
+#if PY_VERSION_HEX >= 0x03090000
+          PyObject* args[] = {name.ptr(), value.ptr()};  // one call, no argument tuple
+          py::object placement = py::reinterpret_steal<py::object>(
+              PyObject_Vectorcall(placement_fn.ptr(), args, 2, nullptr));
+#else
+          py::object placement = py::reinterpret_steal<py::object>(PyObject_CallFunctionObjArgs(
+              placement_fn.ptr(), name.ptr(), value.ptr(), nullptr));
+#endif
+          if (!placement) {
+            throw py::error_already_set();
+          }
           auto it = index.find(placement.ptr());
           if (it == index.end()) {
             auto items = encode(placement).cast<std::vector<std::array<int64_t, 4>>>();
             it = index.emplace(placement.ptr(), encoded.size()).first;
             encoded.emplace_back(placement, placements_from(items));
           }
-          TORCH_CHECK(THPVariable_Check(entry[1].ptr()), "lazyinit: ", py::str(entry[0]).cast<std::string>(),
+          TORCH_CHECK(THPVariable_Check(value.ptr()), "lazyinit: ", py::str(name).cast<std::string>(),
                       " is neither None nor a tensor");
-          names.push_back(entry[0]);
-          tensors.push_back(THPVariable_Unpack(entry[1].ptr()));
+          tensors.push_back(THPVariable_Unpack(value.ptr()));
+          names.push_back(std::move(name));
           lists.push_back(encoded[it->second].second);
-        }
+        });
         std::vector<at::Tensor> pieces;
         {
           py::gil_scoped_release no_gil;
