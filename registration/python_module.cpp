@@ -353,21 +353,24 @@ PYBIND11_MODULE(_C, m) {
       "_materialize_module_shards",
       [](const py::object& module, const py::function& placement_fn, const py::function& encode,
          const std::string& device) {
+        std::vector<py::object> names;
+        std::vector<py::object> values;
+        visit_module_tensors(module, /*only_lazy=*/false, [&](py::object name, py::handle value, bool) {
+          names.push_back(std::move(name));
+          values.push_back(py::reinterpret_borrow<py::object>(value));
+        });
         // Plugins return the same few placement objects for many tensors:
         // each is encoded once (held in `encoded`, so its address stays its own).
         std::unordered_map<PyObject*, size_t> index;
         std::vector<std::pair<py::object, std::vector<Placement>>> encoded;
-        std::vector<py::object> names;
-        std::vector<at::Tensor> tensors;
-        std::vector<std::vector<Placement>> lists;
-        visit_module_tensors(module, /*only_lazy=*/false, [&](py::object name, py::handle value, bool) {
+        auto placement_of = [&](size_t i) -> const std::vector<Placement>& {
 #if PY_VERSION_HEX >= 0x03090000
-          PyObject* args[] = {name.ptr(), value.ptr()};  // one call, no argument tuple
+          PyObject* args[] = {names[i].ptr(), values[i].ptr()};  // one call, no argument tuple
           py::object placement = py::reinterpret_steal<py::object>(
               PyObject_Vectorcall(placement_fn.ptr(), args, 2, nullptr));
 #else
           py::object placement = py::reinterpret_steal<py::object>(PyObject_CallFunctionObjArgs(
-              placement_fn.ptr(), name.ptr(), value.ptr(), nullptr));
+              placement_fn.ptr(), names[i].ptr(), values[i].ptr(), nullptr));
 #endif
           if (!placement) {
             throw py::error_already_set();
@@ -378,16 +381,41 @@ PYBIND11_MODULE(_C, m) {
             it = index.emplace(placement.ptr(), encoded.size()).first;
             encoded.emplace_back(placement, placements_from(items));
           }
-          TORCH_CHECK(THPVariable_Check(value.ptr()), "lazyinit: ", py::str(name).cast<std::string>(),
-                      " is neither None nor a tensor");
-          tensors.push_back(THPVariable_Unpack(value.ptr()));
-          names.push_back(std::move(name));
-          lists.push_back(encoded[it->second].second);
-        });
+          TORCH_CHECK(THPVariable_Check(values[i].ptr()), "lazyinit: ",
+                      py::str(names[i]).cast<std::string>(), " is neither None nor a tensor");
+          return encoded[it->second].second;
+        };
+        // On a GPU, in two parts: the tensors holding the first fifth of the
+        // elements, then the rest, whose placement calls and allocation run
+        // on the CPU while the GPU fills the first part.
+        size_t split = 0;
+        const c10::Device target(device);
+        if (!target.is_cpu()) {
+          int64_t total = 0;
+          for (const auto& v : values) {
+            total += THPVariable_Check(v.ptr()) ? THPVariable_Unpack(v.ptr()).numel() : 0;
+          }
+          for (int64_t seen = 0; split < values.size() && seen * 5 < total; ++split) {
+            seen += THPVariable_Check(values[split].ptr())
+                ? THPVariable_Unpack(values[split].ptr()).numel() : 0;
+          }
+        }
         std::vector<at::Tensor> pieces;
-        {
+        pieces.reserve(names.size());
+        for (const auto& part : {std::make_pair(size_t{0}, split), std::make_pair(split, names.size())}) {
+          if (part.first == part.second) {
+            continue;
+          }
+          std::vector<at::Tensor> tensors;
+          std::vector<std::vector<Placement>> lists;
+          for (size_t i = part.first; i < part.second; ++i) {
+            lists.push_back(placement_of(i));
+            tensors.push_back(THPVariable_Unpack(values[i].ptr()));
+          }
           py::gil_scoped_release no_gil;
-          pieces = materialize_shards(tensors, lists, c10::Device(device));
+          for (auto& piece : materialize_shards(tensors, lists, target)) {
+            pieces.push_back(std::move(piece));
+          }
         }
         py::dict out;
         for (size_t i = 0; i < names.size(); ++i) {

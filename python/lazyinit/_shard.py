@@ -108,7 +108,10 @@ def materialize_module_shards(
     Returns ``{name: local tensor}`` (tied tensors once, under their first
     name, as ``named_parameters`` reports them); the module stays lazy.
     The pieces take one allocation per dtype, each in a storage of its own
-    over a slice of it (as :func:`lazyinit.materialize` with ``flat=True``).
+    over a slice of it (as :func:`lazyinit.materialize` with ``flat=True``);
+    on a GPU two, one for the tensors holding the first fifth of the
+    elements and one for the rest, so that the GPU fills the first part
+    while the CPU calls ``placement_fn`` for the rest.
     Call :func:`lazyinit.discard` on it afterwards to free the recorded graph.
     """
     target = _target(device) or "cpu"
