@@ -262,7 +262,8 @@ def main(argv=None) -> int:
         results.append(res)
         s = res["stats"]
         within = res["peak_above_base"] <= res["shard_bytes"] + 64 * mib
-        print(f"| {r} | {res['seconds']:.{5 if args.device == 'cuda' else 3}f} | {res['cpu']:.2f} | "
+        digits = 5 if args.device == "cuda" else 3
+        print(f"| {r} | {res['seconds']:.{digits}f} | {res['cpu']:.2f} | "
               f"{res['peak_above_base'] / mib:.0f} | {res['shard_bytes'] / mib:.0f} | "
               f"{'yes' if within else 'NO'} | {s['pushed_down']} | {s['fallbacks']} "
               f"| {s['whole']} |", flush=True)

@@ -355,7 +355,8 @@ PYBIND11_MODULE(_C, m) {
          const std::string& device) {
         std::vector<py::object> names;
         std::vector<py::object> values;
-        visit_module_tensors(module, /*only_lazy=*/false, [&](py::object name, py::handle value, bool) {
+        visit_module_tensors(module, /*only_lazy=*/false,
+                             [&](py::object name, py::handle value, bool) {
           names.push_back(std::move(name));
           values.push_back(py::reinterpret_borrow<py::object>(value));
         });
@@ -402,7 +403,8 @@ PYBIND11_MODULE(_C, m) {
         }
         std::vector<at::Tensor> pieces;
         pieces.reserve(names.size());
-        for (const auto& part : {std::make_pair(size_t{0}, split), std::make_pair(split, names.size())}) {
+        const std::pair<size_t, size_t> parts[] = {{0, split}, {split, names.size()}};
+        for (const auto& part : parts) {
           if (part.first == part.second) {
             continue;
           }
