@@ -392,13 +392,16 @@ PYBIND11_MODULE(_C, m) {
         size_t split = 0;
         const c10::Device target(device);
         if (!target.is_cpu()) {
+          std::vector<int64_t> numels(values.size(), 0);  // non-tensors fail in placement_of
           int64_t total = 0;
-          for (const auto& v : values) {
-            total += THPVariable_Check(v.ptr()) ? THPVariable_Unpack(v.ptr()).numel() : 0;
+          for (size_t i = 0; i < values.size(); ++i) {
+            if (THPVariable_Check(values[i].ptr())) {
+              numels[i] = THPVariable_Unpack(values[i].ptr()).numel();
+              total += numels[i];
+            }
           }
           for (int64_t seen = 0; split < values.size() && seen * 5 < total; ++split) {
-            seen += THPVariable_Check(values[split].ptr())
-                ? THPVariable_Unpack(values[split].ptr()).numel() : 0;
+            seen += numels[split];
           }
         }
         std::vector<at::Tensor> pieces;
