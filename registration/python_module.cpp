@@ -386,37 +386,31 @@ PYBIND11_MODULE(_C, m) {
                       py::str(names[i]).cast<std::string>(), " is neither None nor a tensor");
           return encoded[it->second].second;
         };
-        // On a GPU, in two parts: the tensors holding the first fifth of the
-        // elements, then the rest, whose placement calls and allocation run
-        // on the CPU while the GPU fills the first part.
-        size_t split = 0;
+        // On a GPU in growing parts (allocation_parts(), by the tensors'
+        // sizes): the placement calls, planning and allocation of each part
+        // run on the CPU while the GPU fills the parts before it.
+        std::vector<size_t> ends{values.size()};
         const c10::Device target(device);
         if (!target.is_cpu()) {
           std::vector<int64_t> numels(values.size(), 0);  // non-tensors fail in placement_of
-          int64_t total = 0;
           for (size_t i = 0; i < values.size(); ++i) {
             if (THPVariable_Check(values[i].ptr())) {
               numels[i] = THPVariable_Unpack(values[i].ptr()).numel();
-              total += numels[i];
             }
           }
-          for (int64_t seen = 0; split < values.size() && seen * 5 < total; ++split) {
-            seen += numels[split];
-          }
+          ends = allocation_parts(numels);
         }
         std::vector<at::Tensor> pieces;
         pieces.reserve(names.size());
-        const std::pair<size_t, size_t> parts[] = {{0, split}, {split, names.size()}};
-        for (const auto& part : parts) {
-          if (part.first == part.second) {
-            continue;
-          }
+        size_t begin = 0;
+        for (size_t end : ends) {
           std::vector<at::Tensor> tensors;
           std::vector<std::vector<Placement>> lists;
-          for (size_t i = part.first; i < part.second; ++i) {
+          for (size_t i = begin; i < end; ++i) {
             lists.push_back(placement_of(i));
             tensors.push_back(THPVariable_Unpack(values[i].ptr()));
           }
+          begin = end;
           py::gil_scoped_release no_gil;
           for (auto& piece : materialize_shards(tensors, lists, target)) {
             pieces.push_back(std::move(piece));

@@ -1,4 +1,4 @@
-// Whole-module materialization with one allocation per device and dtype
+// Whole-module materialization with few allocations per device and dtype
 // (the fast path of lazyinit.materialize(module, ...)).
 #pragma once
 
@@ -14,7 +14,8 @@ namespace lazyinit {
 
 // Materializes the lazy storages behind `tensors` (a module's parameters
 // and buffers; real or already materialized ones are skipped) into one
-// buffer per (device, dtype): each storage's value is computed in its own
+// buffer per (device, dtype) on the CPU, a few growing ones on a GPU
+// (allocation_parts()): each storage's value is computed in its own
 // slice, aligned like the caching allocator's blocks, which its tensors then
 // hold as a c10::Storage of their own (the buffer lives while any slice
 // does). Values are the same as one storage at a time.
@@ -25,6 +26,16 @@ void materialize_flat(
     const std::vector<at::Tensor>& tensors,
     c10::optional<c10::Device> device,
     const std::function<void(int64_t)>& progress);
+
+// On a GPU, memory for many tensors is allocated in growing parts, not at
+// once: cudaMalloc's time grows with the size (on an H200 about 0.1 ms plus
+// 0.09 ms a GiB: 1.3 ms for a 7B model in bf16), and no kernel can start
+// before its memory exists. The first part is small, so that kernels start
+// early; each later one is allocated while the GPU fills those before it.
+// Given the sizes of items in the order they are filled, returns the end
+// (one past the last index) of each part; the last end is sizes.size()
+// (no part for no items).
+std::vector<size_t> allocation_parts(const std::vector<int64_t>& sizes);
 
 // Bytes a slice of `nbytes` takes in a flat buffer (rounded up to the CUDA
 // caching allocator's 512-byte blocks).

@@ -109,9 +109,9 @@ def materialize_module_shards(
     name, as ``named_parameters`` reports them); the module stays lazy.
     The pieces take one allocation per dtype, each in a storage of its own
     over a slice of it (as :func:`lazyinit.materialize` with ``flat=True``);
-    on a GPU two, one for the tensors holding the first fifth of the
-    elements and one for the rest, so that the GPU fills the first part
-    while the CPU calls ``placement_fn`` for the rest.
+    on a GPU three growing ones (the tensors holding the first 1/21 of the
+    elements, the next 4/21, the rest), so that the GPU fills each part
+    while the CPU calls ``placement_fn`` for the next and allocates it.
     Call :func:`lazyinit.discard` on it afterwards to free the recorded graph.
     """
     target = _target(device) or "cpu"

@@ -4,6 +4,8 @@
 
 #include "test_util.h"
 
+#include <lazyinit/flat.h>
+
 namespace lazyinit {
 namespace {
 
@@ -95,6 +97,29 @@ TEST(Replay, ReseedingStartsANewChain) {
   testing::materialize(l1);
   EXPECT_TRUE(at::equal(l1, e1));
   EXPECT_TRUE(at::equal(l2, e2));
+}
+
+// On a GPU a module's memory comes in growing parts: each item in one part,
+// in order, the first part small (its allocation is quick) and each later
+// one larger than the one before.
+TEST(AllocationParts, CoverEveryItemInOrderAndGrow) {
+  const std::vector<int64_t> sizes(300, int64_t{1} << 20);
+  const std::vector<size_t> ends = allocation_parts(sizes);
+  ASSERT_GE(ends.size(), 3u);
+  EXPECT_EQ(ends.back(), sizes.size());
+  EXPECT_LE(ends.front() * 16, sizes.size());
+  size_t begin = 0;
+  size_t previous = 0;
+  for (size_t end : ends) {
+    EXPECT_GT(end - begin, previous) << "part ending at " << end;
+    previous = end - begin;
+    begin = end;
+  }
+  // An item larger than a part's share ends its part; no part is empty.
+  EXPECT_EQ(allocation_parts({100, 1, 1, 1}), (std::vector<size_t>{1, 4}));
+  EXPECT_EQ(allocation_parts({0, 0, 0}), (std::vector<size_t>{3}));
+  EXPECT_EQ(allocation_parts({5}), (std::vector<size_t>{1}));
+  EXPECT_TRUE(allocation_parts({}).empty());
 }
 
 }  // namespace

@@ -203,9 +203,50 @@ def test_module_shards_on_cuda_launch_batched_and_equal_eager(dtype: torch.dtype
             lazyinit.reset_shard_stats()
             got = lazyinit.materialize_module_shards(lazy, place, "cuda")
             assert lazyinit.shard_stats()["fallbacks"] == 0
-            # On a GPU the pieces come in two parts: none lost, none reordered.
+            # On a GPU the pieces come in parts: none lost, none reordered.
             assert list(got) == list(want_all), (world, rank)
             for name, piece in got.items():
                 want = expected_piece(want_all[name], place(name, want_all[name]))
                 assert torch.equal(piece, want), (world, rank, name)
     assert torch.equal(torch.cuda.get_rng_state(), state)
+
+
+def test_allocation_failure_of_a_later_part_is_raised() -> None:
+    """On a GPU memory comes in parts, the later ones allocated after the
+    first part's fills were launched: one that fails (1 TiB) is raised as
+    torch's out-of-memory error, and the next call works."""
+    with lazyinit.LazyInitContext():
+        m = torch.nn.Module()
+        for i in range(6):
+            m.register_buffer(f"small{i}", torch.empty(1000).normal_())
+        m.register_buffer("huge", torch.empty(2 ** 38))  # 1 TiB of float32
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        lazyinit.materialize_module_shards(m, lambda name, t: lazyinit.Replicate(), "cuda")
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        lazyinit.materialize(m, "cuda")
+    torch.manual_seed(0)
+    want = torch.empty(1000, device="cuda").normal_()
+    torch.manual_seed(0)
+    with lazyinit.LazyInitContext():
+        ok = torch.nn.Module()
+        ok.register_buffer("t", torch.empty(1000).normal_())
+    got = lazyinit.materialize_module_shards(ok, lambda name, t: Shard(0, 1, 2), "cuda")
+    assert torch.equal(got["t"], want[500:])
+
+
+def test_placement_error_is_raised_on_a_gpu() -> None:
+    """The placement function of a later part runs after the first part's
+    fills were launched: its exception still reaches the caller."""
+    with lazyinit.LazyInitContext():
+        m = torch.nn.Module()
+        for i in range(40):
+            m.register_buffer(f"t{i}", torch.empty(100 + i).normal_())
+
+    def place(name: str, t: torch.Tensor):
+        if name == "t30":
+            raise ValueError("no placement for t30")
+        return Shard(0, 0, 2)
+    with pytest.raises(ValueError, match="no placement for t30"):
+        lazyinit.materialize_module_shards(m, place, "cuda")
+    got = lazyinit.materialize_module_shards(m, lambda name, t: Shard(0, 0, 2), "cuda")
+    assert list(got) == [f"t{i}" for i in range(40)]
