@@ -15,7 +15,11 @@ the parameter bytes themselves.
 With ``--device cuda`` the shards and the full model are materialized on
 the GPU instead: time with CUDA synchronized, memory as the peak of
 ``torch.cuda.max_memory_allocated`` above the lazy model's, and the full
-model materialized whole (no extrapolation).
+model materialized whole (no extrapolation). A rank's time there is a few
+milliseconds, and one measurement in a fresh process varies by about 20%:
+``--repeat N`` (default 3 on CUDA) measures each rank and the full
+materialization in N fresh processes (the ranks round robin) and reports
+the median, with the range.
 
     .venv/bin/python benchmarks/shard.py --shape 7b --world 8
     .venv/bin/python benchmarks/shard.py --shape tiny --world 8 --check   # + equality with eager
@@ -220,6 +224,18 @@ def run_worker(args, **extra) -> Dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _median_of(runs: List[Dict]) -> Dict:
+    """The run of median time among `runs`, with the range of their times
+    ("range") added and the worst peak memory of them all."""
+    runs = sorted(runs, key=lambda r: r["seconds"])
+    out = dict(runs[len(runs) // 2])
+    out["peak_above_base"] = max(r["peak_above_base"] for r in runs)
+    digits = 5 if runs[0]["seconds"] < 1 else 1
+    out["range"] = (f"{runs[0]['seconds']:.{digits}f}-{runs[-1]['seconds']:.{digits}f}"
+                    if len(runs) > 1 else "")
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -233,6 +249,9 @@ def main(argv=None) -> int:
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--check", action="store_true", help="compare with eager (small shapes)")
     ap.add_argument("--skip-full", action="store_true")
+    ap.add_argument("--repeat", type=int, default=0,
+                    help="fresh processes a measurement, median reported (default: 3 on "
+                         "CUDA, 1 on the CPU)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--rank", type=int, default=-1, help=argparse.SUPPRESS)
     ap.add_argument("--layers", type=int, default=-1,
@@ -252,18 +271,29 @@ def main(argv=None) -> int:
           f"device {args.device} {gpu}, torch {torch.__version__}, {os.cpu_count()} cores, "
           f"threads {args.threads}, {time.strftime('%Y-%m-%d', time.gmtime())}")
     ranks = [int(r) for r in args.ranks.split(",")] if args.ranks else list(range(args.world))
+    repeat = args.repeat or (3 if args.device == "cuda" else 1)
     memory = "peak CUDA memory" if args.device == "cuda" else "peak RSS"
-    print(f"| rank | seconds | CPU seconds | {memory} above lazy model, MiB | shard MiB "
-          "| within shard + 64 MiB | pushed down | fallbacks | whole |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    seconds = "seconds" if repeat == 1 else f"seconds (median of {repeat} processes)"
+    print(f"| rank | {seconds} | range | CPU seconds | {memory} above lazy model, MiB "
+          "| shard MiB | within shard + 64 MiB | pushed down | fallbacks | whole |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    digits = 5 if args.device == "cuda" else 3
+    # Round robin (every rank once, then again): a slow spell of the machine
+    # spreads over ranks instead of making one rank's every run slow.
+    runs: Dict[int, List[Dict]] = {r: [] for r in ranks}
+    for round_ in range(repeat):
+        for r in ranks:
+            runs[r].append(run_worker(args, rank=r, layers=args.layers))
+            if repeat > 1:
+                print(f"round {round_ + 1}/{repeat}: rank {r} {runs[r][-1]['seconds']:.5f} s",
+                      file=sys.stderr, flush=True)
     results: List[Dict] = []
     for r in ranks:
-        res = run_worker(args, rank=r, layers=args.layers)
+        res = _median_of(runs[r])
         results.append(res)
         s = res["stats"]
         within = res["peak_above_base"] <= res["shard_bytes"] + 64 * mib
-        digits = 5 if args.device == "cuda" else 3
-        print(f"| {r} | {res['seconds']:.{digits}f} | {res['cpu']:.2f} | "
+        print(f"| {r} | {res['seconds']:.{digits}f} | {res['range']} | {res['cpu']:.2f} | "
               f"{res['peak_above_base'] / mib:.0f} | {res['shard_bytes'] / mib:.0f} | "
               f"{'yes' if within else 'NO'} | {s['pushed_down']} | {s['fallbacks']} "
               f"| {s['whole']} |", flush=True)
@@ -272,8 +302,10 @@ def main(argv=None) -> int:
     worst = max(results, key=lambda r: r["seconds"])
     if args.device == "cuda":
         # The whole model fits one GPU: measured, not extrapolated.
-        f = run_worker(args, full=True, layers=args.layers)
-        print(f"full materialization on CUDA: {f['seconds']:.5f} s ({f['cpu']:.2f} s CPU), "
+        f = _median_of([run_worker(args, full=True, layers=args.layers)
+                        for _ in range(repeat)])
+        print(f"full materialization on CUDA: {f['seconds']:.5f} s (range {f['range']}; "
+              f"{f['cpu']:.2f} s CPU), "
               f"peak CUDA memory above lazy model {f['peak_above_base'] / mib:.0f} MiB, "
               f"parameters {f['param_bytes'] / mib:.0f} MiB")
         print(f"slowest rank {worst['rank']}: {worst['seconds']:.5f} s "
