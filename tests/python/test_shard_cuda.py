@@ -211,10 +211,10 @@ def test_module_shards_on_cuda_launch_batched_and_equal_eager(dtype: torch.dtype
     assert torch.equal(torch.cuda.get_rng_state(), state)
 
 
-def test_allocation_failure_of_a_later_part_is_raised() -> None:
-    """On a GPU memory comes in parts, the later ones allocated after the
-    first part's fills were launched: one that fails (1 TiB) is raised as
-    torch's out-of-memory error, and the next call works."""
+def test_allocation_failure_is_raised() -> None:
+    """An allocation that fails (1 TiB) is raised as torch's out-of-memory
+    error, by materialize_module_shards and by materialize, and the next
+    call works."""
     with lazyinit.LazyInitContext():
         m = torch.nn.Module()
         for i in range(6):
