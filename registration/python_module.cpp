@@ -389,21 +389,17 @@ PYBIND11_MODULE(_C, m) {
         // On a GPU in growing parts (allocation_parts(), by the tensors'
         // sizes): the placement calls, planning and allocation of each part
         // run on the CPU while the GPU fills the parts before it.
-        std::vector<size_t> ends{values.size()};
         const c10::Device target(device);
-        if (!target.is_cpu()) {
-          std::vector<int64_t> numels(values.size(), 0);  // non-tensors fail in placement_of
-          for (size_t i = 0; i < values.size(); ++i) {
-            if (THPVariable_Check(values[i].ptr())) {
-              numels[i] = THPVariable_Unpack(values[i].ptr()).numel();
-            }
+        std::vector<int64_t> numels(values.size(), 0);  // non-tensors fail in placement_of
+        for (size_t i = 0; i < values.size(); ++i) {
+          if (THPVariable_Check(values[i].ptr())) {
+            numels[i] = THPVariable_Unpack(values[i].ptr()).numel();
           }
-          ends = allocation_parts(numels);
         }
         std::vector<at::Tensor> pieces;
         pieces.reserve(names.size());
         size_t begin = 0;
-        for (size_t end : ends) {
+        for (size_t end : allocation_parts(numels, target)) {
           std::vector<at::Tensor> tensors;
           std::vector<std::vector<Placement>> lists;
           for (size_t i = begin; i < end; ++i) {

@@ -57,14 +57,18 @@ struct Group {
 
 }  // namespace
 
-std::vector<size_t> allocation_parts(const std::vector<int64_t>& sizes) {
-  int64_t total = 0;
-  for (int64_t size : sizes) {
-    total += size;
-  }
+std::vector<size_t> allocation_parts(const std::vector<int64_t>& sizes, c10::Device device) {
   std::vector<size_t> ends;
   if (sizes.empty()) {
     return ends;
+  }
+  if (device.is_cpu()) {
+    ends.push_back(sizes.size());
+    return ends;
+  }
+  int64_t total = 0;
+  for (int64_t size : sizes) {
+    total += size;
   }
   double share = kFirstPartShare;
   double bound = total * share;  // where the current part should end
@@ -154,11 +158,8 @@ void materialize_flat(
     for (const auto& storage : group.storages) {
       sizes.push_back(flat_slice_bytes(storage->numel() * itemsize));
     }
-    const std::vector<size_t> ends = group.device.is_cpu()
-        ? std::vector<size_t>{sizes.size()}  // pages are mapped as written anyway
-        : allocation_parts(sizes);
     size_t begin = 0;
-    for (size_t end : ends) {
+    for (size_t end : allocation_parts(sizes, group.device)) {
       if (begin > 0) {
         flush_deferred_fills();  // the GPU fills these while the next is allocated
       }

@@ -32,10 +32,11 @@ void materialize_flat(
 // 0.09 ms a GiB: 1.3 ms for a 7B model in bf16), and no kernel can start
 // before its memory exists. The first part is small, so that kernels start
 // early; each later one is allocated while the GPU fills those before it.
-// Given the sizes of items in the order they are filled, returns the end
-// (one past the last index) of each part; the last end is sizes.size()
-// (no part for no items).
-std::vector<size_t> allocation_parts(const std::vector<int64_t>& sizes);
+// Given the sizes of items in the order they are filled on `device`,
+// returns the end (one past the last index) of each part; the last end is
+// sizes.size() (no part for no items). On the CPU all items are one part:
+// pages are mapped as they are first written anyway.
+std::vector<size_t> allocation_parts(const std::vector<int64_t>& sizes, c10::Device device);
 
 // Bytes a slice of `nbytes` takes in a flat buffer (rounded up to the CUDA
 // caching allocator's 512-byte blocks).

@@ -101,10 +101,11 @@ TEST(Replay, ReseedingStartsANewChain) {
 
 // On a GPU a module's memory comes in growing parts: each item in one part,
 // in order, the first part small (its allocation is quick) and each later
-// one larger than the one before.
+// one larger than the one before. On the CPU, one part.
 TEST(AllocationParts, CoverEveryItemInOrderAndGrow) {
+  const c10::Device gpu(c10::kCUDA, 0);
   const std::vector<int64_t> sizes(300, int64_t{1} << 20);
-  const std::vector<size_t> ends = allocation_parts(sizes);
+  const std::vector<size_t> ends = allocation_parts(sizes, gpu);
   ASSERT_GE(ends.size(), 3u);
   EXPECT_EQ(ends.back(), sizes.size());
   EXPECT_LE(ends.front() * 16, sizes.size());
@@ -116,10 +117,12 @@ TEST(AllocationParts, CoverEveryItemInOrderAndGrow) {
     begin = end;
   }
   // An item larger than a part's share ends its part; no part is empty.
-  EXPECT_EQ(allocation_parts({100, 1, 1, 1}), (std::vector<size_t>{1, 4}));
-  EXPECT_EQ(allocation_parts({0, 0, 0}), (std::vector<size_t>{3}));
-  EXPECT_EQ(allocation_parts({5}), (std::vector<size_t>{1}));
-  EXPECT_TRUE(allocation_parts({}).empty());
+  EXPECT_EQ(allocation_parts({100, 1, 1, 1}, gpu), (std::vector<size_t>{1, 4}));
+  EXPECT_EQ(allocation_parts({0, 0, 0}, gpu), (std::vector<size_t>{3}));
+  EXPECT_EQ(allocation_parts({5}, gpu), (std::vector<size_t>{1}));
+  EXPECT_TRUE(allocation_parts({}, gpu).empty());
+  EXPECT_EQ(allocation_parts(sizes, c10::Device(c10::kCPU)), (std::vector<size_t>{300}));
+  EXPECT_TRUE(allocation_parts({}, c10::Device(c10::kCPU)).empty());
 }
 
 }  // namespace
