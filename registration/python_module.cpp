@@ -115,17 +115,16 @@ void for_each_item(const py::object& mapping, F&& f) {
   }
 }
 
-// `prefix.key`, or `key` at the root: Python strings throughout. `dotted`
-// is `prefix.` (empty at the root), made once per module.
-py::object qualified(const py::object& dotted, py::handle key) {
-  if (PyUnicode_GET_LENGTH(dotted.ptr()) == 0) {
-    return py::reinterpret_borrow<py::object>(key);
+// `head` + `tail` (Python strings), or `tail` alone where `head` is empty.
+py::object concat(const py::object& head, py::handle tail) {
+  if (PyUnicode_GET_LENGTH(head.ptr()) == 0) {
+    return py::reinterpret_borrow<py::object>(tail);
   }
-  PyObject* name = PyUnicode_Concat(dotted.ptr(), key.ptr());
-  if (name == nullptr) {
+  PyObject* joined = PyUnicode_Concat(head.ptr(), tail.ptr());
+  if (joined == nullptr) {
     throw py::error_already_set();  // a key that is not a string
   }
-  return py::reinterpret_steal<py::object>(name);
+  return py::reinterpret_steal<py::object>(joined);
 }
 
 py::object attr_of(const py::object& obj, const py::object& name) {
@@ -166,17 +165,15 @@ void visit_module_tensors(const py::object& root, bool only_lazy, Visit&& visit)
     if (!seen.insert(entry.second.ptr()).second) {
       continue;
     }
-    py::object dotted = entry.first;
-    if (PyUnicode_GET_LENGTH(dotted.ptr()) != 0) {
-      dotted = py::reinterpret_steal<py::object>(PyUnicode_Concat(dotted.ptr(), kDot.ptr()));
-      if (!dotted) {
-        throw py::error_already_set();
-      }
-    }
+    // `name.` ("" at the root), made once per module: each name below it
+    // is then one concatenation.
+    py::object dotted = PyUnicode_GET_LENGTH(entry.first.ptr()) == 0
+        ? entry.first
+        : concat(entry.first, kDot);
     children.clear();
     for_each_item(attr_of(entry.second, kModules), [&](py::handle key, py::handle child) {
       if (!child.is_none()) {
-        children.emplace_back(qualified(dotted, key), py::reinterpret_borrow<py::object>(child));
+        children.emplace_back(concat(dotted, key), py::reinterpret_borrow<py::object>(child));
       }
     });
     // Popped in order: the same pre-order as named_modules().
@@ -198,7 +195,7 @@ void visit_module_tensors(const py::object& root, bool only_lazy, Visit&& visit)
              tensor_state(THPVariable_Unpack(value.ptr())) != 1)) {
           return;
         }
-        visit(qualified(entry.dotted, key), value, is_param);
+        visit(concat(entry.dotted, key), value, is_param);
       });
     }
   }
