@@ -33,8 +33,8 @@
 #include <algorithm>
 #include <cstring>
 #include <limits>
-#include <type_traits>
 #include <map>
+#include <type_traits>
 #include <utility>
 
 namespace lazyinit {
