@@ -9,7 +9,7 @@
 namespace lazyinit {
 namespace {
 
-// Past this many rows a piece is cut out of one bounding span instead: the
+// Past this many spans a piece is cut out of one bounding span instead: the
 // per-span work of region replay would cost more than the memory it saves.
 constexpr int64_t kMaxSpans = int64_t{1} << 20;
 
@@ -184,37 +184,65 @@ std::vector<Span> storage_spans(const Geometry& g, const LocalPiece& piece, bool
   const int64_t end_elem = piece.flat ? piece.flat_end : total + first_elem;
   const int64_t first_row = first_elem / row;
   const int64_t last_row = (end_elem - 1) / row;
-  bool rows_ok = (strides[last] == 1 || row == 1) && last_row - first_row < kMaxSpans;
+  // Rows along the dim before the last are equally spaced: a block of them
+  // is one span of rows.
+  const int64_t block = last > 0 ? box[last - 1] : 1;
+  const int64_t block_step = last > 0 ? strides[last - 1] : 0;
+  bool rows_ok = strides[last] == 1 || row == 1;
   for (int64_t d = 0; d <= last && rows_ok; ++d) {
     rows_ok = strides[d] >= 0;
   }
-  if (rows_ok) {
-    for (int64_t r = first_row; r <= last_row && rows_ok; ++r) {
-      // Storage position of (outer index of row r, start[last]).
-      int64_t pos = g.offset + start[last] * strides[last];
-      int64_t rest = r;
-      for (int64_t d = last - 1; d >= 0; --d) {
-        pos += (start[d] + rest % box[d]) * strides[d];
-        rest /= box[d];
-      }
-      const int64_t lo = r == first_row ? first_elem - r * row : 0;
-      const int64_t hi = r == last_row ? end_elem - r * row : row;
-      Span s{pos + lo * strides[last], pos + (hi - 1) * strides[last] + 1};
-      if (row == 1 || strides[last] == 1) {
-        if (!spans.empty() && s.begin < spans.back().end) {
-          rows_ok = false;  // overlapping or decreasing: not a plain layout
-        } else if (!spans.empty() && s.begin == spans.back().end) {
-          spans.back().end = s.end;
-        } else {
-          spans.push_back(s);
-        }
-      }
+  // Appends `s` (runs after the last span's), merging it into that span
+  // where it continues it: adjacent single runs, or rows of the same length
+  // and spacing.
+  auto append = [&](const Span& s) {
+    if (spans.empty()) {
+      spans.push_back(s);
+      return;
     }
-    if (rows_ok) {
-      return spans;
+    Span& back = spans.back();
+    const int64_t back_last_begin = back.begin + (back.rows - 1) * back.row_step;
+    const int64_t step = s.begin - back_last_begin;
+    if (s.begin < back.last_end()) {
+      rows_ok = false;  // overlapping or decreasing: not a plain layout
+    } else if (back.rows == 1 && s.rows == 1 && s.begin == back.end) {
+      back.end = s.end;
+    } else if (s.size() == back.size() && (back.rows == 1 || step == back.row_step) &&
+               (s.rows == 1 || s.row_step == step)) {
+      back.row_step = step;
+      back.rows += s.rows;
+    } else {
+      spans.push_back(s);
     }
-    spans.clear();
+  };
+  for (int64_t r = first_row; r <= last_row && rows_ok;) {
+    if (static_cast<int64_t>(spans.size()) >= kMaxSpans) {
+      rows_ok = false;
+      break;
+    }
+    // Storage position of (outer index of row r, start[last]).
+    int64_t pos = g.offset + start[last] * strides[last];
+    int64_t rest = r;
+    for (int64_t d = last - 1; d >= 0; --d) {
+      pos += (start[d] + rest % box[d]) * strides[d];
+      rest /= box[d];
+    }
+    const int64_t lo = r == first_row ? first_elem - r * row : 0;
+    const int64_t hi = r == last_row ? end_elem - r * row : row;
+    Span s{pos + lo * strides[last], pos + (hi - 1) * strides[last] + 1};
+    if (lo == 0 && hi == row && block > 1 && block_step >= s.size()) {
+      // Whole rows up to the end of this block (or before the last row,
+      // which may be partial).
+      s.rows = std::max<int64_t>(1, std::min(block - r % block, last_row - r));
+      s.row_step = s.rows > 1 ? block_step : 0;
+    }
+    append(s);
+    r += s.rows;
   }
+  if (rows_ok) {
+    return spans;
+  }
+  spans.clear();
   // One span bounding the box.
   *in_order = false;
   int64_t lo = g.offset;
@@ -227,6 +255,16 @@ std::vector<Span> storage_spans(const Geometry& g, const LocalPiece& piece, bool
   }
   spans.push_back({lo, hi + 1});
   return spans;
+}
+
+std::vector<Span> split_rows(const std::vector<Span>& spans) {
+  std::vector<Span> runs;
+  for (const Span& s : spans) {
+    for (int64_t r = 0; r < s.rows; ++r) {
+      runs.push_back(s.row(r));
+    }
+  }
+  return runs;
 }
 
 }  // namespace lazyinit

@@ -239,6 +239,7 @@ int64_t normal_draws(const Node& node) {
 // One draw (or two) per element, wherever the range sits: numel is unused.
 bool fill_uniform_with(Kernel kernel, const GenState& start, int64_t /*numel*/,
                        std::vector<RegionRequest>& requests) {
+  split_rows(requests);
   const int64_t per = draws_per_uniform(requests.front().out.dtype());
   if (per < 0) {
     return false;
@@ -256,6 +257,7 @@ bool fill_uniform_with(Kernel kernel, const GenState& start, int64_t /*numel*/,
 
 bool fill_normal_with(Kernel kernel, const GenState& start, int64_t n,
                       std::vector<RegionRequest>& requests) {
+  split_rows(requests);
   const int64_t per = draws_per_uniform(requests.front().out.dtype());
   if (per < 0) {
     return false;

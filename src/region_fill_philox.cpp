@@ -147,7 +147,7 @@ bool fill_with_philox(
   std::vector<PhiloxPiece> pieces;
   pieces.reserve(requests.size());
   for (auto& r : requests) {
-    pieces.push_back(PhiloxPiece{r.begin, r.out});
+    pieces.push_back(PhiloxPiece{r.begin, r.out, r.rows, r.row_step});
   }
   std::vector<PhiloxJob> jobs = philox_jobs(pieces, *start, numel, grid, a, b);
   if (fills_may_defer() && jobs.size() <= kMaxQueuedJobs) {
@@ -245,14 +245,33 @@ std::vector<PhiloxJob> philox_jobs(
   const int64_t threads = philox_launch_threads(numel, grid_limit);
   const int64_t unroll = philox_unroll(pieces.front().out.scalar_type());
   for (size_t i = 0; i < pieces.size();) {
-    const at::Tensor& head = pieces[i].out;
+    const PhiloxPiece& piece = pieces[i];
+    if (piece.rows > 1) {
+      const int64_t len = piece.out.numel() / piece.rows;
+      if (philox_short_piece(len, unroll, threads)) {
+        PhiloxJob job{piece.begin, piece.out, start, numel, grid_limit, a, b};
+        job.rows = piece.rows;
+        job.row_step = piece.row_step;
+        jobs.push_back(std::move(job));
+      } else {
+        // Long rows: PyTorch's four elements a Philox call, a job a row.
+        for (int64_t r = 0; r < piece.rows; ++r) {
+          jobs.push_back(PhiloxJob{piece.begin + r * piece.row_step,
+                                   piece.out.narrow(0, r * len, len), start, numel,
+                                   grid_limit, a, b});
+        }
+      }
+      ++i;
+      continue;
+    }
+    const at::Tensor& head = piece.out;
     const int64_t len = head.numel();
     // Pieces i .. end - 1: rows of `len` elements, `step` apart in the
     // tensor and back to back in head's storage.
     size_t end = i + 1;
     if (philox_short_piece(len, unroll, threads) && end < pieces.size()) {
       const int64_t step = pieces[end].begin - pieces[i].begin;
-      while (end < pieces.size() && step >= len &&
+      while (end < pieces.size() && step >= len && pieces[end].rows == 1 &&
              pieces[end].begin - pieces[end - 1].begin == step &&
              pieces[end].out.numel() == len &&
              pieces[end].out.scalar_type() == head.scalar_type() &&
@@ -288,6 +307,9 @@ void philox_region_fill(
                     piece.out.scalar_type() == pieces.front().out.scalar_type(),
                 "lazyinit: philox_region_fill writes contiguous 1-D CUDA tensors of one "
                 "device and dtype");
+    TORCH_CHECK(piece.rows >= 1 && piece.out.numel() % piece.rows == 0 &&
+                    (piece.rows == 1 || piece.row_step >= piece.out.numel() / piece.rows),
+                "lazyinit: a piece of rows holds whole, non-overlapping rows");
   }
   philox_batch_fill(philox_jobs(pieces, start, numel, grid_limit, a, b), kind);
 }

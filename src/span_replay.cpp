@@ -167,6 +167,18 @@ std::vector<Span> shifted(std::vector<Span> spans, int64_t by) {
   return spans;
 }
 
+// The elements of `span` in `flat` (a 1-D tensor indexed like the storage):
+// a view of `flat`, 1-D for one run, [rows, size] for rows.
+at::Tensor rows_of(const at::Tensor& flat, const Span& span) {
+  at::Tensor first = flat.narrow(0, span.begin, span.last_end() - span.begin);
+  if (span.rows == 1) {
+    return first;
+  }
+  const int64_t stride = first.stride(0);
+  return first.as_strided(
+      {span.rows, span.size()}, {span.row_step * stride, stride}, first.storage_offset());
+}
+
 // Replays `storage` at its current version over `spans` into one buffer
 // (the spans' elements, concatenated). Returns false, with a reason, when
 // the tape is not element-local; nothing is changed then.
@@ -190,7 +202,7 @@ class SpanReplay {
   bool execute(at::Tensor* out, std::string* why, const at::Tensor& dest = {}) {
     int64_t total = 0;
     for (const Span& s : spans_) {
-      total += s.size();
+      total += s.numel();
     }
     buffer_ = dest.defined() && dest.numel() == total && dest.dtype() == storage_.dtype
         ? dest
@@ -200,13 +212,14 @@ class SpanReplay {
     } else {
       int64_t at = 0;
       for (const Span& s : spans_) {
-        parts_.push_back(buffer_.narrow(0, at, s.size()));
-        at += s.size();
+        parts_.push_back(buffer_.narrow(0, at, s.numel()));
+        at += s.numel();
       }
     }
     if (source_.defined()) {
       for (size_t i = 0; i < spans_.size(); ++i) {
-        parts_[i].copy_(source_.narrow(0, spans_[i].begin, spans_[i].size()));
+        const at::Tensor rows = rows_of(source_, spans_[i]);
+        parts_[i].view(rows.sizes()).copy_(rows);
       }
     } else if (fill_.has_value() && fill_->has_value()) {
       // The creation's constant, queued where nothing runs after it.
@@ -219,7 +232,8 @@ class SpanReplay {
     } else if (random_creation_ != nullptr) {
       std::vector<RegionRequest> requests;
       for (size_t i = 0; i < spans_.size(); ++i) {
-        requests.push_back({spans_[i].begin, spans_[i].end, parts_[i]});
+        const Span& s = spans_[i];
+        requests.push_back({s.begin, s.end, parts_[i], s.rows, s.row_step});
       }
       // Nothing of this storage runs after it: the launch may be queued.
       DeferralWindow window(may_defer_ && start_ == version_);
@@ -309,22 +323,41 @@ class SpanReplay {
   }
 
   // The spans cut into consecutive chunks of at most kDerivedChunk
-  // elements: (offset in the buffer, spans).
+  // elements: (offset in the buffer, spans). Rows stay together where whole
+  // rows fit in a chunk.
   std::vector<std::pair<int64_t, std::vector<Span>>> derived_chunks() const {
     std::vector<std::pair<int64_t, std::vector<Span>>> chunks;
     int64_t at = 0;
     int64_t room = 0;
+    auto new_chunk_if_full = [&] {
+      if (room == 0) {
+        chunks.emplace_back(at, std::vector<Span>());
+        room = kDerivedChunk;
+      }
+    };
     for (const Span& span : spans_) {
-      for (int64_t b = span.begin; b < span.end;) {
-        if (room == 0) {
-          chunks.emplace_back(at, std::vector<Span>());
-          room = kDerivedChunk;
+      for (int64_t r = 0; r < span.rows;) {
+        new_chunk_if_full();
+        if (span.size() <= room) {
+          const int64_t k = std::min(span.rows - r, room / span.size());
+          Span rows = span.row(r);
+          rows.rows = k;
+          rows.row_step = k > 1 ? span.row_step : 0;
+          chunks.back().second.push_back(rows);
+          room -= rows.numel();
+          at += rows.numel();
+          r += k;
+          continue;
         }
-        const int64_t e = std::min(span.end, b + room);
-        chunks.back().second.push_back(Span{b, e});
-        room -= e - b;
-        at += e - b;
-        b = e;
+        const Span run = span.row(r++);
+        for (int64_t b = run.begin; b < run.end;) {
+          new_chunk_if_full();
+          const int64_t e = std::min(run.end, b + room);
+          chunks.back().second.push_back(Span{b, e});
+          room -= e - b;
+          at += e - b;
+          b = e;
+        }
       }
     }
     return chunks;
@@ -381,14 +414,14 @@ class SpanReplay {
       };
       int64_t total = 0;
       for (const Span& span : spans) {
-        total += span.size();
+        total += span.numel();
       }
       if (!per_span) {
         run_op(0, total, nullptr);  // element-wise: the chunk's spans at once
         continue;
       }
       int64_t at = 0;
-      for (const Span& span : spans) {
+      for (const Span& span : split_rows(spans)) {
         run_op(at, span.size(), &span);
         at += span.size();
       }
@@ -455,13 +488,22 @@ class SpanReplay {
     contiguous_range(self.geometry, &begin, &numel);
     std::vector<RegionRequest> requests;
     for (size_t i = 0; i < spans_.size(); ++i) {
-      const int64_t lo = std::max(spans_[i].begin, begin);
-      const int64_t hi = std::min(spans_[i].end, begin + numel);
-      if (lo < hi) {
-        const bool whole_part = lo == spans_[i].begin && hi == spans_[i].end;
-        requests.push_back({lo - begin, hi - begin,
-                            whole_part ? parts_[i]
-                                       : parts_[i].narrow(0, lo - spans_[i].begin, hi - lo)});
+      const Span& span = spans_[i];
+      if (span.begin >= begin && span.last_end() <= begin + numel) {
+        // The node writes all of the span (the common case: all of the
+        // storage): its rows stay one request.
+        requests.push_back(
+            {span.begin - begin, span.end - begin, parts_[i], span.rows, span.row_step});
+        continue;
+      }
+      for (int64_t r = 0; r < span.rows; ++r) {
+        const Span run = span.row(r);
+        const int64_t lo = std::max(run.begin, begin);
+        const int64_t hi = std::min(run.end, begin + numel);
+        if (lo < hi) {
+          requests.push_back({lo - begin, hi - begin,
+                              parts_[i].narrow(0, r * run.size() + lo - run.begin, hi - lo)});
+        }
       }
     }
     if (requests.empty()) {
@@ -517,6 +559,9 @@ class SpanReplay {
       run_op(buffer_, nullptr);
       return true;
     }
+    if (per_request) {
+      split_rows(requests);  // operands are cut one range at a time
+    }
     for (auto& r : requests) {
       run_op(r.out, &r);
     }
@@ -545,6 +590,23 @@ class SpanReplay {
 };
 
 }  // namespace
+
+void split_rows(std::vector<RegionRequest>& requests) {
+  const bool any_rows = std::any_of(requests.begin(), requests.end(),
+                                    [](const RegionRequest& r) { return r.rows > 1; });
+  if (!any_rows) {
+    return;
+  }
+  std::vector<RegionRequest> runs;
+  for (auto& r : requests) {
+    const int64_t len = r.end - r.begin;
+    for (int64_t k = 0; k < r.rows; ++k) {
+      runs.push_back({r.begin + k * r.row_step, r.end + k * r.row_step,
+                      r.rows == 1 ? r.out : r.out.narrow(0, k * len, len)});
+    }
+  }
+  requests = std::move(runs);
+}
 
 bool replay_spans(
     LazyStorage& storage,

@@ -16,10 +16,14 @@ namespace lazyinit {
 enum class PhiloxFill { kNormal, kUniform };
 
 // Elements [begin, begin + out.numel()) of the whole tensor, written into
-// `out` (contiguous, 1-D, on a CUDA device).
+// `out` (contiguous, 1-D, on a CUDA device); with rows > 1, `rows` runs of
+// out.numel() / rows elements, run r starting at begin + r * row_step
+// (row_step >= the run's length), written one after another.
 struct PhiloxPiece {
   int64_t begin = 0;
   at::Tensor out;
+  int64_t rows = 1;
+  int64_t row_step = 0;
 };
 
 // Writes into each piece what `normal_(a, b)` (kNormal: mean, std) or
@@ -57,7 +61,8 @@ struct PhiloxJob {
 // The jobs that write `pieces` (sorted by begin, disjoint; arguments as
 // philox_region_fill's): one a piece, except that runs of short pieces of
 // one length, equally spaced in the tensor and adjacent in one output
-// buffer (the rows of a Shard(1)), become one job of rows.
+// buffer (the rows of a Shard(1)), become one job of rows. A piece of rows
+// is one job where its rows are short, else one job a row.
 std::vector<PhiloxJob> philox_jobs(
     const std::vector<PhiloxPiece>& pieces,
     const PhiloxState& start,

@@ -62,18 +62,37 @@ struct LocalPiece {
 
 LocalPiece local_piece(c10::IntArrayRef sizes, const std::vector<Placement>& placements);
 
-// A run of consecutive storage elements.
+// A run of consecutive storage elements [begin, end), or with rows > 1,
+// `rows` such runs, run r at [begin + r * row_step, end + r * row_step)
+// (row_step >= end - begin): the rows of a Shard(1) piece as one span, so
+// that a piece costs per span, not per row, from here to the kernels.
+// Its elements are the runs' in order.
 struct Span {
   int64_t begin = 0;
   int64_t end = 0;
+  int64_t rows = 1;
+  int64_t row_step = 0;
+  // Elements of one run.
   int64_t size() const { return end - begin; }
+  // Elements of all runs.
+  int64_t numel() const { return rows * (end - begin); }
+  // One past the last run's last element.
+  int64_t last_end() const { return end + (rows - 1) * row_step; }
+  // Run r alone.
+  Span row(int64_t r) const { return Span{begin + r * row_step, end + r * row_step}; }
 };
+
+// `spans` with every multi-row span cut into its runs (for code that takes
+// one run at a time: a cost per row).
+std::vector<Span> split_rows(const std::vector<Span>& spans);
 
 // Storage spans holding the piece of a tensor viewing a storage with
 // geometry `g`. `in_order` is set when the spans, concatenated, are the
 // piece's elements in row-major order (contiguous-row tensors); otherwise a
 // single span bounds every element of the piece, to be cut out afterwards.
-// Spans are sorted, disjoint and non-empty.
+// Spans are sorted, disjoint (each one's first element after the previous
+// one's last) and non-empty; equally spaced rows of one length share a
+// span, and adjacent runs are merged.
 std::vector<Span> storage_spans(const Geometry& g, const LocalPiece& piece, bool* in_order);
 
 }  // namespace lazyinit

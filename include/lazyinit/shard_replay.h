@@ -24,12 +24,21 @@
 namespace lazyinit {
 
 // A range [begin, end) of a random node's elements (row-major in the view
-// it writes) and the contiguous 1-D tensor that receives them.
+// it writes) and the contiguous 1-D tensor that receives them; with
+// rows > 1, `rows` such ranges, range r shifted by r * row_step, received
+// one after another (a Span's rows).
 struct RegionRequest {
   int64_t begin = 0;
   int64_t end = 0;
   at::Tensor out;
+  int64_t rows = 1;
+  int64_t row_step = 0;
 };
+
+// `requests` with every multi-row request cut into one request a row, each
+// writing a narrow() of its output: for generators that take one range at
+// a time (the CPU ones, whose stream is walked in order anyway).
+void split_rows(std::vector<RegionRequest>& requests);
 
 // Fills `requests` (sorted by begin, disjoint) with exactly the values
 // `node` writes at those positions when run whole on the target device.

@@ -59,9 +59,27 @@ TEST(Placement, SpansOfRowsAreMerged) {
   ASSERT_EQ(spans.size(), 1u);
   EXPECT_EQ(spans[0].begin, 3 + 16);
   EXPECT_EQ(spans[0].end, 3 + 32);
+  // A Shard(1): the 8 rows are one span of rows, not 8 spans.
   spans = storage_spans(g, local_piece(g.sizes, {Placement::shard(1, 1, 2)}), &in_order);
   ASSERT_TRUE(in_order);
-  EXPECT_EQ(spans.size(), 8u);
+  ASSERT_EQ(spans.size(), 1u);
+  EXPECT_EQ(spans[0].begin, 3 + 2);
+  EXPECT_EQ(spans[0].end, 3 + 4);
+  EXPECT_EQ(spans[0].rows, 8);
+  EXPECT_EQ(spans[0].row_step, 4);
+  // A flat range of a Shard(1) that starts and ends mid-row: the partial
+  // rows are spans of their own around the whole rows.
+  spans = storage_spans(
+      g, local_piece(g.sizes, {Placement::shard(1, 1, 2), Placement::flat_range(3, 13)}),
+      &in_order);
+  ASSERT_TRUE(in_order);
+  ASSERT_EQ(spans.size(), 3u);
+  EXPECT_EQ(spans[0].rows, 1);  // row 1's second element
+  EXPECT_EQ(spans[0].begin, 3 + 4 + 3);
+  EXPECT_EQ(spans[1].rows, 4);  // rows 2 to 5
+  EXPECT_EQ(spans[1].begin, 3 + 8 + 2);
+  EXPECT_EQ(spans[2].rows, 1);  // row 6's first element
+  EXPECT_EQ(spans[2].end, 3 + 24 + 3);
   Geometry t{{4, 8}, {1, 4}, 0};  // a transposed view: one bounding span
   spans = storage_spans(t, local_piece(t.sizes, {Placement::shard(0, 1, 2)}), &in_order);
   EXPECT_FALSE(in_order);
@@ -128,13 +146,26 @@ TEST(Placement, SpansHoldThePiecesPositions) {
     if (in_order) {
       std::vector<int64_t> from_spans;
       for (size_t i = 0; i < spans.size(); ++i) {
-        ASSERT_LT(spans[i].begin, spans[i].end);
+        const Span& s = spans[i];
+        ASSERT_LT(s.begin, s.end);
+        ASSERT_GE(s.rows, 1);
+        if (s.rows > 1) {
+          ASSERT_GE(s.row_step, s.size());
+        }
         if (i > 0) {
-          ASSERT_LT(spans[i - 1].end, spans[i].begin);  // sorted, disjoint, merged
+          const Span& before = spans[i - 1];
+          if (before.rows == 1 && s.rows == 1) {
+            ASSERT_LT(before.end, s.begin);  // sorted, disjoint, merged
+          } else {
+            ASSERT_LE(before.last_end(), s.begin);  // sorted, disjoint
+          }
         }
-        for (int64_t x = spans[i].begin; x < spans[i].end; ++x) {
-          from_spans.push_back(x);
+        for (const Span& run : split_rows({s})) {
+          for (int64_t x = run.begin; x < run.end; ++x) {
+            from_spans.push_back(x);
+          }
         }
+        ASSERT_EQ(s.numel(), s.rows * s.size());
       }
       ASSERT_EQ(static_cast<int64_t>(from_spans.size()), n) << iter;
       for (int64_t i = 0; i < n; ++i) {
