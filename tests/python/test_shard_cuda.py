@@ -136,7 +136,10 @@ def test_large_cuda_shards_across_the_grid_limit() -> None:
                 "u": torch.empty(3 * 2**20 + 5, dtype=dtype).uniform_(-2, 3),
                 "r": torch.randn(1025, 2049, dtype=dtype),
                 # Rows too long for one Philox call an element: a job a row.
-                "w": torch.empty(3, 2**21 + 3, dtype=dtype).uniform_(-1, 1)}
+                "w": torch.empty(3, 2**21 + 3, dtype=dtype).uniform_(-1, 1),
+                # Shard(1) pieces as one span of rows (with a flat range: a
+                # partial row, a span of rows, a partial row).
+                "c": torch.empty(2117, 4096, dtype=dtype).normal_(0, 0.02)}
 
     for dtype in (torch.float32, torch.bfloat16, torch.float64):
         eager, _, lazy = build_both(build, dtype, device="cuda")
@@ -144,7 +147,8 @@ def test_large_cuda_shards_across_the_grid_limit() -> None:
         for name, p in [("n", Shard(0, 3, 8)), ("n", Shard(1, 5, 7)), ("u", Shard(0, 1, 3)),
                         ("u", FlatRange(12345, 2**21 + 7)), ("r", [Shard(0, 1, 2), Shard(1, 2, 4)]),
                         ("r", Shard(1, 0, 8)), ("w", Shard(1, 0, 2)), ("w", Shard(1, 1, 2)),
-                        ("w", [Shard(1, 1, 2), FlatRange(5, 3 * 2**20 - 7)])]:
+                        ("w", [Shard(1, 1, 2), FlatRange(5, 3 * 2**20 - 7)]),
+                        ("c", Shard(1, 2, 3)), ("c", [Shard(1, 7, 8), FlatRange(300, 100000)])]:
             got = lazyinit.materialize_shard(lazy[name], p, "cuda")
             assert torch.equal(got, expected_piece(eager[name], p)), (dtype, name, p)
         assert lazyinit.shard_stats()["fallbacks"] == 0
