@@ -224,13 +224,13 @@ def run_worker(args, **extra) -> Dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _median_of(runs: List[Dict]) -> Dict:
+def _median_of(runs: List[Dict], digits: int) -> Dict:
     """The run of median time among `runs`, with the range of their times
-    ("range") added and the worst peak memory of them all."""
+    ("range", to `digits` decimals as the median is printed) added and the
+    worst peak memory of them all."""
     runs = sorted(runs, key=lambda r: r["seconds"])
     out = dict(runs[len(runs) // 2])
     out["peak_above_base"] = max(r["peak_above_base"] for r in runs)
-    digits = 5 if runs[0]["seconds"] < 1 else 1
     out["range"] = (f"{runs[0]['seconds']:.{digits}f}-{runs[-1]['seconds']:.{digits}f}"
                     if len(runs) > 1 else "")
     return out
@@ -289,7 +289,7 @@ def main(argv=None) -> int:
                       file=sys.stderr, flush=True)
     results: List[Dict] = []
     for r in ranks:
-        res = _median_of(runs[r])
+        res = _median_of(runs[r], digits)
         results.append(res)
         s = res["stats"]
         within = res["peak_above_base"] <= res["shard_bytes"] + 64 * mib
@@ -303,7 +303,7 @@ def main(argv=None) -> int:
     if args.device == "cuda":
         # The whole model fits one GPU: measured, not extrapolated.
         f = _median_of([run_worker(args, full=True, layers=args.layers)
-                        for _ in range(repeat)])
+                        for _ in range(repeat)], digits)
         print(f"full materialization on CUDA: {f['seconds']:.5f} s (range {f['range']}; "
               f"{f['cpu']:.2f} s CPU), "
               f"peak CUDA memory above lazy model {f['peak_above_base'] / mib:.0f} MiB, "
