@@ -228,6 +228,45 @@ const RegisterPhiloxFills register_philox_fills;
 
 }  // namespace
 
+namespace {
+
+// `pieces` with each run of short single-row pieces of one length, equally
+// spaced in the tensor and back to back in one output buffer (a Shard(1)'s
+// rows where the placement gave them one a span) turned into one piece of
+// rows.
+std::vector<PhiloxPiece> merge_rows(
+    const std::vector<PhiloxPiece>& pieces, int64_t unroll, int64_t threads) {
+  std::vector<PhiloxPiece> out;
+  out.reserve(pieces.size());
+  for (size_t i = 0; i < pieces.size();) {
+    const PhiloxPiece& head = pieces[i];
+    const int64_t len = head.out.numel();
+    size_t end = i + 1;
+    if (head.rows == 1 && philox_short_piece(len, unroll, threads) && end < pieces.size()) {
+      const int64_t step = pieces[end].begin - head.begin;
+      while (end < pieces.size() && step >= len && pieces[end].rows == 1 &&
+             pieces[end].begin - pieces[end - 1].begin == step &&
+             pieces[end].out.numel() == len &&
+             pieces[end].out.scalar_type() == head.out.scalar_type() &&
+             pieces[end].out.storage().is_alias_of(head.out.storage()) &&
+             pieces[end].out.storage_offset() == pieces[end - 1].out.storage_offset() + len) {
+        ++end;
+      }
+    }
+    const int64_t rows = static_cast<int64_t>(end - i);
+    if (rows == 1) {
+      out.push_back(head);
+    } else {
+      out.push_back(PhiloxPiece{head.begin, head.out.as_strided({rows * len}, {1}), rows,
+                                pieces[i + 1].begin - head.begin});
+    }
+    i = end;
+  }
+  return out;
+}
+
+}  // namespace
+
 std::vector<PhiloxJob> philox_jobs(
     const std::vector<PhiloxPiece>& pieces,
     const PhiloxState& start,
@@ -244,51 +283,21 @@ std::vector<PhiloxJob> philox_jobs(
   // would be anyway (philox_short_piece).
   const int64_t threads = philox_launch_threads(numel, grid_limit);
   const int64_t unroll = philox_unroll(pieces.front().out.scalar_type());
-  for (size_t i = 0; i < pieces.size();) {
-    const PhiloxPiece& piece = pieces[i];
-    if (piece.rows > 1) {
-      const int64_t len = piece.out.numel() / piece.rows;
-      if (philox_short_piece(len, unroll, threads)) {
-        PhiloxJob job{piece.begin, piece.out, start, numel, grid_limit, a, b};
-        job.rows = piece.rows;
-        job.row_step = piece.row_step;
-        jobs.push_back(std::move(job));
-      } else {
-        // Long rows: PyTorch's four elements a Philox call, a job a row.
-        for (int64_t r = 0; r < piece.rows; ++r) {
-          jobs.push_back(PhiloxJob{piece.begin + r * piece.row_step,
-                                   piece.out.narrow(0, r * len, len), start, numel,
-                                   grid_limit, a, b});
-        }
-      }
-      ++i;
+  for (const PhiloxPiece& piece : merge_rows(pieces, unroll, threads)) {
+    const int64_t len = piece.out.numel() / piece.rows;
+    if (piece.rows == 1 || philox_short_piece(len, unroll, threads)) {
+      PhiloxJob job{piece.begin, piece.out, start, numel, grid_limit, a, b};
+      job.rows = piece.rows;
+      job.row_step = piece.row_step;
+      jobs.push_back(std::move(job));
       continue;
     }
-    const at::Tensor& head = piece.out;
-    const int64_t len = head.numel();
-    // Pieces i .. end - 1: rows of `len` elements, `step` apart in the
-    // tensor and back to back in head's storage.
-    size_t end = i + 1;
-    if (philox_short_piece(len, unroll, threads) && end < pieces.size()) {
-      const int64_t step = pieces[end].begin - pieces[i].begin;
-      while (end < pieces.size() && step >= len && pieces[end].rows == 1 &&
-             pieces[end].begin - pieces[end - 1].begin == step &&
-             pieces[end].out.numel() == len &&
-             pieces[end].out.scalar_type() == head.scalar_type() &&
-             pieces[end].out.storage().is_alias_of(head.storage()) &&
-             pieces[end].out.storage_offset() == pieces[end - 1].out.storage_offset() + len) {
-        ++end;
-      }
+    // Long rows: PyTorch's four elements a Philox call, a job a row.
+    for (int64_t r = 0; r < piece.rows; ++r) {
+      jobs.push_back(PhiloxJob{piece.begin + r * piece.row_step,
+                               piece.out.narrow(0, r * len, len), start, numel, grid_limit,
+                               a, b});
     }
-    const int64_t rows = static_cast<int64_t>(end - i);
-    PhiloxJob job{pieces[i].begin, head, start, numel, grid_limit, a, b};
-    if (rows > 1) {
-      job.rows = rows;
-      job.row_step = pieces[i + 1].begin - pieces[i].begin;
-      job.out = head.as_strided({rows * len}, {1});
-    }
-    jobs.push_back(std::move(job));
-    i = end;
   }
   return jobs;
 }
