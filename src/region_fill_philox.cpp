@@ -226,10 +226,6 @@ struct RegisterPhiloxFills {
 };
 const RegisterPhiloxFills register_philox_fills;
 
-}  // namespace
-
-namespace {
-
 // `pieces` with each run of short single-row pieces of one length, equally
 // spaced in the tensor and back to back in one output buffer (a Shard(1)'s
 // rows where the placement gave them one a span) turned into one piece of
