@@ -14,6 +14,7 @@
 #include <torch/python.h>
 
 #include <array>
+#include <optional>
 #include <string>
 #include <unordered_map>
 #include <unordered_set>
@@ -348,20 +349,41 @@ PYBIND11_MODULE(_C, m) {
       });
   m.def(
       "_materialize_module_shards",
-      [](const py::object& module, const py::function& placement_fn, const py::function& encode,
+      [](const py::object& module, const py::object& placement_fn, const py::function& encode,
+         const std::optional<std::pair<std::vector<std::array<int64_t, 4>>,
+                                       std::vector<std::array<int64_t, 4>>>>& by_kind,
          const std::string& device) {
         std::vector<py::object> names;
         std::vector<py::object> values;
+        std::vector<bool> is_param;
         visit_module_tensors(module, /*only_lazy=*/false,
-                             [&](py::object name, py::handle value, bool) {
+                             [&](py::object name, py::handle value, bool param) {
           names.push_back(std::move(name));
           values.push_back(py::reinterpret_borrow<py::object>(value));
+          is_param.push_back(param);
         });
+        // lazyinit.ByKind: placements by kind, decided here without a Python
+        // call a tensor. A 0-dim tensor has nothing to split: replicated.
+        std::vector<Placement> parameters;
+        std::vector<Placement> buffers;
+        const std::vector<Placement> replicate{Placement::replicate()};
+        if (by_kind) {
+          parameters = placements_from(by_kind->first);
+          buffers = placements_from(by_kind->second);
+        }
         // Plugins return the same few placement objects for many tensors:
         // each is encoded once (held in `encoded`, so its address stays its own).
         std::unordered_map<PyObject*, size_t> index;
         std::vector<std::pair<py::object, std::vector<Placement>>> encoded;
         auto placement_of = [&](size_t i) -> const std::vector<Placement>& {
+          TORCH_CHECK(THPVariable_Check(values[i].ptr()), "lazyinit: ",
+                      py::str(names[i]).cast<std::string>(), " is neither None nor a tensor");
+          if (by_kind) {
+            if (THPVariable_Unpack(values[i].ptr()).dim() == 0) {
+              return replicate;
+            }
+            return is_param[i] ? parameters : buffers;
+          }
 #if PY_VERSION_HEX >= 0x03090000
           PyObject* args[] = {names[i].ptr(), values[i].ptr()};  // one call, no argument tuple
           py::object placement = py::reinterpret_steal<py::object>(
@@ -379,8 +401,6 @@ PYBIND11_MODULE(_C, m) {
             it = index.emplace(placement.ptr(), encoded.size()).first;
             encoded.emplace_back(placement, placements_from(items));
           }
-          TORCH_CHECK(THPVariable_Check(values[i].ptr()), "lazyinit: ",
-                      py::str(names[i]).cast<std::string>(), " is neither None nor a tensor");
           return encoded[it->second].second;
         };
         // On a GPU in growing parts (allocation_parts(), by the tensors'

@@ -31,6 +31,7 @@ from ._materialize import (  # noqa: E402
     stats,
 )
 from ._shard import (  # noqa: E402
+    ByKind,
     FlatRange,
     Replicate,
     Shard,
@@ -45,6 +46,7 @@ from ._shard import (  # noqa: E402
 device_type: str = _C._lazy_device_type()
 
 __all__ = [
+    "ByKind",
     "FlatRange",
     "LazyInitContext",
     "LazyStats",

@@ -64,6 +64,26 @@ class FlatRange:
 PlacementLike = Union[Replicate, Shard, FlatRange, Sequence[Union[Replicate, Shard, FlatRange]]]
 
 
+@dataclasses.dataclass(frozen=True)
+class ByKind:
+    """A placement policy for :func:`materialize_module_shards`: every
+    parameter gets ``parameters``, every buffer ``buffers``, and a 0-dim
+    tensor (nothing to split) is replicated. FSDP's layout is
+    ``ByKind(Shard(0, rank, world_size))``. The placements are decided in
+    C++, without a Python call a tensor; "parameter" means an entry of a
+    module's ``_parameters`` (what ``named_parameters()`` yields)."""
+
+    parameters: PlacementLike
+    buffers: PlacementLike = Replicate()
+
+    def __call__(self, name: str, tensor: torch.Tensor) -> PlacementLike:
+        """The placement of ``tensor`` (as :func:`materialize_module_shards`
+        decides it; a plain tensor counts as a buffer)."""
+        if tensor.dim() == 0:
+            return Replicate()
+        return self.parameters if isinstance(tensor, torch.nn.Parameter) else self.buffers
+
+
 def _encode(placement: PlacementLike) -> List[Tuple[int, int, int, int]]:
     items = list(placement) if isinstance(placement, (list, tuple)) else [placement]
     out: List[Tuple[int, int, int, int]] = []
@@ -101,10 +121,11 @@ def materialize_shard(tensor: torch.Tensor, placement: PlacementLike,
 
 def materialize_module_shards(
         module: torch.nn.Module,
-        placement_fn: Callable[[str, torch.Tensor], PlacementLike],
+        placement_fn: Union[ByKind, Callable[[str, torch.Tensor], PlacementLike]],
         device: DeviceLike = "cpu") -> Dict[str, torch.Tensor]:
     """Materializes this rank's piece of every parameter and buffer of
-    ``module``: ``placement_fn(name, tensor)`` gives each one's placement.
+    ``module``: ``placement_fn(name, tensor)`` gives each one's placement,
+    or a :class:`ByKind` policy gives them by kind (parameter or buffer).
     Returns ``{name: local tensor}`` (tied tensors once, under their first
     name, as ``named_parameters`` reports them); the module stays lazy.
     The pieces take one allocation per dtype, each in a storage of its own
@@ -118,7 +139,13 @@ def materialize_module_shards(
     # The walk, the calls of placement_fn and the encoding (once for each
     # placement object returned) run in C++; placement_fn is called in
     # named_parameters() then named_buffers() order.
-    return _C._materialize_module_shards(module, placement_fn, _encode, target)
+    if isinstance(placement_fn, ByKind):
+        by_kind = (_encode(placement_fn.parameters), _encode(placement_fn.buffers))
+        return _C._materialize_module_shards(module, None, _encode, by_kind, target)
+    if not callable(placement_fn):
+        raise TypeError("lazyinit: placement_fn must be a callable (name, tensor) -> placement "
+                        f"or a lazyinit.ByKind, got {placement_fn!r}")
+    return _C._materialize_module_shards(module, placement_fn, _encode, None, target)
 
 
 def shard_stats() -> Dict[str, Any]:

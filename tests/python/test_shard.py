@@ -404,6 +404,50 @@ def test_module_walk_matches_named_parameters_and_buffers() -> None:
     assert s.buffers_lazy == len(list(lazy.buffers()))
 
 
+def _by_kind_model() -> nn.Module:
+    m = _shared_model()
+    m.gain = nn.Parameter(torch.randn(()))             # 0-dim: replicated
+    m.register_buffer("steps", torch.zeros((), dtype=torch.int64))
+    m.register_buffer("table", torch.randn(5, 3))
+    return m
+
+
+@pytest.mark.parametrize("buffers", [Replicate(), Shard(0, 1, 2)], ids=["replicated", "dim0"])
+def test_by_kind_places_parameters_and_buffers_and_equals_eager(buffers) -> None:
+    """ByKind decides in C++ what its __call__ (the same rule, in Python)
+    decides: parameters one placement, buffers another, 0-dim tensors
+    replicated; every piece equals the eager slice."""
+    torch.manual_seed(5)
+    eager = _by_kind_model()
+    torch.manual_seed(5)
+    with lazyinit.LazyInitContext():
+        lazy = _by_kind_model()
+    want = dict(list(eager.named_parameters()) + list(eager.named_buffers()))
+    for world in (1, 3):
+        for rank in range(world):
+            policy = lazyinit.ByKind(Shard(0, rank, world), buffers)
+            got = lazyinit.materialize_module_shards(lazy, policy)
+            via_python = lazyinit.materialize_module_shards(lazy, lambda n, t: policy(n, t))
+            assert list(got) == list(via_python) == list(want)
+            for name, piece in got.items():
+                t = want[name]
+                placement = (Replicate() if t.dim() == 0 else
+                             Shard(0, rank, world) if isinstance(t, nn.Parameter) else buffers)
+                assert torch.equal(piece, expected_piece(t, placement)), (name, rank, world)
+                assert torch.equal(piece, via_python[name]), name
+    assert lazyinit.is_lazy(lazy)
+
+
+def test_by_kind_and_placement_fn_type_errors() -> None:
+    with lazyinit.LazyInitContext():
+        lazy = _shared_model()
+    with pytest.raises(TypeError, match="expected Replicate, Shard, FlatRange"):
+        lazyinit.materialize_module_shards(lazy, lazyinit.ByKind("dim0"))
+    with pytest.raises(TypeError, match="must be a callable"):
+        lazyinit.materialize_module_shards(lazy, Shard(0, 0, 2))
+    assert lazyinit.is_lazy(lazy)
+
+
 def test_placement_function_errors_propagate() -> None:
     with lazyinit.LazyInitContext():
         lazy = _shared_model()

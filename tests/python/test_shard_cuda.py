@@ -257,3 +257,31 @@ def test_placement_error_is_raised_on_a_gpu() -> None:
         lazyinit.materialize_module_shards(m, place, "cuda")
     got = lazyinit.materialize_module_shards(m, lambda name, t: Shard(0, 0, 2), "cuda")
     assert list(got) == [f"t{i}" for i in range(40)]
+
+
+def test_by_kind_on_a_gpu_equals_eager() -> None:
+    """A ByKind policy (FSDP's layout: parameters Shard(0), buffers and
+    0-dim tensors replicated) over the growing parts of a GPU: every rank's
+    pieces equal the eager CUDA slices."""
+    def build() -> torch.nn.Module:
+        m = torch.nn.Module()
+        for i in range(30):
+            m.add_module(f"lin{i}", torch.nn.Linear(33 + i, 17 + 2 * i))
+        m.gain = torch.nn.Parameter(torch.randn(()))
+        m.register_buffer("table", torch.randn(7, 5))
+        return m
+    torch.manual_seed(11)
+    with torch.device("cuda"):
+        eager = build()
+    torch.manual_seed(11)
+    with lazyinit.LazyInitContext():
+        lazy = build()
+    want = dict(list(eager.named_parameters()) + list(eager.named_buffers()))
+    for rank in range(4):
+        got = lazyinit.materialize_module_shards(lazy, lazyinit.ByKind(Shard(0, rank, 4)), "cuda")
+        assert list(got) == list(want)
+        for name, piece in got.items():
+            t = want[name]
+            placement = (Shard(0, rank, 4) if isinstance(t, torch.nn.Parameter) and t.dim()
+                         else lazyinit.Replicate())
+            assert torch.equal(piece, expected_piece(t, placement)), (rank, name)
