@@ -125,19 +125,23 @@ class _Meter:
         self.peak_above_base = peak - self.base
 
 
-LAYOUTS = ("fsdp", "dim1", "tp2-fsdp")
+LAYOUTS = ("fsdp", "fsdp-bykind", "dim1", "tp2-fsdp")
 
 
 def _placement(model, rank: int, world: int, layout: str = "fsdp"):
     """Buffers replicated; parameters: "fsdp" Shard(0) (FSDP2 / DTensor),
-    "dim1" Shard(1) of matrices (one storage span per row), "tp2-fsdp"
-    tensor parallel over 2 on dim 0, then FSDP over world/2 on dim 1.
-    The placements are made once, as a plugin would, not once a tensor."""
+    through a Python placement function; "fsdp-bykind" the same as a
+    ``lazyinit.ByKind`` policy (decided in C++); "dim1" Shard(1) of
+    matrices (one storage span per row); "tp2-fsdp" tensor parallel over 2
+    on dim 0, then FSDP over world/2 on dim 1. The placements are made once,
+    as a plugin would, not once a tensor."""
     import torch
     import lazyinit
 
     replicate = lazyinit.Replicate()
     dim0 = lazyinit.Shard(0, rank, world)
+    if layout == "fsdp-bykind":
+        return lazyinit.ByKind(dim0)
     dim1 = lazyinit.Shard(1, rank, world)
     inner = max(world // 2, 1)
     tp_fsdp = [lazyinit.Shard(0, rank // inner, 2), lazyinit.Shard(1, rank % inner, inner)] \
