@@ -358,11 +358,10 @@ std::vector<at::Tensor> materialize_shards(
       total += flat_slice_bytes(numel * static_cast<int64_t>(tensors[i].dtype().itemsize()));
     }
   }
+  // Each dtype's buffer is allocated where its first piece comes: a GPU
+  // then fills the pieces before it during that cudaMalloc (a model's few
+  // float32 buffers, after its bfloat16 parameters, cost no idle time).
   std::map<c10::ScalarType, at::Tensor> buffers;
-  for (const auto& entry : totals) {
-    buffers[entry.first] =
-        at::empty({entry.second}, at::TensorOptions().dtype(at::kByte).device(device));
-  }
   std::vector<at::Tensor> out;
   out.reserve(tensors.size());
   GeneratorStateGuard generators;  // one for all: restoring costs a copy
@@ -370,8 +369,12 @@ std::vector<at::Tensor> materialize_shards(
   for (size_t i = 0; i < tensors.size(); ++i) {
     at::Tensor dest;
     if (offsets[i] >= 0) {
-      dest = flat_slice(
-          buffers[tensors[i].scalar_type()], offsets[i], pieces[i].numel(), tensors[i].dtype());
+      at::Tensor& buffer = buffers[tensors[i].scalar_type()];
+      if (!buffer.defined()) {
+        buffer = at::empty({totals[tensors[i].scalar_type()]},
+                           at::TensorOptions().dtype(at::kByte).device(device));
+      }
+      dest = flat_slice(buffer, offsets[i], pieces[i].numel(), tensors[i].dtype());
     }
     out.push_back(shard_into(tensors[i], pieces[i], device, dest));
   }
