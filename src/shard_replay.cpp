@@ -369,10 +369,10 @@ std::vector<at::Tensor> materialize_shards(
   for (size_t i = 0; i < tensors.size(); ++i) {
     at::Tensor dest;
     if (offsets[i] >= 0) {
-      at::Tensor& buffer = buffers[tensors[i].scalar_type()];
+      const c10::ScalarType dtype = tensors[i].scalar_type();
+      at::Tensor& buffer = buffers[dtype];
       if (!buffer.defined()) {
-        buffer = at::empty({totals[tensors[i].scalar_type()]},
-                           at::TensorOptions().dtype(at::kByte).device(device));
+        buffer = at::empty({totals.at(dtype)}, at::TensorOptions().dtype(at::kByte).device(device));
       }
       dest = flat_slice(buffer, offsets[i], pieces[i].numel(), tensors[i].dtype());
     }
