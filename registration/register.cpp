@@ -126,7 +126,7 @@ at::MemoryFormat dropout_mask_format() {
 
 // at::dropout (a CompositeImplicitAutograd op) takes the fused
 // native_dropout when is_fused_kernel_acceptable(input, p) holds, which is
-// true for Lazy (torch 1.13) and PrivateUse1 (torch 2.x) tensors, and
+// true for Lazy tensors (is_lazy()), and
 // _dropout on the CPU. The two lay out their masks and round differently,
 // so lazy values would differ from eager CPU construction. Materialization
 // targets the CPU: run the CPU path, _dropout (ATen/native/Dropout.cpp), op
@@ -153,18 +153,7 @@ void dropout_kernel(
   stack->emplace_back(std::move(result));
 }
 
-c10::DispatchKey pick_key() {
-  if (compat::try_rename_privateuse1_to_lazy() &&
-      c10::Device("lazy").type() == c10::DeviceType::PrivateUse1) {
-    return c10::DispatchKey::PrivateUse1;
-  }
-  return c10::DispatchKey::Lazy;
-}
-
-void check_lazy_key_free(c10::DispatchKey key) {
-  if (key != c10::DispatchKey::Lazy) {
-    return;
-  }
+void check_lazy_key_free() {
   auto op = c10::Dispatcher::singleton().findSchemaOrThrow("aten::empty", "memory_format");
   TORCH_CHECK(
       !op.hasKernelForDispatchKey(c10::DispatchKey::Lazy),
@@ -223,11 +212,14 @@ void register_backend() {
   static std::unique_ptr<torch::Library> lib;
   static std::unique_ptr<torch::Library> fallback;
   std::call_once(once, [] {
-    const c10::DispatchKey key = pick_key();
-    check_lazy_key_free(key);
-    set_lazy_device_type(
-        key == c10::DispatchKey::PrivateUse1 ? c10::DeviceType::PrivateUse1
-                                             : c10::DeviceType::Lazy);
+    // The Lazy key on every torch, not a PrivateUse1 backend renamed
+    // "lazy" (torch >= 2.9 would parse "lazy" to it): a named PrivateUse1
+    // backend becomes torch.accelerator's current accelerator, which moves
+    // FSDP2's default mesh, torch.get_device_module() and pinning onto the
+    // lazy device in every process that imports lazyinit, and it would
+    // collide with out-of-tree PrivateUse1 backends.
+    const c10::DispatchKey key = lazy_dispatch_key();
+    check_lazy_key_free();
     lib = std::make_unique<torch::Library>(
         torch::Library::IMPL, "aten", key, __FILE__, __LINE__);
     fallback = std::make_unique<torch::Library>(
@@ -235,9 +227,6 @@ void register_backend() {
     register_kernels(*lib, *fallback, key);
     register_device_guard();
     register_rng_hooks();
-    if (key == c10::DispatchKey::PrivateUse1) {
-      register_privateuse1_hooks();
-    }
   });
 }
 

@@ -3,12 +3,9 @@
 #include <c10/core/DispatchKeySet.h>
 #include <c10/util/Exception.h>
 
-#include <atomic>
 
 namespace lazyinit {
 namespace {
-
-std::atomic<c10::DeviceType> g_lazy_type{c10::DeviceType::Lazy};
 
 // Per thread, like LazyInitContext: contexts in different threads may name
 // different default devices.
@@ -21,26 +18,12 @@ thread_local bool g_in_context = false;
 
 }  // namespace
 
-c10::DeviceType lazy_device_type() {
-  return g_lazy_type.load();
-}
-
-c10::DispatchKey lazy_dispatch_key() {
-  return lazy_device_type() == c10::DeviceType::PrivateUse1
-      ? c10::DispatchKey::PrivateUse1
-      : c10::DispatchKey::Lazy;
-}
-
 c10::Device lazy_device() {
   return c10::Device(lazy_device_type());
 }
 
 bool is_lazy_device(const c10::Device& device) {
   return device.type() == lazy_device_type();
-}
-
-void set_lazy_device_type(c10::DeviceType type) {
-  g_lazy_type.store(type);
 }
 
 c10::Device default_device() {

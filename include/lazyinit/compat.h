@@ -1,8 +1,7 @@
 // Every difference between the torch versions lazyinit supports lives here.
 //
-// Supported: torch 1.13 (Debian 12's LibTorch, "lazy" parses to
-// DeviceType::Lazy) and torch 2.x up to 2.11 (where "lazy" parses to
-// PrivateUse1 once that backend is renamed to "lazy").
+// Supported: torch 1.13 (Debian 12's LibTorch) to 2.14 (Debian unstable's;
+// 2.11 with CUDA on the accelerator machine).
 #pragma once
 
 #include <ATen/core/Generator.h>
@@ -19,39 +18,12 @@
   (TORCH_VERSION_MAJOR > (major) ||           \
    (TORCH_VERSION_MAJOR == (major) && TORCH_VERSION_MINOR >= (minor)))
 
-#if LAZYINIT_TORCH_AT_LEAST(2, 1)
-#include <c10/core/impl/alloc_cpu.h>
-#include <c10/core/DeviceType.h>
-#endif
-
 namespace lazyinit {
 namespace compat {
 
 template <typename T>
 using optional = c10::optional<T>;
 constexpr auto nullopt = c10::nullopt;
-
-// True when this torch can give PrivateUse1 the name "lazy" and then parses
-// "lazy" to PrivateUse1 (c10/core/Device.cpp checks the PrivateUse1 name
-// before the built-in table from torch 2.9 on).
-constexpr bool kPrivateUse1CanBeLazy = LAZYINIT_TORCH_AT_LEAST(2, 9);
-
-// Names PrivateUse1 "lazy" where that makes "lazy" parse to it. Returns
-// whether PrivateUse1 is (now) called "lazy".
-inline bool try_rename_privateuse1_to_lazy() {
-#if LAZYINIT_TORCH_AT_LEAST(2, 9)
-  if (c10::get_privateuse1_backend() == "lazy") {
-    return true;
-  }
-  if (c10::is_privateuse1_backend_registered()) {
-    return false;  // somebody else owns PrivateUse1 under another name
-  }
-  c10::register_privateuse1_backend("lazy");
-  return true;
-#else
-  return false;
-#endif
-}
 
 // Philox generators (CUDA) expose their counter offset through the generic
 // Generator interface from torch 2.1 on; exact CUDA replay needs it.

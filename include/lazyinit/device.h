@@ -7,12 +7,12 @@
 
 namespace lazyinit {
 
-// DeviceType::Lazy on torch < 2.9, PrivateUse1 where that is named "lazy".
-c10::DeviceType lazy_device_type();
-c10::DispatchKey lazy_dispatch_key();
+// DeviceType::Lazy and its dispatch key, on every supported torch
+// (docs/architecture.md, "Which key", says why not PrivateUse1).
+constexpr c10::DeviceType lazy_device_type() { return c10::DeviceType::Lazy; }
+constexpr c10::DispatchKey lazy_dispatch_key() { return c10::DispatchKey::Lazy; }
 c10::Device lazy_device();
 bool is_lazy_device(const c10::Device& device);
-void set_lazy_device_type(c10::DeviceType type);
 
 // Device for early materialization and the default target of materialize()
 // for storages created now (LazyInitContext(default_device=...)). CPU unless set.

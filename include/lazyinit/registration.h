@@ -3,14 +3,13 @@
 
 namespace lazyinit {
 
-// Idempotent. Picks the dispatch key that "lazy" maps to in this torch,
-// registers the recorder on it, and the device guard (and, on torch 2.x,
-// the PrivateUse1 hooks). Throws if torch._lazy already owns the Lazy key.
+// Idempotent. Registers the recorder on the Lazy dispatch key (the key
+// "lazy" parses to), the device guard and the random-factory hooks. Throws
+// if torch._lazy's TorchScript backend already owns the Lazy key.
 void register_backend();
 
 // Called from register_backend; each lives in its own file.
 void register_device_guard();
-void register_privateuse1_hooks();
 void register_rng_hooks();
 
 }  // namespace lazyinit

@@ -42,7 +42,7 @@ from ._shard import (  # noqa: E402
     shard_stats,
 )
 
-#: The device type lazy tensors report ("lazy", or "privateuseone"'s rename).
+#: The device type lazy tensors report: "lazy" (torch's ``DeviceType::Lazy``).
 device_type: str = _C._lazy_device_type()
 
 __all__ = [

@@ -12,15 +12,11 @@ from . import _patches
 def register() -> None:
     """Registers everything once; later calls do nothing.
 
-    On torch >= 2.9 the C++ side names PrivateUse1 "lazy" first, so that
-    torch.device("lazy") parses to it; older torch parses "lazy" to the Lazy key.
+    The C++ side registers on the Lazy dispatch key, which "lazy" parses to
+    on every supported torch; ``torch.lazy`` is the device module.
     """
     _C._register()
     if not hasattr(torch, "lazy"):
         torch._register_device_module("lazy", _device_module)
-    if _C._lazy_device_type() == "privateuseone":
-        gen = getattr(torch.utils, "generate_methods_for_privateuse1_backend", None)
-        if gen is not None and not hasattr(torch.Tensor, "is_lazy"):
-            gen(for_tensor=True, for_module=False, for_storage=False)
     _patches.install()
     _cuda.watch_initialization()

@@ -472,22 +472,17 @@ def test_dropout_of_non_contiguous_tensor_draws_like_eager(p):
 # 7. autograd views
 # --------------------------------------------------------------------------
 
-# Not fixable in lazyinit: torch < 2.9 parses "lazy" to DeviceType::Lazy, for
-# which Device::supports_as_strided() is false, so autograd gives every lazy
-# view a view function and, after an in-place write, regenerates the view's
-# grad_fn by calling it on the base (torch/csrc/autograd/variable.cpp,
-# VariableHooks::grad_fn). When the base does not require grad, that gives no
-# grad_fn and torch asserts; CPU tensors take the AsStridedBackward0 branch
-# instead. On torch >= 2.9 the lazy device is PrivateUse1, which supports
-# as_strided, and these tests must pass.
-def _lazy_is_privateuse1() -> bool:
-    # device_type reads "lazy" either way: PrivateUse1 is renamed "lazy".
-    name = getattr(torch._C, "_get_privateuse1_backend_name", None)
-    return name is not None and name() == "lazy"
-
-
+# Not fixable in lazyinit: for DeviceType::Lazy (the lazy device on every
+# torch), Device::supports_as_strided() is false, so autograd gives every
+# lazy view a view function and, after an in-place write, regenerates the
+# view's grad_fn by calling it on the base (torch/csrc/autograd/variable.cpp,
+# VariableHooks::grad_fn). When the base does not require grad, that gives
+# no grad_fn and torch asserts (loudly; no value is wrong); CPU tensors take
+# the AsStridedBackward0 branch instead. A device type that supports
+# as_strided (PrivateUse1) would avoid it, but a named PrivateUse1 backend
+# becomes torch.accelerator's accelerator (docs/architecture.md).
 _autograd_view_fn_bug = pytest.mark.xfail(
-    not _lazy_is_privateuse1(), strict=True,
+    strict=True,
     reason="torch bug for devices without as_strided (Lazy, XLA): autograd regenerates "
            "a view's grad_fn through its view function and asserts when the base does "
            "not require grad; see docs/fuzzing.md, finding 10")
