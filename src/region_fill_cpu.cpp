@@ -5,10 +5,15 @@
 // uniform_: cpu_serial_kernel draws one value per element, in memory order,
 //   from uniform_real_distribution<scalar_t>: one 32-bit mt19937 output for
 //   float / half / bfloat16, two (random64) for double.
-// normal_ on a contiguous tensor of >= 16 elements (normal_fill): first one
-//   uniform per element for the whole tensor, then Box-Muller on each block
-//   of 16 (element j pairs with j + 8); when numel % 16 != 0, 16 more
-//   uniforms are drawn and the last 16 elements are recomputed from them.
+// normal_ on a contiguous tensor of >= 16 elements (normal_fill): block k
+//   of 16 elements takes uniforms 16k .. 16k + 15, and Box-Muller pairs
+//   element j with j + 8; when numel % 16 != 0, 16 more uniforms are drawn
+//   and the last 16 elements are recomputed from them. Where those 16 sit
+//   in the stream differs by torch version and dtype: after all numel
+//   uniforms (torch 1.13 for every dtype, and float/double later), or right
+//   after the whole blocks (torch 2.14's bf16/fp16 kernel, which draws and
+//   transforms a block at a time in float). A probe of the running torch
+//   decides it per dtype (normal_tail()); an unrecognised layout falls back.
 //   Smaller or non-contiguous tensors take a serial path through
 //   normal_distribution<double>, which uses the generator's cached normal
 //   sample; those are run whole (only when tiny) or fall back.
@@ -49,15 +54,9 @@ void twist_state(std::array<uint32_t, at::MERSENNE_STATE_N>& state) {
   state[n - 1] = state[m - 1] ^ twist(state[n - 1], state[0]);
 }
 
-}  // namespace
-
-void discard_draws(at::mt19937& engine, int64_t n) {
-  if (n <= 0) {
-    return;
-  }
-  // Mirrors operator(): `if (--left_ == 0) next_state(); next_++`, without
-  // tempering the outputs nobody reads: twice as fast as drawing them.
-  count_skipped_draws(n);
+// Mirrors operator(): `if (--left_ == 0) next_state(); next_++`, without
+// tempering the outputs nobody reads: twice as fast as drawing them.
+void advance_engine(at::mt19937& engine, int64_t n) {
   at::mt19937_data_pod d = engine.data();
   while (n > 0) {
     if (d.left_ > 1) {
@@ -73,6 +72,16 @@ void discard_draws(at::mt19937& engine, int64_t n) {
     }
   }
   engine.set_data(d);
+}
+
+}  // namespace
+
+void discard_draws(at::mt19937& engine, int64_t n) {
+  if (n <= 0) {
+    return;
+  }
+  count_skipped_draws(n);
+  advance_engine(engine, n);
 }
 
 namespace {
@@ -130,6 +139,86 @@ int64_t draws_per_uniform(caffe2::TypeMeta dtype) {
     return 1;
   }
   return -1;
+}
+
+// Where normal_fill draws the uniforms of the recomputed last block when
+// numel % 16 != 0 (see the top of this file).
+enum class NormalTail { kAfterAll, kAfterBlocks, kUnknown };
+
+// Runs the kernel once on 17 elements from a fixed state and recognises the
+// layout by the generator's position afterwards and by the values: element
+// 0 comes from the first block, elements 1..16 from the tail's uniforms.
+NormalTail probe_normal_tail(at::ScalarType dtype) {
+  constexpr int64_t n = kBlock + 1;
+  const int64_t per = draws_per_uniform(caffe2::TypeMeta::fromScalarType(dtype));
+  at::NoGradGuard no_grad;
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(20261207);
+  const GenState start = GenState::of(gen);
+  const auto options = at::TensorOptions().dtype(dtype);
+  at::Tensor whole = at::empty({n}, options);
+  whole.normal_(0, 1, gen);
+  const GenState after = GenState::of(gen);
+  auto block_from = [&](int64_t uniforms) {
+    GenState state = start;
+    advance_engine(state.engine, uniforms * per);
+    state.apply(gen);
+    at::Tensor block = at::empty({kBlock}, options);
+    block.normal_(0, 1, gen);
+    return block;
+  };
+  const at::Tensor first = block_from(0);
+  for (const auto layout : {NormalTail::kAfterAll, NormalTail::kAfterBlocks}) {
+    const int64_t tail = layout == NormalTail::kAfterAll ? n : n / kBlock * kBlock;
+    GenState expected = start;
+    advance_engine(expected.engine, (tail + kBlock) * per);
+    if (expected == after && whole[0].equal(first[0]) &&
+        whole.narrow(0, 1, kBlock).equal(block_from(tail))) {
+      return layout;
+    }
+  }
+  return NormalTail::kUnknown;
+}
+
+NormalTail normal_tail(caffe2::TypeMeta dtype) {
+  // Probed once per process, for the four dtypes the kernel takes.
+  static const std::array<NormalTail, 4> layouts = {
+      probe_normal_tail(at::kFloat), probe_normal_tail(at::kDouble),
+      probe_normal_tail(at::kHalf), probe_normal_tail(at::kBFloat16)};
+  switch (dtype.toScalarType()) {
+    case at::kFloat:
+      return layouts[0];
+    case at::kDouble:
+      return layouts[1];
+    case at::kHalf:
+      return layouts[2];
+    case at::kBFloat16:
+      return layouts[3];
+    default:
+      return NormalTail::kUnknown;
+  }
+}
+
+// The uniform (element) index where the recomputed tail's draws start, or
+// -1 when this torch's layout is not recognised.
+int64_t normal_tail_start(caffe2::TypeMeta dtype, int64_t n) {
+  switch (normal_tail(dtype)) {
+    case NormalTail::kAfterAll:
+      return n;
+    case NormalTail::kAfterBlocks:
+      return n / kBlock * kBlock;
+    case NormalTail::kUnknown:
+      break;
+  }
+  return -1;
+}
+
+// Draws of normal_fill over n >= 16 elements, or -1 if unknown.
+int64_t normal_fill_draws(caffe2::TypeMeta dtype, int64_t n, int64_t per) {
+  if (n % kBlock == 0) {
+    return n * per;
+  }
+  const int64_t tail = normal_tail_start(dtype, n);
+  return tail < 0 ? -1 : (tail + kBlock) * per;
 }
 
 // Fills a tensor from a generator state (advancing it) as the recorded op
@@ -233,7 +322,7 @@ int64_t normal_draws(const Node& node) {
   if (!contiguous || n < kBlock) {
     return -1;  // the serial path: depends on the cached normal sample
   }
-  return (n + (n % kBlock != 0 ? kBlock : 0)) * per;
+  return normal_fill_draws(self.dtype, n, per);
 }
 
 // One draw (or two) per element, wherever the range sits: numel is unused.
@@ -274,6 +363,11 @@ bool fill_normal_with(Kernel kernel, const GenState& start, int64_t n,
     return true;
   }
   const int64_t tail_start = n % kBlock != 0 ? n - kBlock : n;
+  const int64_t tail_draws_from =
+      n % kBlock != 0 ? normal_tail_start(requests.front().out.dtype(), n) : n;
+  if (tail_draws_from < 0) {
+    return false;  // this torch's tail layout is not one we know
+  }
   // Whole blocks inside a request are generated straight into the output
   // (no scratch: a scratch buffer per chunk fragmented the heap by ~30%);
   // partial blocks at a request's ends go through one 16-element buffer,
@@ -314,9 +408,8 @@ bool fill_normal_with(Kernel kernel, const GenState& start, int64_t n,
         continue;
       }
       if (!tail.defined()) {
-        // Drawn after the n uniforms of the main pass.
         tail = at::empty({kBlock}, options);
-        cursor.seek(n * per);
+        cursor.seek(tail_draws_from * per);
         cursor.run(tail, kBlock * per);
       }
       r.out.narrow(0, b - r.begin, r.end - b).copy_(tail.narrow(0, b - tail_start, r.end - b));
@@ -345,7 +438,7 @@ int64_t randn_draws(const Node& node) {
   if (per < 0 || (n > 0 && n < kBlock)) {
     return -1;  // the serial path: depends on the cached normal sample
   }
-  return (n + (n % kBlock != 0 ? kBlock : 0)) * per;
+  return n == 0 ? 0 : normal_fill_draws(dtype, n, per);
 }
 
 struct RegisterCpuFills {

@@ -113,6 +113,25 @@ def edit_model(dtype: torch.dtype) -> Dict[str, torch.Tensor]:
     return t
 
 
+def fill_model(dtype: torch.dtype, gen: "torch.Generator | None") -> Dict[str, torch.Tensor]:
+    """Every region generator (uniform_, normal_, rand, randn) over odd
+    sizes, normal_'s recomputed tail (numel % 16 != 0), whole blocks only,
+    and the serial kernel (< 16 elements), drawing from ``gen`` (None: the
+    default generator)."""
+    kw = {} if gen is None else {"generator": gen}
+    t: Dict[str, torch.Tensor] = {}
+    t["uniform"] = torch.empty(4097, 3, dtype=dtype).uniform_(-1, 2, **kw)
+    t["normal_tail"] = torch.empty(37, 33, dtype=dtype).normal_(0.5, 2, **kw)
+    t["normal_blocks"] = torch.empty(64, 8, dtype=dtype).normal_(**kw)
+    t["normal_17"] = torch.empty(17, dtype=dtype).normal_(**kw)
+    t["normal_tiny"] = torch.empty(7, dtype=dtype).normal_(**kw)
+    t["rand"] = torch.rand(41, 5, dtype=dtype, **kw)
+    t["randn"] = torch.randn(3, 29, dtype=dtype, **kw)
+    t["randn_tiny"] = torch.randn(2, 5, dtype=dtype, **kw)
+    t["uniform_after"] = torch.empty(100, dtype=dtype).uniform_(**kw)
+    return t
+
+
 BUILDERS: Dict[str, Builder] = {"nn_init": nn_init_model, "edits": edit_model}
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 
@@ -157,6 +176,38 @@ def test_every_shard_equals_the_eager_slice_in_random_order(kind: str, dtype: to
         lazyinit.materialize(lazy[name])
         assert torch.equal(lazy[name], eager[name]), name
     assert torch.equal(torch.get_rng_state(), eager_state)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
+@pytest.mark.parametrize("generator", ["default", "explicit"])
+def test_every_dtype_generator_and_placement_equals_eager(generator: str,
+                                                          dtype: torch.dtype) -> None:
+    """dtype x generator x placement: every piece of every region-generated
+    tensor equals the eager slice, in random order; afterwards the generator
+    drawn from is where eager left it."""
+    def gen():
+        return None if generator == "default" else torch.Generator().manual_seed(77)
+
+    eager_gen, lazy_gen = gen(), gen()
+    torch.manual_seed(1234)
+    eager = fill_model(dtype, eager_gen)
+    eager_state = (torch.get_rng_state() if eager_gen is None else eager_gen.get_state())
+    torch.manual_seed(1234)
+    with lazyinit.LazyInitContext():
+        lazy = fill_model(dtype, lazy_gen)
+    rng = random.Random(f"{generator}-{dtype}")
+    work = [(name, p) for name in lazy for p in placements_for(lazy[name].shape, rng)]
+    rng.shuffle(work)
+    lazyinit.reset_shard_stats()
+    for name, p in work:
+        got = lazyinit.materialize_shard(lazy[name], p)
+        assert torch.equal(got, expected_piece(eager[name], p)), (name, p)
+    assert lazyinit.shard_stats()["fallbacks"] == 0, lazyinit.shard_stats()["fallback_reasons"]
+    for name in rng.sample(sorted(lazy), len(lazy)):
+        lazyinit.materialize(lazy[name])
+        assert torch.equal(lazy[name], eager[name]), name
+    state = torch.get_rng_state() if lazy_gen is None else lazy_gen.get_state()
+    assert torch.equal(state, eager_state)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
