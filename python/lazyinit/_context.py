@@ -7,7 +7,7 @@ from typing import Any, Callable, Dict, Optional, Union
 
 import torch
 
-from . import _C, _cuda
+from . import _C, _cuda, _torch_compat
 from ._materialize import materialize
 
 DeviceLike = Union[str, int, torch.device]
@@ -37,7 +37,9 @@ _active = threading.local()
 
 def _prime_function_tables() -> None:
     """Fills torch's lazily built, identity-keyed function tables while the
-    originals are in place, so that none of them caches a stand-in."""
+    originals are in place, so that none of them caches a stand-in (and
+    imports the torch modules that build such tables at import)."""
+    _torch_compat.import_dynamo_before_swaps()
     for path in ("torch.utils._device._device_constructors",
                  "torch.overrides.get_ignored_functions"):
         module_name, _, attr = path.rpartition(".")

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from . import _C
+from . import _C, _torch_compat
 
 _installed = False
 
@@ -74,6 +74,7 @@ def install() -> None:
     _deepcopy_by_storage()
     _data_between_lazy_and_real()
     _guard_torch_lazy()
+    _torch_compat.install(_is_pending)
 
 
 def _data_between_lazy_and_real() -> None:

@@ -71,3 +71,37 @@ def test_real_tensor_written_from_a_lazy_one():
     assert torch.equal(real, e) and lazyinit.is_lazy(lazy)
     lazyinit.materialize(lazy)
     assert torch.equal(lazy, e)
+
+
+def test_trunc_normal_with_bounds_that_reject():
+    """trunc_normal_ with its default std=1 rejects samples: torch 2.14's
+    sampler reads values to decide (computed early, exactly), earlier ones
+    transform one uniform_. Either way values, pieces and the generator
+    equal eager's; wide bounds stay lazy without early values."""
+    def build():
+        m = nn.Module()
+        m.narrow = nn.Parameter(torch.empty(300, 7))
+        nn.init.trunc_normal_(m.narrow)                      # a=-2, b=2, std=1
+        m.shifted = nn.Parameter(torch.empty(64))
+        nn.init.trunc_normal_(m.shifted, mean=1.0, std=0.5, a=0.9, b=1.05)
+        m.wide = nn.Parameter(torch.empty(33, 5))
+        nn.init.trunc_normal_(m.wide, std=0.02)
+        m.after = nn.Parameter(torch.randn(40))
+        return m
+
+    torch.manual_seed(11)
+    eager = build()
+    state = torch.get_rng_state()
+    torch.manual_seed(11)
+    with lazyinit.LazyInitContext():
+        lazy = build()
+    assert lazyinit.stats(lazy).parameters_early <= 2       # narrow, shifted at most
+    for name, t in lazy.named_parameters():
+        want = dict(eager.named_parameters())[name]
+        for p in (lazyinit.Shard(0, 1, 3), lazyinit.FlatRange(5, 30)):
+            piece = lazyinit.materialize_shard(t, p)
+            assert torch.equal(piece, lazyinit.materialize_shard(want.detach(), p)), name
+    lazyinit.materialize(lazy)
+    for (name, e), (_, l) in zip(eager.named_parameters(), lazy.named_parameters()):
+        assert torch.equal(e, l), name
+    assert torch.equal(torch.get_rng_state(), state)
