@@ -22,9 +22,21 @@ CMAKE_ARGS ?=
 APT_PACKAGES := cmake g++ make ccache libtorch-dev python3-torch python3-dev \
   python3-venv python3-pybind11 pybind11-dev libgtest-dev python3-pytest \
   python3-hypothesis python3-tqdm python3-matplotlib python3-psutil \
-  python3-torchvision python3-torchaudio
+  python3-torchvision python3-torchaudio python3-pytest-xdist
 
-.PHONY: all deps venv build test test-cpp test-python test-gpu demo bench bench-gpu asan clean
+# `make test` runs every test on each torch leg: the host's torch (Debian
+# 12: 1.13) and, where PYTHON is Debian's own python3 (apt and debootstrap at
+# hand), torch 2.x from Debian unstable in a root kept under $(BUILD)
+# (tests/legs/unstable_root.sh; TORCH2_LEG=0 skips it).
+TORCH2_ROOT := $(BUILD)/torch2-root
+ifeq ($(PYTHON),/usr/bin/python3)
+  TORCH2_LEG ?= 1
+else
+  TORCH2_LEG ?= 0
+endif
+
+.PHONY: all deps venv build test test-host test-torch2 test-cpp test-python test-gpu demo bench \
+  bench-gpu asan clean
 
 all: build
 
@@ -61,12 +73,25 @@ build: deps venv
 	$(VPY) -c "import lazyinit; print('lazyinit OK: torch', __import__('torch').__version__, 'device type', lazyinit.device_type)"
 
 test-cpp: build
-	cd $(BUILD) && ctest --output-on-failure
+	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
 
+# pytest-xdist spreads the tests over the cores where it is installed.
 test-python: build
-	$(VPY) -m pytest tests/python -q
+	@xdist=$$($(VPY) -c "import xdist" 2>/dev/null && echo "-n $(JOBS)"); \
+	echo "$(VPY) -m pytest tests/python -q $$xdist"; \
+	$(VPY) -m pytest tests/python -q $$xdist
 
-test: test-cpp test-python
+# One leg: every test on PYTHON's torch.
+test-host: test-cpp test-python
+
+# The torch-2.x leg, in the Debian-unstable root.
+test-torch2:
+	tests/legs/unstable_root.sh run $(TORCH2_ROOT) test-host TORCH2_LEG=0 JOBS=$(JOBS)
+
+test: test-host
+ifeq ($(TORCH2_LEG),1)
+test: test-torch2
+endif
 
 # On a machine with a CUDA GPU: every GPU test in one command.
 test-gpu: build
@@ -98,4 +123,6 @@ asan: deps
 	tests/cpp/check_leaks.sh $(ASAN_BUILD)/lazyinit_cpp_tests
 
 clean:
+	@if [ -d $(TORCH2_ROOT) ] || [ -d $(TORCH2_ROOT).new ]; then \
+	  tests/legs/unstable_root.sh clean $(TORCH2_ROOT) && tests/legs/unstable_root.sh clean $(TORCH2_ROOT).new; fi
 	rm -rf $(BUILD) $(BUILD).log $(ASAN_BUILD) $(ASAN_BUILD).log $(VENV) python/lazyinit/*.so
