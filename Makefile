@@ -36,7 +36,7 @@ else
 endif
 
 .PHONY: all deps venv build test test-host test-torch2 test-cpp test-python test-gpu demo bench \
-  bench-gpu asan clean
+  bench-gpu asan clean fuzz fuzz-torch2
 
 all: build
 
@@ -97,6 +97,15 @@ endif
 test-gpu: build
 	$(VPY) -m pytest -q -rfE tests/python/test_cuda.py tests/python/test_hf_timm.py \
 	  tests/python/test_shard_cuda.py
+
+# A differential fuzzing campaign (docs/fuzzing.md), on PYTHON's torch or
+# in the torch-2.x root: make fuzz FUZZ_ARGS="--count 100000 --start 0".
+FUZZ_ARGS ?= --count 10000
+fuzz: build
+	$(VPY) benchmarks/fuzz_run.py $(FUZZ_ARGS)
+
+fuzz-torch2:
+	tests/legs/unstable_root.sh run $(TORCH2_ROOT) fuzz TORCH2_LEG=0 "FUZZ_ARGS=$(FUZZ_ARGS)"
 
 bench-gpu: build
 	$(VPY) benchmarks/gpu_materialize.py --hf --plot docs/gpu_materialize.png

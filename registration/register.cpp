@@ -174,14 +174,25 @@ std::string qualified(const c10::OperatorName& name) {
                                     : name.name + "." + name.overload_name;
 }
 
-void register_kernels(torch::Library& lib, torch::Library& fallback, c10::DispatchKey key) {
-  auto& dispatcher = c10::Dispatcher::singleton();
+// Tensor.to and dropout are CompositeImplicitAutograd ops given a kernel of
+// our own. With a backend kernel and no autograd formula, torch 2.x runs
+// them through its autograd fallback (VariableFallbackKernel.cpp), which
+// reads every input's grad_fn: for a view whose base was written in place
+// that raises (a chunk() output), where eager's composite raises nothing.
+// Registered on AutogradLazy too, they sit where the composite would: the
+// ops they call go through autograd themselves.
+void register_composite_kernels(torch::Library& lib) {
   for (const char* overload : {"dtype_layout", "device", "dtype", "other"}) {
     lib.impl(
         (std::string("to.") + overload).c_str(),
         torch::CppFunction::makeFromBoxedFunction<&to_kernel>());
   }
   lib.impl("dropout", torch::CppFunction::makeFromBoxedFunction<&dropout_kernel>());
+}
+
+void register_kernels(torch::Library& lib, torch::Library& fallback, c10::DispatchKey key) {
+  auto& dispatcher = c10::Dispatcher::singleton();
+  register_composite_kernels(lib);
   for (const auto& name : dispatcher.getAllOpNames()) {
     if (name.name.rfind("aten::", 0) != 0) {
       continue;
@@ -211,6 +222,7 @@ void register_backend() {
   static std::once_flag once;
   static std::unique_ptr<torch::Library> lib;
   static std::unique_ptr<torch::Library> fallback;
+  static std::unique_ptr<torch::Library> autograd;
   std::call_once(once, [] {
     // The Lazy key on every torch, not a PrivateUse1 backend renamed
     // "lazy" (torch >= 2.9 would parse "lazy" to it): a named PrivateUse1
@@ -225,6 +237,9 @@ void register_backend() {
     fallback = std::make_unique<torch::Library>(
         torch::Library::IMPL, "_", key, __FILE__, __LINE__);
     register_kernels(*lib, *fallback, key);
+    autograd = std::make_unique<torch::Library>(
+        torch::Library::IMPL, "aten", c10::DispatchKey::AutogradLazy, __FILE__, __LINE__);
+    register_composite_kernels(*autograd);
     register_device_guard();
     register_rng_hooks();
   });

@@ -326,13 +326,16 @@ void use_cpu_layout(
     return;
   }
 
+  // The CPU kernel's dtype too: Meta kernels can disagree on edge cases
+  // that only empty inputs reach (torch 2.14: torch.normal of an empty
+  // int64 mean is float32 on Meta, int64 on the CPU).
   auto relayout = [&](const at::Tensor& c, const at::Tensor& m) -> at::Tensor {
     std::vector<int64_t> strides;
     if (!c.defined() || !m.defined() || !map_back(c, m.sizes(), inputs, strides) ||
-        m.strides() == c10::IntArrayRef(strides)) {
+        (m.strides() == c10::IntArrayRef(strides) && m.dtype() == c.dtype())) {
       return m;
     }
-    return at::empty_strided(m.sizes(), strides, m.options());
+    return at::empty_strided(m.sizes(), strides, m.options().dtype(c.dtype()));
   };
   for (size_t r = 0; r < cpu.size() && r < info.returns.size(); ++r) {
     if (info.returns[r].kind != OpInfo::ReturnKind::kFresh) {

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 import torch.nn as nn
 
@@ -156,3 +157,64 @@ def test_like_ops_keep_strides_of_empty_and_size_one_dims():
         assert l.stride() == e.stride(), (i, l.stride(), e.stride())
         lazyinit.materialize(l, "cpu")
         assert_tensor_equal(f"result {i}", e, l)
+
+
+# --------------------------------------------------------------------------
+# 18. result dtypes where Meta and CPU kernels disagree (torch 2.14)
+# --------------------------------------------------------------------------
+
+def test_normal_of_an_empty_integer_mean_keeps_the_cpu_dtype():
+    """fuzz seed 202 on torch 2.14 (shrunk): ``torch.normal(mean, 0.6)`` of
+    an empty int64 ``mean`` is int64 on the CPU (nothing is drawn, nothing
+    checked) and float32 from the Meta kernel. The stand-in run that
+    decides result layouts for empty inputs decides the dtype too."""
+    def build(**kw):
+        v0 = torch.randint(3, 18, (0, 6, 7), **kw)
+        try:
+            return [v0, torch.normal(v0, 0.6)]
+        except (RuntimeError, NotImplementedError) as e:  # torch 1.13 rejects int64
+            return [v0, type(e)]
+
+    torch.manual_seed(3)
+    eager = build()
+    torch.manual_seed(3)
+    lazy = build(device="lazy")
+    assert not isinstance(eager[1], torch.Tensor) or isinstance(lazy[1], torch.Tensor), lazy[1]
+    if not isinstance(eager[1], torch.Tensor):  # rejected at the same call, as eagerly
+        assert lazy[1] is eager[1], lazy[1]
+        eager, lazy = eager[:1], lazy[:1]
+    for i, (e, l) in enumerate(zip(eager, lazy)):
+        assert l.dtype == e.dtype, (i, l.dtype, e.dtype)
+        lazyinit.materialize(l, "cpu")
+        assert_tensor_equal(f"result {i}", e, l)
+
+
+# --------------------------------------------------------------------------
+# 19. Tensor.to of a multi-output view whose base was written (torch 2.x)
+# --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("make_view", [lambda t: t.chunk(1, 2)[0], lambda t: t.unbind(0)[1]],
+                         ids=["chunk", "unbind"])
+def test_to_cpu_of_a_multi_output_view_after_its_base_was_written(make_view):
+    """fuzz seeds 28, 3120, 3727 on torch 2.14 (28 shrunk): a chunk() or
+    unbind() output of a tensor that requires grad, the base zeroed under
+    no_grad, then ``view.cpu()``. Eager's Tensor.to is a composite that
+    returns the view; lazyinit's kernel for it went through torch 2.x's
+    autograd fallback, which reads the view's grad_fn and raises "Output 0
+    of Split is a view and its base ... has been modified inplace"."""
+    def build(**kw):
+        v1 = torch.empty((5, 2, 2), dtype=torch.bfloat16, **kw).uniform_(-10.0, 0.5)
+        v6 = v1.requires_grad_()
+        v7 = make_view(v6)
+        with torch.no_grad():
+            v1.zero_()
+        return v1, v7
+
+    torch.manual_seed(0)
+    e1, e7 = build()
+    torch.manual_seed(0)
+    l1, l7 = build(device="lazy")
+    out = l7.cpu()
+    assert out is l7
+    assert_tensor_equal("base", e1.detach(), l1.detach())
+    assert torch.equal(e7.detach(), l7.detach())
