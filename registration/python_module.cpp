@@ -1,4 +1,5 @@
 // lazyinit._C: the Python binding. Wiring only; the logic is in src/.
+#include <lazyinit/capture.h>
 #include <lazyinit/device.h>
 #include <lazyinit/graph.h>
 #include <lazyinit/lazy_tensor_impl.h>
@@ -26,13 +27,17 @@ namespace py = pybind11;
 namespace lazyinit {
 namespace {
 
-// 0: not a lazyinit tensor, 1: lazy, 2: materialized by lazyinit.
+// 0: not a lazyinit tensor, 1: lazy, 2: materialized by lazyinit,
+// 3: discarded (lazyinit.discard: no value any more).
 int tensor_state(const at::Tensor& t) {
   auto* impl = get_lazy_impl(t);
   if (impl == nullptr) {
     return 0;
   }
-  return impl->is_pending() ? 1 : 2;
+  if (!impl->is_pending()) {
+    return 2;
+  }
+  return impl->lazy_storage()->state == StorageState::kDiscarded ? 3 : 1;
 }
 
 bool was_early(const at::Tensor& t) {
@@ -307,6 +312,18 @@ PYBIND11_MODULE(_C, m) {
   });
   m.def("_live_nodes", &live_node_count);
   m.def("_discard", &discard);
+  m.def("_register_immutable_source", &register_immutable_source);
+  m.def("_capture_stats", [] {
+    const CaptureStats s = capture_stats();
+    py::dict d;
+    d["copies"] = s.copies;
+    d["bytes"] = s.bytes;
+    d["zero_copy"] = s.zero_copy;
+    return d;
+  });
+  m.def("_check_target_device", [](const std::string& device, const std::string& what) {
+    check_target_device(c10::Device(device), what.c_str());
+  }, py::arg("device"), py::arg("what") = "");
   m.def("_initial_seed", &rng_initial_seed);
   m.def(
       "_philox_region_fill",

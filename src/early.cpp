@@ -56,7 +56,7 @@ void run_early(
   const c10::Device device = default_device();
 
   std::set<LazyStorage*> written;
-  for (size_t i : info.written_args) {
+  for (size_t i : written_args_of(info, args)) {
     std::vector<c10::IValue> one{args[i]};
     for_each_tensor(one, [&](size_t, int64_t, const at::Tensor& t) {
       if (auto* impl = get_pending_impl(t)) {
@@ -103,6 +103,12 @@ void run_early(
     Replayer replayer(device);
     rng_catch_up(gen, replayer);
   }
+  // torch 1.13's boxed adapter returns a tuple of references to the `out`
+  // arguments (sort.values, max.dim_max, topk.values, ...) after dropping
+  // those arguments from the stack: with nothing else holding them, the out
+  // tensors (views made above) were freed before being read back. Holding
+  // the arguments keeps every referenced tensor alive across the call.
+  const std::vector<c10::IValue> keep_alive = real;
   try {
     op.callBoxed(&real);
   } catch (const c10::Error& e) {

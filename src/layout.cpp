@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <numeric>
+#include <string>
 #include <utility>
 
 namespace lazyinit {
@@ -245,25 +246,65 @@ bool is_wrapped_cpu_scalar(const at::Tensor& t) {
   return t.dim() == 0 && t.device().is_cpu() && get_pending_impl(t) == nullptr;
 }
 
-}  // namespace
-
-void use_cpu_layout(
-    const c10::OperatorHandle& op,
+// Whether the Meta kernel gave a written argument (an out= tensor) another
+// geometry: the kernel resized it, and the CPU kernel may lay it out
+// differently (torch.add(nonzero_result, 0.5, out=t) takes the input's
+// transposed strides on the CPU).
+bool resizes_written(
     const OpInfo& info,
     const std::vector<c10::IValue>& args,
-    std::vector<c10::IValue>& meta_stack) {
-  if (!info.written_args.empty() || !needs_check(args)) {
-    return;
+    const std::vector<c10::IValue>& meta_stack) {
+  for (size_t r = 0; r < info.returns.size() && r < meta_stack.size(); ++r) {
+    const auto& ret = info.returns[r];
+    if (ret.kind != OpInfo::ReturnKind::kMutated || !args[ret.arg].isTensor() ||
+        !meta_stack[r].isTensor()) {
+      continue;
+    }
+    const at::Tensor& before = args[ret.arg].toTensor();
+    const at::Tensor& after = meta_stack[r].toTensor();
+    if (before.sizes() != after.sizes() || before.strides() != after.strides()) {
+      return true;
+    }
   }
+  return false;
+}
+
+// The CPU call on stand-ins: its arguments, and the stand-ins' geometry
+// (to map result layouts back). Empty where stand-ins cannot be built.
+struct StandInCall {
+  std::vector<c10::IValue> stack;
+  std::vector<StandIn> inputs;
+};
+
+// Factories have no tensor to shrink: their `size` lists are, to at most 2
+// a dimension (0 and 1 kept), which keeps every dtype and shape check.
+void shrink_factory_sizes(const c10::OperatorHandle& op, std::vector<c10::IValue>& stack) {
+  const auto& arguments = op.schema().arguments();
+  for (size_t i = 0; i < arguments.size() && i < stack.size(); ++i) {
+    if (arguments[i].name() != "size" || !stack[i].isIntList()) {
+      continue;
+    }
+    std::vector<int64_t> sizes = stack[i].toIntVector();
+    for (auto& s : sizes) {
+      s = std::min<int64_t>(s, 2);
+    }
+    stack[i] = c10::IValue(sizes);
+  }
+}
+
+c10::optional<StandInCall> make_stand_in_call(
+    const c10::OperatorHandle& op,
+    const OpInfo& info,
+    const std::vector<c10::IValue>& args) {
   SizeMap size_map;
   for_each_tensor(args, [&](size_t, int64_t, const at::Tensor& t) {
     size_map.add(t.sizes());
   });
   size_map.finish();
 
-  std::vector<StandIn> inputs;
-  std::vector<c10::IValue> cpu = args;
-  copy_tensor_lists(cpu);
+  StandInCall call;
+  call.stack = args;
+  copy_tensor_lists(call.stack);
   bool ok = true;
   int64_t total = 0;
   for_each_tensor(args, [&](size_t i, int64_t e, const at::Tensor& t) {
@@ -290,55 +331,99 @@ void use_cpu_layout(
     total += numel;
     ok = ok && total <= kMaxStandInElements;
     if (ok) {
-      set_tensor(cpu, i, e, make_stand_in(s, dtype));
-      inputs.push_back(std::move(s));
+      set_tensor(call.stack, i, e, make_stand_in(s, dtype));
+      call.inputs.push_back(std::move(s));
     }
   });
   if (!ok) {
-    return;
+    return c10::nullopt;
+  }
+  if (!info.has_tensor_args) {
+    shrink_factory_sizes(op, call.stack);
   }
   for (size_t i : info.device_args) {
-    if (cpu[i].isDevice()) {
-      cpu[i] = c10::IValue(c10::Device(c10::kCPU));
+    if (call.stack[i].isDevice()) {
+      call.stack[i] = c10::IValue(c10::Device(c10::kCPU));
     }
   }
-  // Random ops draw on the stand-ins: from a throwaway generator where the
-  // op takes one, and the default generator is put back in any case.
+  // Random ops draw on the stand-ins from a throwaway generator.
   if (info.generator_arg >= 0) {
-    cpu[info.generator_arg] = c10::IValue(at::detail::createCPUGenerator(0));
+    call.stack[info.generator_arg] = c10::IValue(at::detail::createCPUGenerator(0));
   }
+  return call;
+}
+
+// Whether an error of the CPU kernel on stand-ins is one eager raises
+// whatever the values: the kernel has no code for a dtype (AT_DISPATCH).
+// Other errors may come from the stand-ins' values (ones, zeros) and are
+// left for replay, where the real values decide.
+bool is_value_independent(const c10::Error& e) {
+  if (dynamic_cast<const c10::NotImplementedError*>(&e) != nullptr) {
+    return true;
+  }
+  return std::string(e.what_without_backtrace()).find(" not implemented for '") !=
+      std::string::npos;
+}
+
+// Runs the CPU kernel on the stand-ins. An error eager would raise too is
+// rethrown; false where the kernel failed for the stand-ins' sake.
+bool run_stand_in_call(
+    const c10::OperatorHandle& op,
+    const OpInfo& info,
+    std::vector<c10::IValue>& stack) {
   c10::optional<GenState> saved;
   at::Generator default_gen = at::detail::getDefaultCPUGenerator();
   if (info.random) {
-    saved = GenState::of(default_gen);
+    saved = GenState::of(default_gen);  // put back whatever the op drew
   }
+  // Held across the call: torch 1.13's boxed adapter reads multi-out
+  // returns through references to arguments it has dropped (early.cpp).
+  const std::vector<c10::IValue> keep_alive = stack;
+  CatchUpSuppressed no_catch_up;  // the draws are thrown away
   bool ran = true;
   try {
     at::NoGradGuard no_grad;
-    op.callBoxed(&cpu);
+    op.callBoxed(&stack);
+  } catch (const c10::Error& e) {
+    if (saved) {
+      saved->apply(default_gen);
+    }
+    if (is_value_independent(e)) {
+      throw;
+    }
+    ran = false;
   } catch (const std::exception&) {
-    ran = false;  // the stand-ins do not suit the op: keep the Meta answer
+    ran = false;
   }
-  if (saved) {
+  if (saved && ran) {
     saved->apply(default_gen);
   }
-  if (!ran || cpu.size() != meta_stack.size()) {
+  return ran;
+}
+
+// Replaces the strides (and dtype) of fresh and resized results in
+// `meta_stack` with those of the CPU run, mapped back to the real sizes.
+void take_cpu_layouts(
+    const OpInfo& info,
+    const StandInCall& call,
+    std::vector<c10::IValue>& meta_stack) {
+  const auto& cpu = call.stack;
+  if (cpu.size() != meta_stack.size()) {
     return;
   }
-
   // The CPU kernel's dtype too: Meta kernels can disagree on edge cases
   // that only empty inputs reach (torch 2.14: torch.normal of an empty
   // int64 mean is float32 on Meta, int64 on the CPU).
   auto relayout = [&](const at::Tensor& c, const at::Tensor& m) -> at::Tensor {
     std::vector<int64_t> strides;
-    if (!c.defined() || !m.defined() || !map_back(c, m.sizes(), inputs, strides) ||
+    if (!c.defined() || !m.defined() || !map_back(c, m.sizes(), call.inputs, strides) ||
         (m.strides() == c10::IntArrayRef(strides) && m.dtype() == c.dtype())) {
       return m;
     }
     return at::empty_strided(m.sizes(), strides, m.options().dtype(c.dtype()));
   };
   for (size_t r = 0; r < cpu.size() && r < info.returns.size(); ++r) {
-    if (info.returns[r].kind != OpInfo::ReturnKind::kFresh) {
+    if (info.returns[r].kind == OpInfo::ReturnKind::kView) {
       continue;
     }
     if (cpu[r].isTensor() && meta_stack[r].isTensor()) {
@@ -355,6 +440,27 @@ void use_cpu_layout(
       }
       meta_stack[r] = c10::IValue(std::move(out));
     }
+  }
+}
+
+}  // namespace
+
+void check_on_cpu(
+    const c10::OperatorHandle& op,
+    const OpInfo& info,
+    const std::vector<c10::IValue>& args,
+    std::vector<c10::IValue>& meta_stack) {
+  // Layouts: Meta and CPU kernels agree where every input has exactly the
+  // strides of a contiguous tensor of its sizes; an in-place op keeps the
+  // written tensor's layout.
+  const bool layout = (info.written_args.empty() || resizes_written(info, args, meta_stack)) &&
+      needs_check(args);
+  auto call = make_stand_in_call(op, info, args);
+  if (!call) {
+    return;
+  }
+  if (run_stand_in_call(op, info, call->stack) && layout) {
+    take_cpu_layouts(info, *call, meta_stack);
   }
 }
 

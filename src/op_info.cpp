@@ -63,6 +63,28 @@ bool is_write(const c10::Argument& arg) {
   return info != nullptr && info->isWrite();
 }
 
+// Kernels that write arguments their schema leaves unannotated: the
+// argument positions, and the bool argument that must be true for it (-1:
+// always). Found by comparing values before and after each kernel (torch
+// 1.13 and 2.14; rrelu_with_noise's noise is annotated from some 2.x on).
+struct UnannotatedWrite {
+  const char* name;
+  std::vector<size_t> args;
+  int64_t if_arg;
+};
+
+const std::vector<UnannotatedWrite>& unannotated_writes() {
+  static const std::vector<UnannotatedWrite> table = {
+      {"aten::native_batch_norm", {3, 4}, 5},
+      {"aten::cudnn_batch_norm", {3, 4}, 5},
+      {"aten::miopen_batch_norm", {3, 4}, 5},
+      {"aten::batch_norm_update_stats", {1, 2}, -1},
+      {"aten::rrelu_with_noise", {1}, 4},
+      {"aten::rrelu_with_noise_", {1}, 4},
+  };
+  return table;
+}
+
 OpInfo analyze(const c10::OperatorHandle& op) {
   const auto& schema = op.schema();
   OpInfo info;
@@ -102,6 +124,17 @@ OpInfo analyze(const c10::OperatorHandle& op) {
     }
     info.returns.push_back(r);
   }
+  for (const auto& w : unannotated_writes()) {
+    if (schema.name() != w.name) {
+      continue;
+    }
+    for (size_t i : w.args) {
+      if (i < args.size() && !is_write(args[i])) {
+        info.unannotated_writes.push_back(i);
+      }
+    }
+    info.unannotated_write_if = w.if_arg;
+  }
   info.random = is_random_op(schema);
   if (schema.overload_name().empty()) {
     if (schema.name() == "aten::normal_") {
@@ -114,6 +147,24 @@ OpInfo analyze(const c10::OperatorHandle& op) {
 }
 
 }  // namespace
+
+std::vector<size_t> written_args_of(const OpInfo& info, const std::vector<c10::IValue>& args) {
+  std::vector<size_t> written = info.written_args;
+  if (info.unannotated_writes.empty()) {
+    return written;
+  }
+  const int64_t cond = info.unannotated_write_if;
+  if (cond >= 0 && !(cond < static_cast<int64_t>(args.size()) && args[cond].isBool() &&
+                     args[cond].toBool())) {
+    return written;
+  }
+  for (size_t i : info.unannotated_writes) {
+    if (i < args.size() && args[i].isTensor()) {
+      written.push_back(i);
+    }
+  }
+  return written;
+}
 
 const OpInfo& op_info(const c10::OperatorHandle& op) {
   static std::mutex mutex;

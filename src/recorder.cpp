@@ -5,6 +5,7 @@
 // outputs start new storages. Ops that cannot be recorded run early.
 #include <lazyinit/recorder.h>
 
+#include <lazyinit/capture.h>
 #include <lazyinit/device.h>
 #include <lazyinit/early.h>
 #include <lazyinit/layout.h>
@@ -88,7 +89,7 @@ Inputs classify(const OpInfo& info, const std::vector<c10::IValue>& args) {
     in.early_reason = "it returns values, not tensors";
     return in;
   }
-  for (size_t i : info.written_args) {
+  for (size_t i : written_args_of(info, args)) {
     std::vector<c10::IValue> one{args[i]};
     for_each_tensor(one, [&](size_t, int64_t, const at::Tensor& t) {
       auto* impl = get_pending_impl(t);
@@ -184,9 +185,9 @@ bool infer_on_meta(
   return true;
 }
 
-// The outputs' metadata: infer_on_meta, then use_cpu_layout, remembered by
+// The outputs' metadata: infer_on_meta, then check_on_cpu, remembered by
 // call signature (meta_cache.h). Valid plain fills skip all three: their
-// output is their input (and use_cpu_layout leaves written inputs alone).
+// output is their input (and check_on_cpu leaves their layout alone).
 bool infer_outputs(
     const c10::OperatorHandle& op,
     const OpInfo& info,
@@ -207,7 +208,7 @@ bool infer_outputs(
   if (!infer_on_meta(op, info, args, meta_stack)) {
     return false;
   }
-  use_cpu_layout(op, info, args, meta_stack);
+  check_on_cpu(op, info, args, meta_stack);
   if (keyed) {
     store_meta(std::move(key), meta_stack);
   }
@@ -247,10 +248,14 @@ NodePtr make_node(
         storage->current_readers.push_back(node);
       }
     } else {
+      // The values as of now: a copy, unless an immutable source.
+      CapturedSource source = capture_source(t);
       slot.ref.kind = TensorRef::Kind::kReal;
-      slot.ref.real = t;
-      slot.ref.version = tensor_version(t);
-      slot.ref.real_data = t.has_storage() ? t.storage().data() : nullptr;
+      slot.ref.real = source.tensor;
+      slot.ref.copied = source.copied;
+      slot.ref.version = tensor_version(source.tensor);
+      slot.ref.real_data =
+          source.tensor.has_storage() ? source.tensor.storage().data() : nullptr;
     }
     set_tensor(node->args, i, e, at::Tensor());
     node->tensors.push_back(std::move(slot));

@@ -13,6 +13,7 @@
 #include <c10/core/impl/DeviceGuardImplInterface.h>
 #include <c10/util/Exception.h>
 
+#include <algorithm>
 #include <set>
 #include <string>
 
@@ -284,14 +285,25 @@ at::Tensor Replayer::run_creation(LazyStorage& storage) {
   if (node.is_constant()) {
     return on_device(node.constant, device_);
   }
-  auto outputs = run(node, at::Tensor());
+  auto outputs = prepare(node, at::Tensor(), /*scratch=*/false);
+  std::vector<at::Tensor> inputs;
+  for_each_tensor(outputs, [&](size_t, int64_t, const at::Tensor& t) { inputs.push_back(t); });
+  invoke(node, outputs);
   TORCH_INTERNAL_ASSERT(entry.output < static_cast<int64_t>(outputs.size()));
   const auto& out_value = outputs[entry.output];
   at::Tensor out = entry.element < 0
       ? out_value.toTensor()
       : out_value.toTensorList().get(entry.element);
+  // A kernel may return memory of an input although its schema promises a
+  // new tensor (_unsafe_view, as matmul of 3-D tensors ends with): the
+  // buffer is then another storage's value (its cache, a constant, a real
+  // tensor), and this storage's later writes must not reach it.
+  const bool aliases_input = out.has_storage() &&
+      std::any_of(inputs.begin(), inputs.end(), [&](const at::Tensor& in) {
+        return in.has_storage() && in.storage().is_alias_of(out.storage());
+      });
   const auto& g = storage.creation_geometry;
-  if (Geometry::of(out) == g &&
+  if (!aliases_input && Geometry::of(out) == g &&
       static_cast<int64_t>(out.storage().nbytes()) >= storage.nbytes) {
     return flat_view(out, storage.numel());
   }

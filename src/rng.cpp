@@ -113,6 +113,14 @@ void check_cpu(const RngChain& chain, const Replayer& replayer) {
 
 }  // namespace
 
+CatchUpSuppressed::CatchUpSuppressed() {
+  ++g_replay_depth;
+}
+
+CatchUpSuppressed::~CatchUpSuppressed() {
+  --g_replay_depth;
+}
+
 GenState GenState::of(at::Generator& gen) {
   std::lock_guard<std::mutex> lock(gen.mutex());
   auto* impl = at::check_generator<at::CPUGeneratorImpl>(gen);

@@ -108,8 +108,9 @@ struct TensorRef {
   int64_t version = 0;     // kLazy: storage version; kReal: tensor version
   Geometry geometry;       // kSelf / kLazy
   caffe2::TypeMeta dtype;  // kSelf / kLazy: dtype of the view (view(dtype))
-  at::Tensor real;         // kReal
+  at::Tensor real;         // kReal: a copy made at record time (capture.h)
   const void* real_data = nullptr;  // kReal: its storage when recorded
+  bool copied = false;     // kReal: `real` is lazyinit's copy of the source
 };
 
 // Position of a tensor argument inside the boxed argument list.

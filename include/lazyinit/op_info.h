@@ -19,6 +19,12 @@ struct OpInfo {
   };
 
   std::vector<size_t> written_args;  // Tensor(a!) arguments
+  // Arguments the kernel writes although the schema does not say so
+  // (native_batch_norm's running_mean / running_var), written only when the
+  // bool argument `unannotated_write_if` is true (-1: always). See
+  // written_args_of().
+  std::vector<size_t> unannotated_writes;
+  int64_t unannotated_write_if = -1;
   std::vector<Return> returns;
   std::vector<size_t> device_args;   // Device / Device? arguments
   int64_t dtype_arg = -1;            // ScalarType? dtype of factories
@@ -34,5 +40,9 @@ struct OpInfo {
 };
 
 const OpInfo& op_info(const c10::OperatorHandle& op);
+
+// The arguments this call writes: the annotated ones, plus the unannotated
+// ones where the call's arguments enable them (and are tensors).
+std::vector<size_t> written_args_of(const OpInfo& info, const std::vector<c10::IValue>& args);
 
 }  // namespace lazyinit

@@ -131,6 +131,17 @@ uint64_t rng_initial_seed();
 
 bool is_random_op(const c10::FunctionSchema& schema);
 
+// While alive, real random ops in this thread do not catch the generators
+// up (rng_catch_up does nothing): for calls lazyinit makes for its own
+// purposes, such as kernels run on stand-ins, whose draws are thrown away.
+class CatchUpSuppressed {
+ public:
+  CatchUpSuppressed();
+  ~CatchUpSuppressed();
+  CatchUpSuppressed(const CatchUpSuppressed&) = delete;
+  CatchUpSuppressed& operator=(const CatchUpSuppressed&) = delete;
+};
+
 // Output element count and dtype of a random factory node (torch.randn /
 // torch.rand: `size`, `dtype` arguments; the recorder pins the dtype).
 // False when they are not known from the arguments (named tensors).

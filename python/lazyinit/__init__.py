@@ -23,6 +23,7 @@ _register()
 from ._context import LazyInitContext  # noqa: E402
 from ._materialize import (  # noqa: E402
     LazyStats,
+    capture_stats,
     discard,
     is_lazy,
     live_graph_nodes,
@@ -52,6 +53,7 @@ __all__ = [
     "LazyStats",
     "Replicate",
     "Shard",
+    "capture_stats",
     "chunk_bounds",
     "discard",
     "device_type",

@@ -122,9 +122,9 @@ class _WhileInUse:
 
     def acquire(self) -> None:
         with self._lock:
+            if self._users == 0:
+                self._install()  # counted only once it succeeded
             self._users += 1
-            if self._users == 1:
-                self._install()
 
     def release(self) -> None:
         with self._lock:
@@ -267,19 +267,30 @@ class LazyInitContext:
             raise RuntimeError(
                 "lazyinit: a LazyInitContext is already active in this thread; "
                 "contexts cannot be nested or re-entered. Exit the outer one first.")
-        _active.context = self
         if self.default_device.type == "cuda":
             _cuda.ensure_initialized()
-        self._saved_device = _C._default_device()
+        saved_device = _C._default_device()
         _C._set_default_device(str(self.default_device))
+        try:
+            _swaps.acquire()
+        except BaseException:
+            _C._set_default_device(saved_device)
+            raise
+        # Nothing below raises: the context is now fully entered.
+        self._saved_device = saved_device
         _C._set_in_context(True)
-        _swaps.acquire()
         if self.pause_gc:
             _gc_pause.acquire()
             self._paused = True
+        _active.context = self
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        if getattr(_active, "context", None) is not self:
+            raise RuntimeError(
+                "lazyinit: LazyInitContext.__exit__ without a matching __enter__ in this "
+                "thread (a context is exited by the thread that entered it, once). Nothing "
+                "was changed; use `with lazyinit.LazyInitContext(): ...`.")
         _swaps.release()
         if self._paused:
             self._paused = False

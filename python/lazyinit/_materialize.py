@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import List, Optional, Tuple, TypeVar, Union
+from typing import Dict, List, Optional, Tuple, TypeVar, Union
 
 import torch
 
@@ -11,7 +11,7 @@ from . import _C, _cuda
 T = TypeVar("T", torch.Tensor, torch.nn.Module)
 DeviceLike = Union[str, int, torch.device, None]
 
-_LAZY, _MATERIALIZED = 1, 2
+_LAZY, _MATERIALIZED, _DISCARDED = 1, 2, 3
 _PROGRESS_MIN_BYTES = 1 << 30
 
 
@@ -23,12 +23,16 @@ def _device_str(device: DeviceLike) -> Optional[str]:
     return str(torch.device(device))
 
 
-def _target(device: DeviceLike) -> Optional[str]:
+def _target(device: DeviceLike, what: str = "") -> Optional[str]:
     """``device`` as a string (None stays None), with CUDA initialized for
-    lazyinit (grid limits, generators) when it names a GPU."""
+    lazyinit (grid limits, generators) when it names a GPU. A device that
+    cannot hold data here raises now, as ``module.to(device)`` would, also
+    when nothing is lazy any more."""
     target = _device_str(device)
-    if target is not None and target.startswith("cuda"):
-        _cuda.ensure_initialized()
+    if target is not None:
+        _C._check_target_device(target, what)
+        if target.startswith("cuda"):
+            _cuda.ensure_initialized()
     return target
 
 
@@ -121,7 +125,8 @@ class LazyStats:
     ``lazy``: still awaiting materialization; ``materialized``: real now;
     ``early``: whose values had to be computed before materialization (an op
     needed them), whether or not they have been materialized since.
-    ``shard_fallbacks``: lazy tensors for which
+    ``discarded``: freed by :func:`lazyinit.discard` (no value any more;
+    counted in no other field). ``shard_fallbacks``: lazy tensors for which
     :func:`lazyinit.materialize_shard` had to replay the whole storage and
     slice it (an op on its tape is not element-local).
     """
@@ -135,6 +140,7 @@ class LazyStats:
     elements_lazy: int = 0
     elements_materialized: int = 0
     elements_early: int = 0
+    discarded: int = 0
     shard_fallbacks: int = 0
 
 
@@ -146,6 +152,9 @@ def stats(module: torch.nn.Module) -> LazyStats:
         kind = "parameters" if is_param else "buffers"
         state = _C._tensor_state(t)
         n = t.numel()
+        if state == _DISCARDED:
+            s.discarded += 1
+            continue
         if state == _LAZY:
             setattr(s, kind + "_lazy", getattr(s, kind + "_lazy") + 1)
             s.elements_lazy += n
@@ -158,6 +167,14 @@ def stats(module: torch.nn.Module) -> LazyStats:
             setattr(s, kind + "_early", getattr(s, kind + "_early") + 1)
             s.elements_early += n
     return s
+
+
+def capture_stats() -> Dict[str, int]:
+    """Process-wide counts of real tensors that recorded ops read: ``copies``
+    (copied when recorded, so later writes to the source cannot change
+    replay), ``bytes`` (their size) and ``zero_copy`` (registered immutable
+    sources, such as checkpoint mappings, kept without a copy)."""
+    return dict(_C._capture_stats())
 
 
 def replay_count(tensor: torch.Tensor) -> int:

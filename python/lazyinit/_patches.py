@@ -16,8 +16,15 @@ def _is_pending(t: Any) -> bool:
     return isinstance(t, torch.Tensor) and _C._tensor_state(t) == 1
 
 
+def _has_no_values(t: Any) -> bool:
+    """Lazy (pending) or discarded: no storage to read values from."""
+    return isinstance(t, torch.Tensor) and _C._tensor_state(t) in (1, 3)
+
+
 def _lazy_repr(t: torch.Tensor) -> str:
     parts = [f"device='{t.device}'", f"size={tuple(t.shape)}"]
+    if _C._tensor_state(t) == 3:
+        parts.insert(0, "discarded")
     if t.dtype != torch.get_default_dtype():
         parts.append(f"dtype={t.dtype}")
     if t.requires_grad:
@@ -38,7 +45,7 @@ def install() -> None:
 
     def _str(self: torch.Tensor, *args: Any, **kwargs: Any) -> str:
         # Printing must not materialize: show the shape, not the values.
-        if _is_pending(self):
+        if _has_no_values(self):
             return _lazy_repr(self)
         return original_str(self, *args, **kwargs)
 
@@ -46,7 +53,7 @@ def install() -> None:
     original_param_repr = torch.nn.Parameter.__repr__
 
     def _param_repr(self: torch.nn.Parameter) -> str:
-        if _is_pending(self):
+        if _has_no_values(self):
             return _lazy_repr(self)
         return original_param_repr(self)
 
@@ -70,11 +77,32 @@ def install() -> None:
     torch.Tensor.tolist = tolist  # type: ignore[assignment]
     torch.Tensor.numpy = numpy  # type: ignore[assignment]
 
+    _refuse_pickling()
     _catch_up_before_rng_reads()
     _deepcopy_by_storage()
     _data_between_lazy_and_real()
     _guard_torch_lazy()
     _torch_compat.install(_is_pending)
+
+
+def _refuse_pickling() -> None:
+    # torch.save and pickle reach a tensor's storage through __reduce_ex__;
+    # a lazy tensor has none. Say what to do instead of "Cannot access data
+    # pointer of Tensor that doesn't have storage".
+    original = torch.Tensor.__reduce_ex__
+
+    def __reduce_ex__(self: torch.Tensor, proto: Any) -> Any:
+        if _has_no_values(self):
+            what = ("was freed by lazyinit.discard()" if _C._tensor_state(self) == 3
+                    else "is lazy: it has no values yet")
+            raise RuntimeError(
+                f"lazyinit: cannot pickle or torch.save a tensor that {what}. Materialize "
+                "it first (lazyinit.materialize(t_or_module, 'cpu')), or save the pieces "
+                "lazyinit.materialize_shard returns.")
+        return original(self, proto)
+
+    __reduce_ex__.__doc__ = original.__doc__
+    torch.Tensor.__reduce_ex__ = __reduce_ex__  # type: ignore[assignment]
 
 
 def _data_between_lazy_and_real() -> None:

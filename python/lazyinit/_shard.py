@@ -115,7 +115,7 @@ def materialize_shard(tensor: torch.Tensor, placement: PlacementLike,
     whole and sliced, which :func:`shard_stats` counts. Real tensors are
     sliced and copied.
     """
-    target = _target(device) or "cpu"
+    target = _target(device, "a shard ") or "cpu"
     return _C._materialize_shard(tensor, _encode(placement), target)
 
 
@@ -135,7 +135,7 @@ def materialize_module_shards(
     while the CPU calls ``placement_fn`` for the next and allocates it.
     Call :func:`lazyinit.discard` on it afterwards to free the recorded graph.
     """
-    target = _target(device) or "cpu"
+    target = _target(device, "shards ") or "cpu"
     # The walk, the calls of placement_fn and the encoding (once for each
     # placement object returned) run in C++; placement_fn is called in
     # named_parameters() then named_buffers() order.

@@ -71,10 +71,26 @@ def test_freed_graph():
         t.add_(1)
 
 
-def test_modified_real_source():
+def test_modified_real_source_keeps_its_recorded_values():
+    """A real tensor read by a recorded op is copied at record time, so a
+    later write to it changes nothing (eager read it then)."""
     src = torch.ones(3)
     t = torch.empty(3, device="lazy")
     t.copy_(src)
+    src.add_(1)
+    lazyinit.materialize(t)
+    assert torch.equal(t, torch.ones(3))
+
+
+def test_modified_immutable_source_is_refused():
+    """Sources registered immutable (checkpoint mappings) are not copied; if
+    one is written anyway, replay refuses instead of using the new values."""
+    src = torch.ones(3)
+    lazyinit._C._register_immutable_source(src)
+    t = torch.empty(3, device="lazy")
+    before = lazyinit.capture_stats()
+    t.copy_(src)
+    assert lazyinit.capture_stats()["zero_copy"] == before["zero_copy"] + 1
     src.add_(1)
     with pytest.raises(RuntimeError, match="modified in place"):
         lazyinit.materialize(t)
