@@ -469,6 +469,8 @@ PYBIND11_MODULE(_C, m) {
                                     : Mt19937Skip::kAuto);
     impl->set_engine(engine);
   });
+  m.def("_mt19937_jump_twists", &mt19937_jump_twists);
+  m.def("_set_mt19937_jump_twists", &set_mt19937_jump_twists);
   m.def("_rng_catch_up", [] {
     py::gil_scoped_release no_gil;
     rng_catch_up_default();

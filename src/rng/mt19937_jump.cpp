@@ -16,6 +16,7 @@
 #include <c10/util/Exception.h>
 
 #include <algorithm>
+#include <atomic>
 #include <list>
 #include <mutex>
 #include <utility>
@@ -397,8 +398,21 @@ void mt19937_twist_ahead_jump(Mt19937Words& state, int64_t twists) {
   mt19937_twist(state);
 }
 
+namespace {
+std::atomic<int64_t> g_jump_twists{kMt19937JumpTwists};
+}  // namespace
+
+int64_t mt19937_jump_twists() {
+  return g_jump_twists.load(std::memory_order_relaxed);
+}
+
+void set_mt19937_jump_twists(int64_t twists) {
+  TORCH_CHECK(twists >= 1, "set_mt19937_jump_twists: expected >= 1, got ", twists);
+  g_jump_twists.store(twists, std::memory_order_relaxed);
+}
+
 void mt19937_twist_ahead(Mt19937Words& state, int64_t twists) {
-  if (twists >= kMt19937JumpTwists) {
+  if (twists >= mt19937_jump_twists()) {
     mt19937_twist_ahead_jump(state, twists);
     return;
   }

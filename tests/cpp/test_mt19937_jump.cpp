@@ -10,6 +10,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <iostream>
+#include <limits>
 #include <random>
 #include <thread>
 #include <vector>
@@ -262,6 +263,22 @@ TEST(Mt19937Jump, ConcurrentJumps) {
   for (size_t i = 0; i < counts.size(); ++i) {
     expect_same(serial[i], parallel[i], "thread " + std::to_string(i));
   }
+}
+
+// kAuto under any threshold, the defaults restored after.
+TEST(Mt19937Jump, ThresholdSetting) {
+  const int64_t n = 5 * int64_t{at::MERSENNE_STATE_N} + 17;
+  at::mt19937 drawn(11);
+  draw(drawn, n);
+  for (int64_t twists : {int64_t{1}, int64_t{6}, int64_t{7}, std::numeric_limits<int64_t>::max()}) {
+    set_mt19937_jump_twists(twists);
+    at::mt19937 skipped(11);
+    mt19937_discard(skipped, n);
+    expect_same(drawn, skipped, "threshold " + std::to_string(twists));
+  }
+  set_mt19937_jump_twists(kMt19937JumpTwists);
+  EXPECT_EQ(mt19937_jump_twists(), kMt19937JumpTwists);
+  EXPECT_THROW(set_mt19937_jump_twists(0), c10::Error);
 }
 
 TEST(Mt19937Jump, RejectsBadInput) {

@@ -51,7 +51,7 @@ Gf2Poly mt19937_square_mod(const Gf2Poly& a);
 Gf2Poly mt19937_x_pow_mod(uint64_t n);
 
 // The 624 words as `twists` calls of next_state() would leave them.
-// Stepping below kMt19937JumpTwists, a jump above.
+// Stepping below mt19937_jump_twists(), a jump from it on.
 void mt19937_twist_ahead(Mt19937Words& state, int64_t twists);
 
 // Same, by the jump whatever the count (tests and benchmarks). About 0.3 ms
@@ -64,7 +64,7 @@ enum class Mt19937Skip { kAuto, kStep, kJump };
 // `engine` as n calls of operator() would leave it (state words, left_ and
 // next_ included; seed_ untouched). kStep twists block by block (O(n), the
 // former discard loop), kJump uses the jump for every whole block crossed,
-// kAuto picks by kMt19937JumpTwists.
+// kAuto picks by mt19937_jump_twists().
 void mt19937_discard(at::mt19937& engine, int64_t n, Mt19937Skip how = Mt19937Skip::kAuto);
 
 // Number of next_state() calls (624 outputs each) from which the jump is
@@ -73,5 +73,10 @@ void mt19937_discard(at::mt19937& engine, int64_t n, Mt19937Skip how = Mt19937Sk
 // 0.25 ms is x^N mod p (skipped when N was among the last 16 jumps) and 0.3
 // ms the Horner evaluation. The break-even is 1000 to 2000 twists.
 constexpr int64_t kMt19937JumpTwists = 2048;
+
+// The threshold kAuto uses: kMt19937JumpTwists unless set (process-wide).
+// Benchmarks set INT64_MAX to time the stepping path end to end.
+int64_t mt19937_jump_twists();
+void set_mt19937_jump_twists(int64_t twists);
 
 }  // namespace lazyinit
