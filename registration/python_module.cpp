@@ -7,9 +7,11 @@
 #include <lazyinit/philox_region.h>
 #include <lazyinit/registration.h>
 #include <lazyinit/replay.h>
+#include <lazyinit/rng/mt19937_jump.h>
 #include <lazyinit/rng.h>
 #include <lazyinit/shard_replay.h>
 
+#include <ATen/CPUGeneratorImpl.h>
 #include <ATen/ops/as_strided.h>
 #include <torch/csrc/utils/pybind.h>
 #include <torch/python.h>
@@ -469,6 +471,23 @@ PYBIND11_MODULE(_C, m) {
     auto* impl = get_pending_impl(t);
     return impl != nullptr && storage_fell_back(impl->lazy_storage()->id);
   });
+  m.def("_mt19937_discard", [](at::Generator& gen, int64_t n, const std::string& how) {
+    // Advances a CPU generator by n outputs (benchmarks and tests of the
+    // jump-ahead): "step" block by block, "jump", or "auto" as discard_draws.
+    TORCH_CHECK(how == "auto" || how == "step" || how == "jump", "how: 'auto', 'step' or 'jump'");
+    auto* impl = at::check_generator<at::CPUGeneratorImpl>(gen);
+    py::gil_scoped_release no_gil;
+    std::lock_guard<std::mutex> lock(gen.mutex());
+    at::mt19937 engine = impl->engine();
+    mt19937_discard(engine,
+                    n,
+                    how == "step"   ? Mt19937Skip::kStep
+                    : how == "jump" ? Mt19937Skip::kJump
+                                    : Mt19937Skip::kAuto);
+    impl->set_engine(engine);
+  });
+  m.def("_mt19937_jump_twists", &mt19937_jump_twists);
+  m.def("_set_mt19937_jump_twists", &set_mt19937_jump_twists);
   m.def("_rng_catch_up", [] {
     py::gil_scoped_release no_gil;
     rng_catch_up_default();

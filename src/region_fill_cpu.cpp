@@ -23,6 +23,7 @@
 // (AVX2 or not) is the kernel's; only the position mapping is emulated.
 #include <lazyinit/shard_replay.h>
 
+#include <lazyinit/rng/mt19937_jump.h>
 #include <lazyinit/tensor_args.h>
 
 #include <ATen/CPUGeneratorImpl.h>
@@ -37,41 +38,11 @@
 namespace lazyinit {
 namespace {
 
-// mt19937's state transition (the engine's private next_state()).
-void twist_state(std::array<uint32_t, at::MERSENNE_STATE_N>& state) {
-  constexpr int n = at::MERSENNE_STATE_N;
-  constexpr int m = at::MERSENNE_STATE_M;
-  auto twist = [](uint32_t u, uint32_t v) {
-    const uint32_t mixed = (u & at::UMASK) | (v & at::LMASK);
-    return (mixed >> 1) ^ ((v & 1) ? at::MATRIX_A : 0);
-  };
-  for (int i = 0; i < n - m; ++i) {
-    state[i] = state[i + m] ^ twist(state[i], state[i + 1]);
-  }
-  for (int i = n - m; i < n - 1; ++i) {
-    state[i] = state[i + m - n] ^ twist(state[i], state[i + 1]);
-  }
-  state[n - 1] = state[m - 1] ^ twist(state[n - 1], state[0]);
-}
-
-// Mirrors operator(): `if (--left_ == 0) next_state(); next_++`, without
-// tempering the outputs nobody reads: twice as fast as drawing them.
+// Mirrors n calls of operator() without tempering the outputs nobody
+// reads: block by block for short skips, by the GF(2) jump-ahead for long
+// ones (src/rng/mt19937_jump.cpp).
 void advance_engine(at::mt19937& engine, int64_t n) {
-  at::mt19937_data_pod d = engine.data();
-  while (n > 0) {
-    if (d.left_ > 1) {
-      const int64_t k = std::min<int64_t>(n, d.left_ - 1);
-      d.left_ -= static_cast<int>(k);
-      d.next_ += static_cast<uint32_t>(k);
-      n -= k;
-    } else {
-      twist_state(d.state_);
-      d.left_ = at::MERSENNE_STATE_N;
-      d.next_ = 1;
-      n -= 1;
-    }
-  }
-  engine.set_data(d);
+  mt19937_discard(engine, n);
 }
 
 }  // namespace
