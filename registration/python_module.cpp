@@ -76,6 +76,12 @@ void discard(const at::Tensor& t) {
     return;
   }
   auto& storage = *impl->lazy_storage();
+  // Eager drew these tensors' numbers: the generators keep counting them.
+  for (auto& entry : storage.tape) {
+    if (entry.node->is_random() && entry.node.use_count() == 1) {
+      rng_node_released(entry.node);
+    }
+  }
   storage.tape.clear();
   storage.cached = at::Tensor();
   storage.state = StorageState::kDiscarded;
@@ -488,8 +494,24 @@ PYBIND11_MODULE(_C, m) {
   });
   m.def("_mt19937_jump_twists", &mt19937_jump_twists);
   m.def("_set_mt19937_jump_twists", &set_mt19937_jump_twists);
-  m.def("_rng_catch_up", [] {
+  m.def("_rng_catch_up", [](c10::optional<at::Generator> gen) {
+    if (gen.has_value() && !gen->device().is_cpu()) {
+      return;  // lazy draws are counted on CPU generators only
+    }
     py::gil_scoped_release no_gil;
-    rng_catch_up_default();
+    rng_catch_up_default(gen);
+  }, py::arg("generator") = py::none());
+  // Replaces a method of a (static) extension type, for the wrappers of
+  // torch.Generator's state readers (_patches.py). Such types take no
+  // attribute assignment from Python; their dict can be updated from C.
+  m.def("_set_type_attribute", [](py::handle type, const std::string& name, py::object value) {
+    TORCH_CHECK(PyType_Check(type.ptr()), "lazyinit: expected a type");
+    auto* t = reinterpret_cast<PyTypeObject*>(type.ptr());
+    PyObject* dict = t->tp_dict;
+    TORCH_CHECK(dict != nullptr, "lazyinit: ", t->tp_name, " has no attribute dict");
+    if (PyDict_SetItemString(dict, name.c_str(), value.ptr()) != 0) {
+      throw py::error_already_set();
+    }
+    PyType_Modified(t);
   });
 }

@@ -90,29 +90,15 @@ LazyStorage::LazyStorage(
       home_device(home_device_) {}
 
 LazyStorage::~LazyStorage() {
-  // Random nodes that die unreplayed still drew numbers in eager mode: tell
-  // their chains, so the generator can be settled by replaying them into
-  // scratch (see rng_settle).
+  // Random nodes that die unreplayed still drew numbers in eager mode: their
+  // chains must still count their draws (rng_node_released; O(1) here, the
+  // bookkeeping runs later under the graph lock).
   if (state != StorageState::kLazy) {
     return;
   }
   for (auto& entry : tape) {
-    Node& node = *entry.node;
-    if (!node.is_random() || node.owner_dead || entry.node.use_count() > 1) {
-      continue;
-    }
-    auto& chain = *node.chain;
-    if (!chain.states[node.rng_index + 1]) {
-      node.owner_dead = true;
-      ++chain.dead_unknown;
-      chain.dead[node.rng_index] = entry.node;
-      try {
-        rng_node_died(chain);
-      } catch (const std::exception& e) {
-        // A destructor must not throw; the generator then lags until the
-        // next materialization settles it.
-        TORCH_WARN("lazyinit: could not settle a generator: ", e.what());
-      }
+    if (entry.node->is_random() && entry.node.use_count() == 1) {
+      rng_node_released(entry.node);
     }
   }
 }

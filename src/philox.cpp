@@ -133,11 +133,16 @@ c10::optional<PhiloxState> state_before(
       continue;
     }
     NodePtr node = chain.node_at(i);
+    c10::optional<uint64_t> inc;
     if (node) {
-      if (auto inc = philox_increment(*node, device)) {
-        s.states[i + 1] = PhiloxState{s.states[i]->seed, s.states[i]->offset + *inc};
-        continue;
-      }
+      inc = philox_increment(*node, device);
+    } else if (auto dead = chain.dead_draws.find(i); dead != chain.dead_draws.end() &&
+               dead->second.fill_numel >= 0) {
+      inc = increment_for(dead->second.fill_numel, dead->second.fill_dtype, device);
+    }
+    if (inc) {
+      s.states[i + 1] = PhiloxState{s.states[i]->seed, s.states[i]->offset + *inc};
+      continue;
     }
     if (replayer == nullptr) {
       return c10::nullopt;
@@ -191,24 +196,33 @@ void set_philox_grid_limits(const std::vector<int64_t>& limits) {
   grid_limits() = limits;
 }
 
-c10::optional<uint64_t> philox_increment(const Node& node, int device) {
+bool philox_fill_size(const Node& node, int64_t* numel, caffe2::TypeMeta* dtype) {
   if (node.is_constant()) {
-    return c10::nullopt;
+    return false;
   }
   const auto& name = node.op->schema().operator_name();
-  int64_t numel = 0;
-  caffe2::TypeMeta dtype;
   if ((name.name == "aten::randn" || name.name == "aten::rand") &&
       (name.overload_name.empty() || name.overload_name == "generator") &&
-      random_factory_output(node, &numel, &dtype)) {
+      random_factory_output(node, numel, dtype)) {
     // empty(size) followed by normal_ / uniform_ of the whole result
-    return increment_for(numel, dtype, device);
+    return is_floating(*dtype);
   }
   if (is_distribution_fill(name) && node.self_slot >= 0) {
     const TensorRef& self = node.tensors[node.self_slot].ref;
-    return increment_for(self.geometry.numel(), self.dtype, device);
+    *numel = self.geometry.numel();
+    *dtype = self.dtype;
+    return is_floating(*dtype);
   }
-  return c10::nullopt;
+  return false;
+}
+
+c10::optional<uint64_t> philox_increment(const Node& node, int device) {
+  int64_t numel = 0;
+  caffe2::TypeMeta dtype;
+  if (!philox_fill_size(node, &numel, &dtype)) {
+    return c10::nullopt;
+  }
+  return increment_for(numel, dtype, device);
 }
 
 void philox_chain_started(

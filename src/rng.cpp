@@ -1,11 +1,15 @@
 #include <lazyinit/rng.h>
 
 #include <lazyinit/replay.h>
+#include <lazyinit/shard_replay.h>
+
+#include <ATen/detail/CUDAHooksInterface.h>
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/core/function_schema.h>
 #include <c10/util/Exception.h>
 
+#include <atomic>
 #include <cstring>
 #include <mutex>
 #include <set>
@@ -68,39 +72,82 @@ std::unordered_map<c10::GeneratorImpl*, std::shared_ptr<RngChain>>& current_chai
   return chains;
 }
 
-void record_state_after(RngChain& chain, Node& node, GenState state) {
-  auto& slot = chain.states[node.rng_index + 1];
+// Records the state after node `index`, which may be freed (dead_draws).
+void record_state_at(RngChain& chain, int64_t index, GenState state) {
+  auto& slot = chain.states[index + 1];
   if (slot) {
     return;
   }
   slot = std::make_unique<GenState>(std::move(state));
   --chain.unknown;
-  if (node.owner_dead) {
+  NodePtr node = chain.node_at(index);
+  if (node == nullptr || node->owner_dead) {
     --chain.dead_unknown;
   }
 }
 
-// Replays chain nodes [first known .. index) into scratch so states[index]
-// becomes known.
-void ensure_state(RngChain& chain, int64_t index, Replayer& replayer) {
-  for (int64_t i = chain.last_known(index); i < index; ++i) {
+void record_state_after(RngChain& chain, Node& node, GenState state) {
+  record_state_at(chain, node.rng_index, std::move(state));
+}
+
+// Makes states[index] known. The draws of nodes whose consumption is known
+// without running them (draw_count: uniform_, normal_, rand, randn on the
+// CPU) are skipped, several nodes at once with one mt19937 jump; the others
+// run into scratch buffers of their geometry (their path, and so their
+// draws, depends on it). Only states[index] and the states after scratch
+// runs are stored: a state is 2.5 KiB, a jump well under a millisecond.
+int64_t ensure_state(RngChain& chain, int64_t index, Replayer& replayer) {
+  rng_drain_released();
+  int64_t i = chain.last_known(index);
+  if (i == index) {
+    return 0;
+  }
+  int64_t scratch_runs = 0;
+  GenState state = *chain.states[i];
+  int64_t skip = 0;         // draws not yet applied to `state`
+  int64_t last_index = -1;  // the last node skipped since `state`
+  for (; i < index; ++i) {
     if (chain.states[i + 1]) {
+      state = *chain.states[i + 1];
+      skip = 0;
       continue;
     }
     NodePtr node = chain.node_at(i);
-    TORCH_CHECK(
-        node != nullptr,
-        "lazyinit: the CPU generator's position after random tensors that "
-        "were materialized on CUDA is unknown, so eager's CPU values cannot "
-        "be reproduced. Materialize every random tensor of one model on one "
-        "device type (all on CUDA, or all on the CPU).");
+    if (node == nullptr) {
+      auto dead = chain.dead_draws.find(i);
+      TORCH_CHECK(
+          dead != chain.dead_draws.end(),
+          "lazyinit: the CPU generator's position after random tensors that "
+          "were materialized on CUDA is unknown, so eager's CPU values cannot "
+          "be reproduced. Materialize every random tensor of one model on one "
+          "device type (all on CUDA, or all on the CPU).");
+      skip += dead->second.cpu_draws;
+      last_index = i;
+      continue;
+    }
+    const int64_t draws = draw_count(*node);
+    if (draws >= 0) {
+      skip += draws;
+      last_index = i;
+      continue;
+    }
+    discard_draws(state.engine, skip);
+    skip = 0;
     auto stack = replayer.prepare(*node, at::Tensor(), /*scratch=*/true);
     at::NoGradGuard no_grad;
-    set_state(chain.generator, *chain.states[i]);
+    set_state(chain.generator, state);
     node->op->callBoxed(&stack);
-    record_state_after(chain, *node, get_state(chain.generator));
+    state = get_state(chain.generator);
+    record_state_after(chain, *node, state);
     chain.dead.erase(i);
+    ++scratch_runs;
+    last_index = -1;
   }
+  if (last_index >= 0) {
+    discard_draws(state.engine, skip);
+    record_state_at(chain, last_index, std::move(state));
+  }
+  return scratch_runs;
 }
 
 void check_cpu(const RngChain& chain, const Replayer& replayer) {
@@ -155,8 +202,8 @@ void rng_record_state_after(RngChain& chain, Node& node, GenState state) {
   chain.dead.erase(node.rng_index);
 }
 
-void rng_ensure_state(RngChain& chain, int64_t index, Replayer& replayer) {
-  ensure_state(chain, index, replayer);
+int64_t rng_ensure_state(RngChain& chain, int64_t index, Replayer& replayer) {
+  return ensure_state(chain, index, replayer);
 }
 
 bool random_factory_output(const Node& node, int64_t* numel, caffe2::TypeMeta* dtype) {
@@ -192,7 +239,16 @@ bool is_random_op(const c10::FunctionSchema& schema) {
   return random_op_names().count(schema.name()) > 0;
 }
 
+namespace {
+std::atomic<bool> g_any_chain_recorded{false};
+}  // namespace
+
+bool rng_any_chain_recorded() {
+  return g_any_chain_recorded.load(std::memory_order_relaxed);
+}
+
 void rng_record(const NodePtr& node, const c10::optional<at::Generator>& explicit_gen) {
+  g_any_chain_recorded.store(true, std::memory_order_relaxed);
   at::Generator gen = generator_for(explicit_gen);
   TORCH_CHECK(
       gen.device().is_cpu(),
@@ -247,6 +303,7 @@ void rng_record(const NodePtr& node, const c10::optional<at::Generator>& explici
 
 uint64_t rng_initial_seed() {
   auto lock = lock_graph();
+  rng_drain_released();
   at::Generator gen = at::detail::getDefaultCPUGenerator();
   auto it = current_chains().find(gen.unsafeGetGeneratorImpl());
   if (it != current_chains().end() && !it->second->applied &&
@@ -318,34 +375,61 @@ void settle_chain(RngChain& chain) {
 }  // namespace
 
 void rng_settle() {
+  rng_drain_released();
   ReplayDepth depth;
   for (auto& kv : current_chains()) {
     settle_chain(*kv.second);
   }
 }
 
-void rng_node_died(RngChain& chain) {
-  // The default generator is caught up whenever it is read or used for
-  // real (torch.get_rng_state(), real random factories); an explicit
-  // torch.Generator's state can be read with g.get_state(), which lazyinit
-  // cannot intercept, so its chain settles as soon as nothing pending is
-  // left. Not from inside a replay or a materialization (whose
-  // GeneratorStateGuard would undo it): those settle when they end.
-  if (g_replay_depth > 0 || g_innermost_guard != nullptr ||
-      chain.generator.unsafeGetGeneratorImpl() ==
-          at::detail::getDefaultCPUGenerator().unsafeGetGeneratorImpl()) {
-    return;
+namespace {
+
+// Nodes released by rng_node_released, waiting for the graph lock.
+struct ReleasedNodes {
+  std::mutex mutex;
+  std::vector<NodePtr> nodes;
+};
+
+ReleasedNodes& released() {
+  static ReleasedNodes r;
+  return r;
+}
+
+}  // namespace
+
+void rng_node_released(const NodePtr& node) {
+  auto& r = released();
+  std::lock_guard<std::mutex> lock(r.mutex);
+  r.nodes.push_back(node);
+}
+
+void rng_drain_released() {
+  std::vector<NodePtr> nodes;
+  {
+    auto& r = released();
+    std::lock_guard<std::mutex> lock(r.mutex);
+    nodes.swap(r.nodes);
   }
-  // This runs in a destructor, possibly with the GIL held, while another
-  // thread may hold the graph lock and wait for the GIL (Meta kernels written
-  // in Python): never block here. If the lock is busy, the next
-  // materialization settles the chain instead.
-  std::unique_lock<std::recursive_mutex> lock(graph_mutex(), std::try_to_lock);
-  if (!lock.owns_lock()) {
-    return;
+  for (auto& node : nodes) {
+    RngChain& chain = *node->chain;
+    if (node->owner_dead || chain.states[node->rng_index + 1]) {
+      continue;  // already counted, or its position after is known
+    }
+    node->owner_dead = true;
+    ++chain.dead_unknown;
+    RngChain::DeadDraws draws;
+    draws.cpu_draws = draw_count(*node);
+    if (!philox_fill_size(*node, &draws.fill_numel, &draws.fill_dtype)) {
+      draws.fill_numel = -1;
+    }
+    // Without CUDA, only the CPU draws will ever be asked for.
+    const bool cuda_countable = draws.fill_numel >= 0 || !at::detail::getCUDAHooks().hasCUDA();
+    if (draws.cpu_draws >= 0 && cuda_countable) {
+      chain.dead_draws[node->rng_index] = draws;  // the node itself is freed
+    } else {
+      chain.dead[node->rng_index] = std::move(node);  // run into scratch if needed
+    }
   }
-  ReplayDepth depth;
-  settle_chain(chain);
 }
 
 GeneratorStateGuard* GeneratorStateGuard::innermost() {

@@ -42,26 +42,11 @@ std::unordered_set<int64_t>& fell_back_ids() {
   return ids;
 }
 
-// Makes chain.states[index] known: by counting draws where the op's
-// consumption is known (no memory), else by running the node into scratch.
+// Makes chain.states[index] known (rng_ensure_state: draws counted where
+// known, scratch runs otherwise, which are counted here).
 void ensure_state_by_draws(RngChain& chain, int64_t index) {
-  for (int64_t i = chain.last_known(index); i < index; ++i) {
-    if (chain.states[i + 1]) {
-      continue;
-    }
-    NodePtr node = chain.node_at(i);
-    TORCH_INTERNAL_ASSERT(node != nullptr, "random node ", i, " was lost");
-    const int64_t draws = draw_count(*node);
-    if (draws >= 0) {
-      GenState state = *chain.states[i];
-      discard_draws(state.engine, draws);
-      rng_record_state_after(chain, *node, std::move(state));
-    } else {
-      Replayer cpu{c10::Device(c10::kCPU)};
-      rng_ensure_state(chain, i + 1, cpu);
-      ++counters().rng_scratch_runs;
-    }
-  }
+  Replayer cpu{c10::Device(c10::kCPU)};
+  counters().rng_scratch_runs += rng_ensure_state(chain, index, cpu);
 }
 
 const std::string& op_name(const Node& node) {

@@ -98,6 +98,10 @@ void philox_run(Node& node, Replayer& replayer, const std::function<void()>& cal
 // Whether the Philox state after `node` on `device` is known or computable
 // without drawing (a dead node before a full overwrite may then be skipped).
 bool philox_state_after_known(const Node& node, int device);
+// The element count and dtype of a distribution fill or random factory
+// node, whose Philox increment on any device follows from them; false for
+// other random ops (their increment is measured by running them).
+bool philox_fill_size(const Node& node, int64_t* numel, caffe2::TypeMeta* dtype);
 
 // Once every live node of the chain has been replayed on one CUDA device,
 // leaves that device's generator where eager construction would. Returns

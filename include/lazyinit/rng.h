@@ -52,6 +52,14 @@ struct RngChain {
   std::vector<std::weak_ptr<Node>> nodes;
   // Nodes whose owner died before replay, kept to replay their draws.
   std::unordered_map<int64_t, NodePtr> dead;
+  // Dead nodes whose draws are countable without them (rng_node_released):
+  // CPU draws, and the size a CUDA Philox increment follows from (-1: none).
+  struct DeadDraws {
+    int64_t cpu_draws = -1;
+    int64_t fill_numel = -1;
+    caffe2::TypeMeta fill_dtype;
+  };
+  std::unordered_map<int64_t, DeadDraws> dead_draws;
   // State the generator is left in while the chain is pending: recording a
   // node advances it by one draw, so a reseed, even to the same seed, shows.
   GenState tagged_state;
@@ -78,6 +86,10 @@ struct RngChain {
     return it == dead.end() ? nullptr : it->second;
   }
 };
+
+// Whether any random op was ever recorded in this process (a fast check for
+// the hooks on real random ops, which have nothing to catch up before).
+bool rng_any_chain_recorded();
 
 // Returns the chain a random node recorded now belongs to and appends it.
 void rng_record(const NodePtr& node, const c10::optional<at::Generator>& explicit_gen);
@@ -121,9 +133,15 @@ class GeneratorStateGuard {
 // scratch and leaves the generator where eager construction would have it.
 void rng_catch_up_default(const c10::optional<at::Generator>& explicit_gen = c10::nullopt);
 
-// Called when a random node's owner died unreplayed: settles the chain of an
-// explicit generator once nothing of it is pending (see rng_settle).
-void rng_node_died(RngChain& chain);
+// A random node's last owner (its storage) died or was discarded before it
+// was replayed: eager drew its numbers all the same. Cheap for the caller
+// (a destructor): the node is queued, and the chain's bookkeeping runs
+// under the graph lock before the next use of any chain
+// (rng_drain_released). A node whose draws are countable (draw_count, and
+// philox_fill_size for CUDA) is then freed and only its counts kept
+// (RngChain::dead_draws); catching up skips its draws instead of running it.
+void rng_node_released(const NodePtr& node);
+void rng_drain_released();
 
 // torch.initial_seed() as eager would report it: the seed of the chain's
 // start while the generator carries recording's marker.
@@ -151,7 +169,9 @@ bool random_factory_output(const Node& node, int64_t* numel, caffe2::TypeMeta* d
 // counting draws instead of running nodes into scratch buffers.
 // Records the state after chain node `node` (a no-op when already known).
 void rng_record_state_after(RngChain& chain, Node& node, GenState state);
-// Makes states[index] known, running earlier nodes into scratch as needed.
-void rng_ensure_state(RngChain& chain, int64_t index, Replayer& replayer);
+// Makes states[index] known: skipping the draws of earlier nodes where
+// their count is known (one jump for a run of them), running the others
+// into scratch. Returns how many ran into scratch.
+int64_t rng_ensure_state(RngChain& chain, int64_t index, Replayer& replayer);
 
 }  // namespace lazyinit

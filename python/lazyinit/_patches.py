@@ -157,29 +157,29 @@ def _deepcopy_by_storage() -> None:
 
 def _catch_up_before_rng_reads() -> None:
     # Lazy random ops leave the generator where recording found it (plus a
-    # marker). Code that reads the state mid-construction (fork_rng, saving
-    # and restoring it) must see where eager construction would be.
-    import torch.random as torch_random
+    # marker draw), and catch it up where eager construction's position
+    # matters: before a real random op draws from it (dispatcher hooks,
+    # registration/rng_hooks.cpp) and before Python reads its state, here.
+    # torch.Generator is a static extension type: its methods are replaced
+    # through its type dict. torch.get_rng_state(), torch.initial_seed(),
+    # fork_rng and pickling all read through these methods.
+    gen_type = torch._C.Generator
+    for name in ("get_state", "initial_seed", "clone_state", "graphsafe_get_state",
+                 "__reduce__", "__getstate__"):
+        original = gen_type.__dict__.get(name)
+        if original is None or getattr(original, "__lazyinit_original__", None) is not None:
+            continue
 
-    original = torch_random.get_rng_state
+        def method(self: torch.Generator, *args: Any, __original: Any = original,
+                   **kwargs: Any) -> Any:
+            _C._rng_catch_up(self)
+            return __original(self, *args, **kwargs)
 
-    def get_rng_state() -> torch.Tensor:
-        _C._rng_catch_up()
-        return original()
-
-    get_rng_state.__doc__ = original.__doc__
-    torch_random.get_rng_state = get_rng_state
-    torch.get_rng_state = get_rng_state
-
-    # Recording marks the generator's (unused) seed field; report the real one.
-    original_initial_seed = torch_random.initial_seed
-
-    def initial_seed() -> int:
-        return _C._initial_seed()
-
-    initial_seed.__doc__ = original_initial_seed.__doc__
-    torch_random.initial_seed = initial_seed
-    torch.initial_seed = initial_seed
+        method.__name__ = name
+        method.__qualname__ = f"Generator.{name}"
+        method.__doc__ = original.__doc__
+        method.__lazyinit_original__ = original  # type: ignore[attr-defined]
+        _C._set_type_attribute(gen_type, name, method)
 
 
 def _guard_torch_lazy() -> None:

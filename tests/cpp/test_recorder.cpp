@@ -3,6 +3,7 @@
 
 #include "test_util.h"
 
+#include <lazyinit/capture.h>
 #include <lazyinit/lazy_tensor_impl.h>
 #include <lazyinit/meta_cache.h>
 
@@ -86,8 +87,20 @@ TEST(Recorder, CopyFromARealTensor) {
   EXPECT_TRUE(at::equal(t, src));
 }
 
-TEST(Recorder, ModifiedRealSourceIsReported) {
+TEST(Recorder, RealSourcesAreReadAsRecorded) {
+  // Copied when recorded: a later write to the source changes nothing.
   at::Tensor src = at::ones({3});
+  at::Tensor t = at::empty({3}, lazy_options());
+  t.copy_(src);
+  src.add_(1);
+  testing::materialize(t);
+  EXPECT_TRUE(at::equal(t, at::ones({3})));
+}
+
+TEST(Recorder, ModifiedImmutableSourceIsReported) {
+  // Immutable sources are not copied; writing one anyway is caught.
+  at::Tensor src = at::ones({3});
+  register_immutable_source(src);
   at::Tensor t = at::empty({3}, lazy_options());
   t.copy_(src);
   src.add_(1);
