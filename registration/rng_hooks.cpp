@@ -130,7 +130,7 @@ void register_rng_hooks() {
       continue;
     }
     auto op = dispatcher.findOp(name);
-    if (!op.has_value() || !is_random_op(op->schema())) {
+    if (!op.has_value() || !op->hasSchema() || !is_random_op(op->schema())) {
       continue;
     }
     std::string local = name.name.substr(6);

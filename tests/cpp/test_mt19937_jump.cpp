@@ -3,6 +3,7 @@
 // left_, next_, seed_) and of the outputs drawn after it.
 //
 // Seeds chosen at test time are printed; LAZYINIT_JUMP_SEED=<n> repeats a run.
+#include <c10/util/Exception.h>
 #include <gtest/gtest.h>
 
 #include <lazyinit/rng/mt19937_jump.h>
