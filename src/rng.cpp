@@ -1,6 +1,7 @@
 #include <lazyinit/rng.h>
 
 #include <lazyinit/replay.h>
+#include <lazyinit/shard_replay.h>
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/core/function_schema.h>
@@ -262,6 +263,33 @@ void rng_run(Node& node, Replayer& replayer, const std::function<void()>& call) 
   record_state_after(chain, node, get_state(chain.generator));
 }
 
+namespace {
+
+// Makes chain.states up to `index` known by skipping each node's draws
+// where its consumption is known (draw_count: no memory, no scratch run);
+// stops at the first node without one, for ensure_state to run from there.
+// Catching a generator up after a model was materialized by pieces (its
+// nodes never ran whole) then costs O(draws), not a replay of every random
+// op of the model into scratch.
+void skip_known_draws(RngChain& chain, int64_t index) {
+  for (int64_t i = chain.last_known(index); i < index; ++i) {
+    if (chain.states[i + 1]) {
+      continue;
+    }
+    NodePtr node = chain.node_at(i);
+    const int64_t draws = node == nullptr ? -1 : draw_count(*node);
+    if (draws < 0) {
+      return;
+    }
+    GenState state = *chain.states[i];
+    discard_draws(state.engine, draws);
+    record_state_after(chain, *node, std::move(state));
+    chain.dead.erase(i);
+  }
+}
+
+}  // namespace
+
 void rng_catch_up(const c10::optional<at::Generator>& explicit_gen, Replayer& replayer) {
   if (g_replay_depth > 0) {
     return;
@@ -277,6 +305,7 @@ void rng_catch_up(const c10::optional<at::Generator>& explicit_gen, Replayer& re
     return;  // the generator was set since; eager would draw from there too
   }
   check_cpu(chain, replayer);
+  skip_known_draws(chain, chain.size());
   ensure_state(chain, chain.size(), replayer);
   set_state(gen, *chain.states.back());
   chain.applied = true;
@@ -301,6 +330,7 @@ void settle_chain(RngChain& chain) {
     return;
   }
   Replayer cpu{c10::Device(c10::kCPU)};
+  skip_known_draws(chain, chain.size());
   ensure_state(chain, chain.size(), cpu);
   set_state(chain.generator, *chain.states.back());
   chain.applied = true;
