@@ -63,8 +63,16 @@ def world2(ctx: Ctx) -> None:
         assert lazyinit.is_lazy(lazy) and not any(p.is_meta for p in lazy.parameters())
     ctx.check("fsdp1_error_restores_lazy_tensors", error_restores)
 
+    def plain_fsdp1_error() -> None:
+        _, lazy, _ = build_pair(lambda: models.Llama(models.llama_config("tiny")))
+        with pytest.raises(RuntimeError, match="lazyinit.distributed.fsdp1"):
+            FSDP(lazy, auto_wrap_policy=policy, device_id=torch.device("cpu"))
+        assert lazyinit.is_lazy(lazy)
+    ctx.check("plain_fsdp1_of_lazy_model_says_what_to_do", plain_fsdp1_error)
+
 
 def test_fsdp1_world2():
     outs = run_world(2, "test_distributed_fsdp1:world2")
     assert_all_ok(outs, ["fsdp1_llama_untied_flat", "fsdp1_llama_tied_orig_params",
-                         "fsdp1_error_restores_lazy_tensors"])
+                         "fsdp1_error_restores_lazy_tensors",
+                         "plain_fsdp1_of_lazy_model_says_what_to_do"])
