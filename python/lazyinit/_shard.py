@@ -136,9 +136,9 @@ def materialize_shard(tensor: torch.Tensor, placement: PlacementLike,
         problems.append(f"{out.numel()} elements, the piece has {numel} (shape {list(shape)})")
     if out.dtype != tensor.dtype:
         problems.append(f"dtype {out.dtype}, the tensor's is {tensor.dtype}")
-    if str(out.device) != str(torch.device(target)) and not (
-            out.device.type == "cuda" and torch.device(target).type == "cuda"
-            and torch.device(target).index is None):
+    want = torch.device(target)
+    if out.device.type != want.type or (want.index is not None
+                                        and out.device.index != want.index):
         problems.append(f"device {out.device}, the target is {target}")
     if not out.is_contiguous():
         problems.append("not contiguous")

@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 import traceback
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -48,31 +48,42 @@ class Ctx:
 
 
 def _worker(rank: int, world: int, target: str, store: str, out_dir: str,
-            args: Dict[str, Any]) -> None:
+            args: Dict[str, Any], backend: str, fake: Optional[Tuple[int, int]]) -> None:
     for p in (_PY, _HERE):
         if p not in sys.path:
             sys.path.insert(0, p)
     torch.set_num_threads(1)
+    out_name = f"{rank}.json"
+    if fake is not None:  # one process playing rank fake[0] of fake[1]
+        rank, world = fake
     ctx = Ctx(rank, world, args)
     try:
         import torch.distributed as dist
-        dist.init_process_group("gloo", init_method="file://" + store, rank=rank,
-                                world_size=world, timeout=datetime.timedelta(seconds=120))
+        if fake is not None:
+            from torch.testing._internal.distributed.fake_pg import FakeStore
+            dist.init_process_group("fake", store=FakeStore(), rank=rank, world_size=world)
+        else:
+            if backend == "nccl":
+                torch.cuda.set_device(rank % torch.cuda.device_count())
+            dist.init_process_group(backend, init_method="file://" + store, rank=rank,
+                                    world_size=world, timeout=datetime.timedelta(seconds=120))
         module_name, fn_name = target.split(":")
         fn = getattr(importlib.import_module(module_name), fn_name)
         fn(ctx)
         dist.destroy_process_group()
     except Exception:  # noqa: BLE001
         ctx.results["<world>"] = traceback.format_exc()
-    with open(os.path.join(out_dir, f"{rank}.json"), "w") as f:
+    with open(os.path.join(out_dir, out_name), "w") as f:
         json.dump({"results": ctx.results, "info": ctx.info}, f)
 
 
-def run_world(world: int, target: str, timeout: float = 240.0,
-              **args: Any) -> List[Dict[str, Any]]:
-    """Runs ``target`` ("module:function") on ``world`` gloo ranks; returns
-    each rank's ``{"results": ..., "info": ...}``. Fails (AssertionError)
-    if a rank did not finish."""
+def run_world(world: int, target: str, timeout: float = 240.0, backend: str = "gloo",
+              fake: Optional[Tuple[int, int]] = None, **args: Any) -> List[Dict[str, Any]]:
+    """Runs ``target`` ("module:function") on ``world`` ranks of ``backend``
+    (gloo by default); returns each rank's ``{"results": ..., "info": ...}``.
+    ``fake=(rank, world_size)``: one process (``world`` must be 1) playing
+    that rank of torch's fake process group (collectives do nothing; for
+    one rank's memory and time)."""
     import multiprocessing
     os.environ.setdefault("USE_LIBUV", "0")
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
@@ -80,7 +91,8 @@ def run_world(world: int, target: str, timeout: float = 240.0,
     ctx = multiprocessing.get_context("spawn")
     with tempfile.TemporaryDirectory() as out_dir:
         store = os.path.join(out_dir, "store")
-        procs = [ctx.Process(target=_worker, args=(r, world, target, store, out_dir, args))
+        procs = [ctx.Process(target=_worker,
+                             args=(r, world, target, store, out_dir, args, backend, fake))
                  for r in range(world)]
         for p in procs:
             p.start()
@@ -127,11 +139,12 @@ def collective_count() -> int:
     from torch.distributed import distributed_c10d as c10d
     total = 0
     for pg in list(c10d._world.pg_map.keys()):
-        try:
-            backend = pg._get_backend(torch.device("cpu"))
-        except Exception:  # noqa: BLE001 - a group without a CPU backend
-            continue
-        total += backend._get_sequence_number_for_group()
+        for device in ("cpu", "cuda"):
+            try:
+                backend = pg._get_backend(torch.device(device))
+                total += backend._get_sequence_number_for_group()
+            except Exception:  # noqa: BLE001 - no backend for that device
+                continue
     assert dist.is_initialized()
     return total
 
