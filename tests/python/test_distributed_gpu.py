@@ -6,6 +6,8 @@ process group (FSDP2 and TP x FSDP2 pieces, peak ``max_memory_allocated``
 within 1.1 x the rank's bytes + 64 MiB)."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 import torch.nn as nn
@@ -16,6 +18,11 @@ from dist_harness import Ctx, assert_all_ok, collective_count, run_world
 from dist_models import (assert_equal_to_oracle, assert_same_local_pieces, assert_training_equal,
                          has_dtensor_engines, hf_llama_builder, lm_batch, lm_loss, named_slots,
                          ties)
+
+# Training is compared bit for bit: deterministic kernels (cuBLAS needs its
+# workspace fixed before CUDA starts in the ranks) and eager attention.
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+ATTN = dict(attn_implementation="eager")
 
 pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
@@ -44,7 +51,13 @@ def _fsdp2(mesh, **kw):
     return prepare
 
 
+def _deterministic() -> None:
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+
+
 def _check(build, prepare, loss_fn, mesh_device: str = "cuda") -> None:
+    _deterministic()
     eager, lazy = _cuda_pair(build)
     full = {n: t.detach() for n, t in named_slots(eager).items()}
     eager_ties = ties(eager)
@@ -69,18 +82,19 @@ def nccl1(ctx: Ctx) -> None:
 
     mesh = init_device_mesh("cuda", (1,))
     ids = lm_batch(131).cuda()
-    ctx.check("fsdp2_hf_llama_tied_fp32", _check, hf_llama_builder(True), _fsdp2(mesh),
-              lambda m: lm_loss(m, ids))
+    ctx.check("fsdp2_hf_llama_tied_fp32", _check, hf_llama_builder(True, **ATTN),
+              _fsdp2(mesh), lambda m: lm_loss(m, ids))
     ctx.check("fsdp2_hf_llama_untied_bf16", _check,
-              hf_llama_builder(False, dtype=torch.bfloat16), _fsdp2(mesh),
+              hf_llama_builder(False, dtype=torch.bfloat16, **ATTN), _fsdp2(mesh),
               lambda m: lm_loss(m, ids))
     mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-    ctx.check("fsdp2_mixed_precision", _check, hf_llama_builder(False),
+    ctx.check("fsdp2_mixed_precision", _check, hf_llama_builder(False, **ATTN),
               _fsdp2(mesh, mp_policy=mp, reshard_after_forward=False),
               lambda m: lm_loss(m, ids))
 
     def ddp() -> None:
         from torch.nn.parallel import DistributedDataParallel
+        _deterministic()
         build = lambda: models.Llama(models.llama_config("tiny", tie_word_embeddings=True))  # noqa: E731
         eager, lazy = _cuda_pair(build)
         dl = ld.ddp(lazy, "cuda", verify=True)
@@ -91,6 +105,7 @@ def nccl1(ctx: Ctx) -> None:
 
     def fsdp1() -> None:
         from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+        _deterministic()
         from torch.distributed.fsdp.wrap import ModuleWrapPolicy
         build = lambda: models.Llama(models.llama_config("tiny"))  # noqa: E731
         eager, lazy = _cuda_pair(build)
