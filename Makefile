@@ -36,7 +36,7 @@ else
 endif
 
 .PHONY: all deps venv build test test-host test-torch2 test-cpp test-python test-gpu demo bench \
-  bench-gpu asan clean fuzz fuzz-torch2
+  bench-gpu bench-dist bench-dist-torch2 asan clean fuzz fuzz-torch2
 
 all: build
 
@@ -94,9 +94,11 @@ test: test-torch2
 endif
 
 # On a machine with a CUDA GPU: every GPU test in one command.
+# test_distributed_gpu.py: NCCL world size 1, gloo processes sharing the
+# GPU, and one rank of 8 of torch's fake process group.
 test-gpu: build
-	$(VPY) -m pytest -q -rfE tests/python/test_cuda.py tests/python/test_hf_timm.py \
-	  tests/python/test_shard_cuda.py
+	USE_LIBUV=0 $(VPY) -m pytest -q -rfE tests/python/test_cuda.py tests/python/test_hf_timm.py \
+	  tests/python/test_shard_cuda.py tests/python/test_distributed_gpu.py
 
 # A differential fuzzing campaign (docs/fuzzing.md), on PYTHON's torch or
 # in the torch-2.x root: make fuzz FUZZ_ARGS="--count 100000 --start 0".
@@ -109,6 +111,15 @@ fuzz-torch2:
 
 bench-gpu: build
 	$(VPY) benchmarks/gpu_materialize.py --hf --plot docs/gpu_materialize.png
+
+# Distributed preparation (docs/benchmarks.md): FSDP2 of a 1B-shaped HF
+# Llama over 4 gloo CPU processes; needs torch >= 2.6 and transformers
+# (on Debian 12: make bench-dist-torch2, in the torch-2.14 root).
+bench-dist: build
+	$(VPY) benchmarks/distributed.py --shape 1b --world 4 --dtype bfloat16
+
+bench-dist-torch2:
+	tests/legs/unstable_root.sh run $(TORCH2_ROOT) bench-dist TORCH2_LEG=0
 
 demo: build
 	$(VPY) benchmarks/demo.py

@@ -355,11 +355,15 @@ PYBIND11_MODULE(_C, m) {
   m.def(
       "_materialize_shard",
       [](const at::Tensor& t, const std::vector<std::array<int64_t, 4>>& placements,
-         const std::string& device) {
+         const std::string& device, const std::optional<at::Tensor>& dest) {
+        // `dest`: a flat, contiguous tensor of the piece's numel and t's dtype
+        // on `device` (lazyinit.materialize_shard(out=...) checks it), which
+        // receives the piece.
         auto list = placements_from(placements);
         py::gil_scoped_release no_gil;
-        return materialize_shard(t, list, c10::Device(device));
-      });
+        return materialize_shard(t, list, c10::Device(device), dest.value_or(at::Tensor()));
+      },
+      py::arg("tensor"), py::arg("placements"), py::arg("device"), py::arg("dest") = py::none());
   m.def(
       "_materialize_shards",
       [](const std::vector<at::Tensor>& tensors,

@@ -43,6 +43,11 @@ from ._shard import (  # noqa: E402
     shard_stats,
 )
 
+from . import distributed  # noqa: E402
+from .distributed import _guards  # noqa: E402
+
+_guards.install()
+
 #: The device type lazy tensors report: "lazy" (torch's ``DeviceType::Lazy``).
 device_type: str = _C._lazy_device_type()
 
@@ -56,6 +61,7 @@ __all__ = [
     "capture_stats",
     "chunk_bounds",
     "discard",
+    "distributed",
     "device_type",
     "is_lazy",
     "live_graph_nodes",

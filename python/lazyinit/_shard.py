@@ -14,7 +14,7 @@ tensors; the lazy tensors stay lazy and the generators are left untouched.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Dict, List, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -101,7 +101,8 @@ def _encode(placement: PlacementLike) -> List[Tuple[int, int, int, int]]:
 
 
 def materialize_shard(tensor: torch.Tensor, placement: PlacementLike,
-                      device: DeviceLike = "cpu") -> torch.Tensor:
+                      device: DeviceLike = "cpu",
+                      out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Returns this rank's piece of ``tensor`` as a new contiguous tensor on
     ``device``; ``tensor`` itself stays lazy.
 
@@ -114,9 +115,78 @@ def materialize_shard(tensor: torch.Tensor, placement: PlacementLike,
     real tensors, on contiguous views); otherwise the storage is replayed
     whole and sliced, which :func:`shard_stats` counts. Real tensors are
     sliced and copied.
+
+    ``out``: a contiguous tensor of the piece's shape (or any shape with the
+    piece's number of elements), ``tensor``'s dtype, on ``device``, that
+    receives the piece (the piece is computed in its memory, with no
+    temporary of its size, wherever it is pushed down); ``out`` is returned.
+    Distributed engines' local shards are filled this way
+    (``lazyinit.distributed``).
     """
     target = _target(device, "a shard ") or "cpu"
-    return _C._materialize_shard(tensor, _encode(placement), target)
+    encoded = _encode(placement)
+    if out is None:
+        return _C._materialize_shard(tensor, encoded, target)
+    shape = _piece_shape(tuple(tensor.shape), placement)
+    numel = 1
+    for n in shape:
+        numel *= n
+    problems = []
+    if out.numel() != numel:
+        problems.append(f"{out.numel()} elements, the piece has {numel} (shape {list(shape)})")
+    if out.dtype != tensor.dtype:
+        problems.append(f"dtype {out.dtype}, the tensor's is {tensor.dtype}")
+    want = torch.device(target)
+    if out.device.type != want.type or (want.index is not None
+                                        and out.device.index != want.index):
+        problems.append(f"device {out.device}, the target is {target}")
+    if not out.is_contiguous():
+        problems.append("not contiguous")
+    if problems:
+        raise ValueError("lazyinit.materialize_shard(out=...): out has " + "; ".join(problems)
+                         + ". Pass a contiguous tensor of the piece's size, dtype and device, "
+                         "or no out.")
+    with torch.no_grad():
+        _C._materialize_shard(tensor, encoded, str(out.device), out.detach().view(-1))
+    return out
+
+
+def _piece_shape(shape: Tuple[int, ...], placement: PlacementLike) -> Tuple[int, ...]:
+    """The shape of the piece ``placement`` leaves of a tensor of ``shape``
+    (as the C++ ``local_piece`` computes it; no tensor is touched)."""
+    items = list(placement) if isinstance(placement, (list, tuple)) else [placement]
+    box = list(shape)
+    flat: Optional[int] = None  # the piece's length once a FlatRange made it 1-D
+    for p in items:
+        if isinstance(p, Replicate):
+            continue
+        if isinstance(p, Shard):
+            ndim = 1 if flat is not None else len(box)
+            if ndim == 0 or not -ndim <= p.dim < ndim:
+                raise ValueError(f"lazyinit: {p} is out of range for a piece of {ndim} dim(s)")
+            if flat is not None:
+                lo, hi = chunk_bounds(flat, p.rank, p.world_size)
+                flat = hi - lo
+            else:
+                d = p.dim % ndim
+                lo, hi = chunk_bounds(box[d], p.rank, p.world_size)
+                box[d] = hi - lo
+        elif isinstance(p, FlatRange):
+            n = flat if flat is not None else _prod(box)
+            if p.end > n:
+                raise ValueError(f"lazyinit: {p} does not fit a piece of {n} elements")
+            flat = p.end - p.start
+        else:
+            raise TypeError(
+                f"lazyinit: expected Replicate, Shard, FlatRange or a list of them, got {p!r}")
+    return (flat,) if flat is not None else tuple(box)
+
+
+def _prod(sizes: Sequence[int]) -> int:
+    n = 1
+    for s in sizes:
+        n *= s
+    return n
 
 
 def materialize_module_shards(
