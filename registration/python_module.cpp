@@ -236,12 +236,45 @@ void wait_without_gil(std::recursive_mutex& mutex) {
   }
 }
 
+// The innermost Python frame outside torch and lazyinit, as
+// "file:line in function". torch's bindings release the GIL around ops, so
+// it is taken here (the graph lock is waited for without it, so this cannot
+// deadlock); the thread's frames are there meanwhile.
+std::string python_location() {
+  if (!Py_IsInitialized()) {
+    return {};
+  }
+  py::gil_scoped_acquire gil;
+  PyFrameObject* frame = PyEval_GetFrame();  // borrowed
+  Py_XINCREF(frame);
+  std::string out;
+  while (frame != nullptr && out.empty()) {
+    PyCodeObject* code = PyFrame_GetCode(frame);  // new reference
+    const char* file = PyUnicode_AsUTF8(code->co_filename);
+    const std::string path = file != nullptr ? file : "";
+    if (path.find("/torch/") == std::string::npos && path.find("/lazyinit/") == std::string::npos &&
+        path.rfind("<frozen", 0) != 0) {
+      const char* name = PyUnicode_AsUTF8(code->co_name);
+      out = path + ":" + std::to_string(PyFrame_GetLineNumber(frame)) + " in " +
+          (name != nullptr ? name : "?");
+    }
+    Py_DECREF(code);
+    PyFrameObject* back = PyFrame_GetBack(frame);  // new reference
+    Py_DECREF(frame);
+    frame = back;
+  }
+  Py_XDECREF(frame);
+  PyErr_Clear();
+  return out;
+}
+
 }  // namespace
 }  // namespace lazyinit
 
 PYBIND11_MODULE(_C, m) {
   using namespace lazyinit;
   set_blocking_lock_hook(&wait_without_gil);
+  set_location_hook(&python_location);
   m.doc() = "lazyinit's C++ core: the lazy device backend.";
   m.def("_register", &register_backend,
         "Registers the lazy backend with the dispatcher (idempotent).");
@@ -320,6 +353,19 @@ PYBIND11_MODULE(_C, m) {
   });
   m.def("_live_nodes", &live_node_count);
   m.def("_discard", &discard);
+  m.def("_fork_prepare", [] {
+    py::gil_scoped_release no_gil;  // another thread may need it to finish
+    prepare_fork();
+  });
+  m.def("_fork_parent", &after_fork_in_parent);
+  m.def("_fork_child", &after_fork_in_child);
+  m.def("_become_empty", [](const at::Tensor& t, const std::string& device) {
+    auto lock = lock_graph();
+    if (auto* impl = get_pending_impl(t)) {
+      LazyStoragePtr storage = impl->lazy_storage();  // outlives the impls' release
+      materialize_storage_empty(*storage, c10::Device(device));
+    }
+  });
   m.def("_register_immutable_source", &register_immutable_source);
   m.def("_capture_stats", [] {
     const CaptureStats s = capture_stats();

@@ -12,6 +12,7 @@
 
 #include <map>
 #include <set>
+#include <sstream>
 
 namespace lazyinit {
 namespace {
@@ -111,15 +112,18 @@ void run_early(
   const std::vector<c10::IValue> keep_alive = real;
   try {
     op.callBoxed(&real);
-  } catch (const c10::Error& e) {
-    TORCH_CHECK(
-        false,
-        "lazyinit: ", op.schema().operator_name(), " cannot be recorded (",
-        reason, "), and running it on the values of its lazy inputs on ",
-        device.str(), " failed: ", e.what_without_backtrace(),
-        "\nIf this mixes lazy tensors with real tensors on another device, "
-        "materialize the lazy ones there first (lazyinit.materialize(t, "
-        "device=...)) or create the context with that default_device.");
+  } catch (c10::Error& e) {
+    // Eager's error, of eager's type (LinAlgError, IndexError, ...): the
+    // call ran on the real values of its inputs, as eager runs it.
+    std::ostringstream context;
+    context << "lazyinit: " << op.schema().operator_name() << " ran on the values of its "
+            << "lazy inputs on " << device.str() << " (" << reason << ") and raised "
+            << "the error above, as eager raises it. If this mixes lazy tensors with real "
+            << "tensors on another device, materialize the lazy ones there first "
+            << "(lazyinit.materialize(t, device=...)) or create the context with that "
+            << "default_device.";
+    e.add_context(context.str());
+    throw;
   }
 
   for (auto* storage : written) {

@@ -54,14 +54,50 @@ int64_t live_node_count() {
   return g_live_nodes.load();
 }
 
-std::recursive_mutex& graph_mutex() {
-  static std::recursive_mutex mutex;
+namespace {
+// Allocated once and never freed, so that a forked child can replace it:
+// the parent's holder does not exist in the child, and a recursive mutex
+// locked by another thread id cannot be unlocked there.
+std::recursive_mutex*& graph_mutex_slot() {
+  static std::recursive_mutex* mutex = new std::recursive_mutex();
   return mutex;
+}
+}  // namespace
+
+std::recursive_mutex& graph_mutex() {
+  return *graph_mutex_slot();
+}
+
+void prepare_fork() {
+  // Held across fork(), so that no other thread is inside the graph (or a
+  // queue) when the child is made.
+  lock_graph().release();
+  rng_prepare_fork();
+}
+
+void after_fork_in_parent() {
+  rng_after_fork(/*child=*/false);
+  graph_mutex().unlock();
+}
+
+void after_fork_in_child() {
+  rng_after_fork(/*child=*/true);
+  graph_mutex_slot() = new std::recursive_mutex();  // the old one stays locked
 }
 
 namespace {
 std::atomic<BlockingLockHook> g_blocking_lock_hook{nullptr};
+std::atomic<LocationHook> g_location_hook{nullptr};
 }  // namespace
+
+void set_location_hook(LocationHook hook) {
+  g_location_hook.store(hook);
+}
+
+std::string recording_location() {
+  auto hook = g_location_hook.load();
+  return hook != nullptr ? hook() : std::string();
+}
 
 void set_blocking_lock_hook(BlockingLockHook hook) {
   g_blocking_lock_hook.store(hook);

@@ -5,7 +5,9 @@
 #include <ATen/core/function_schema.h>
 #include <ATen/core/jit_type.h>
 
+#include <algorithm>
 #include <mutex>
+#include <set>
 #include <string>
 #include <unordered_map>
 
@@ -136,6 +138,22 @@ OpInfo analyze(const c10::OperatorHandle& op) {
     info.unannotated_write_if = w.if_arg;
   }
   info.random = is_random_op(schema);
+  {
+    static const std::set<std::string> cannot_fail = {
+        "aten::empty", "aten::empty_strided", "aten::empty_like", "aten::zeros",
+        "aten::zeros_like", "aten::ones", "aten::ones_like", "aten::full", "aten::full_like",
+        "aten::new_empty", "aten::new_empty_strided", "aten::new_zeros", "aten::new_ones",
+        "aten::new_full", "aten::fill_", "aten::zero_", "aten::normal_", "aten::uniform_",
+        "aten::rand", "aten::randn", "aten::copy_", "aten::_to_copy", "aten::clone",
+        "aten::mul", "aten::mul_", "aten::add", "aten::add_", "aten::sub", "aten::sub_",
+        "aten::div", "aten::div_", "aten::arange", "aten::linspace",
+    };
+    const bool is_view = std::any_of(info.returns.begin(), info.returns.end(),
+                                     [](const OpInfo::Return& r) {
+                                       return r.kind == OpInfo::ReturnKind::kView;
+                                     });
+    info.may_fail_on_values = !is_view && cannot_fail.count(schema.name()) == 0;
+  }
   if (schema.overload_name().empty()) {
     if (schema.name() == "aten::normal_") {
       info.plain_fill = OpInfo::PlainFill::kNormal;

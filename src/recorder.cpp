@@ -89,6 +89,14 @@ Inputs classify(const OpInfo& info, const std::vector<c10::IValue>& args) {
     in.early_reason = "it returns values, not tensors";
     return in;
   }
+  if (info.returns.empty() && info.written_args.empty() && info.unannotated_writes.empty() &&
+      info.has_tensor_args) {
+    // Returns nothing and writes nothing: it exists to check values
+    // (_linalg_check_errors after linalg.inv / cholesky), and eager raises
+    // its error at this call.
+    in.early_reason = "it checks values";
+    return in;
+  }
   for (size_t i : written_args_of(info, args)) {
     std::vector<c10::IValue> one{args[i]};
     for_each_tensor(one, [&](size_t, int64_t, const at::Tensor& t) {
@@ -459,6 +467,9 @@ void record_op(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
 
   NodePtr node = make_node(op, info, args, in.written);
   pin_factory_dtype(*node, info, meta_stack);
+  if (info.may_fail_on_values) {
+    node->recorded_at = recording_location();
+  }
   if (info.random) {
     c10::optional<at::Generator> gen;
     if (info.generator_arg >= 0 && args[info.generator_arg].isGenerator()) {

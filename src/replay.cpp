@@ -261,10 +261,21 @@ std::vector<c10::IValue> Replayer::prepare(
 void Replayer::invoke(Node& node, std::vector<c10::IValue>& stack) {
   at::NoGradGuard no_grad;
   DefaultDtypeGuard dtype(node.default_dtype);
-  if (node.is_random()) {
-    rng_run(node, *this, [&] { node.op->callBoxed(&stack); });
-  } else {
-    node.op->callBoxed(&stack);
+  try {
+    if (node.is_random()) {
+      rng_run(node, *this, [&] { node.op->callBoxed(&stack); });
+    } else {
+      node.op->callBoxed(&stack);
+    }
+  } catch (c10::Error& e) {
+    // An error that depends on values (eager raised it at the call, where
+    // the values were known): keep its type, say which recorded call it is.
+    std::string where = node.recorded_at.empty() ? "" : " (recorded at " + node.recorded_at + ")";
+    e.add_context(
+        "lazyinit: raised while materializing, by the recorded call " +
+        c10::toString(node.op->schema().operator_name()) + where +
+        "; eager construction raises it at that call.");
+    throw;
   }
 }
 
@@ -439,6 +450,38 @@ void materialize_storage(LazyStorage& storage, c10::Device device, const at::Ten
     }
     impl->become(view_of(base, impl->dtype(), impl->geometry()), storage.early,
                  storage.replay_count);
+  }
+  storage.impls.clear();
+  storage.state = StorageState::kMaterialized;
+  storage.cached = base;
+  storage.cached_version = storage.version;
+}
+
+void materialize_storage_empty(LazyStorage& storage, c10::Device device) {
+  storage.check_usable();
+  if (storage.state == StorageState::kMaterialized) {
+    return;
+  }
+  check_target_device(device);
+  at::Tensor base = at::empty(
+      {storage.numel()}, at::TensorOptions().dtype(storage.dtype).device(device));
+  // Readers not replayed yet keep the recorded values (frozen tape); eager
+  // drew the numbers of this storage's random ops all the same.
+  storage.freeze_for_readers();
+  for (auto& entry : storage.tape) {
+    if (entry.node->is_random() && entry.node.use_count() == 1) {
+      rng_node_released(entry.node);
+    }
+  }
+  storage.tape.clear();
+  storage.cached = at::Tensor();
+  for (auto& weak : storage.impls) {
+    auto locked = weak.lock();
+    auto* impl = static_cast<LazyTensorImpl*>(locked.get());
+    if (impl == nullptr || impl->lazy_storage().get() != &storage) {
+      continue;
+    }
+    impl->become(view_of(base, impl->dtype(), impl->geometry()), /*early=*/false, 0);
   }
   storage.impls.clear();
   storage.state = StorageState::kMaterialized;

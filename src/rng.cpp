@@ -384,30 +384,45 @@ void rng_settle() {
 
 namespace {
 
-// Nodes released by rng_node_released, waiting for the graph lock.
+// Nodes released by rng_node_released, waiting for the graph lock. Never
+// freed: a forked child replaces its mutex (rng_after_fork).
 struct ReleasedNodes {
-  std::mutex mutex;
+  std::unique_ptr<std::mutex> mutex = std::make_unique<std::mutex>();
   std::vector<NodePtr> nodes;
 };
 
 ReleasedNodes& released() {
-  static ReleasedNodes r;
-  return r;
+  static ReleasedNodes* r = new ReleasedNodes();
+  return *r;
 }
 
 }  // namespace
 
 void rng_node_released(const NodePtr& node) {
   auto& r = released();
-  std::lock_guard<std::mutex> lock(r.mutex);
+  std::lock_guard<std::mutex> lock(*r.mutex);
   r.nodes.push_back(node);
+}
+
+void rng_prepare_fork() {
+  released().mutex->lock();
+}
+
+void rng_after_fork(bool child) {
+  auto& r = released();
+  if (child) {
+    (void)r.mutex.release();  // locked by the parent's thread: left as is
+    r.mutex = std::make_unique<std::mutex>();
+  } else {
+    r.mutex->unlock();
+  }
 }
 
 void rng_drain_released() {
   std::vector<NodePtr> nodes;
   {
     auto& r = released();
-    std::lock_guard<std::mutex> lock(r.mutex);
+    std::lock_guard<std::mutex> lock(*r.mutex);
     nodes.swap(r.nodes);
   }
   for (auto& node : nodes) {

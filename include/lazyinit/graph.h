@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <vector>
 
 namespace lazyinit {
@@ -141,6 +142,9 @@ struct Node {
   bool owner_dead = false;  // the storage that owns it died unreplayed
 
   at::Tensor constant;  // constants: flat value of the whole storage
+  // Where the op was recorded ("model.py:12 in __init__"), for errors its
+  // replay raises; empty for ops that cannot fail on values (fills).
+  std::string recorded_at;
   // torch.get_default_dtype() when recorded: type promotion of Python
   // scalars (int_tensor + 0.5) depends on it at run time.
   caffe2::TypeMeta default_dtype;
@@ -150,6 +154,13 @@ struct Node {
 };
 // Number of nodes alive in the process (tests check the graph is freed).
 int64_t live_node_count();
+
+// The caller's source location, for Node::recorded_at: the innermost
+// Python frame outside torch and lazyinit, from a hook the Python module
+// installs (empty without one, or without the GIL).
+std::string recording_location();
+using LocationHook = std::string (*)();
+void set_location_hook(LocationHook hook);
 
 // Guards the graph: recording and replay are serialized.
 std::recursive_mutex& graph_mutex();
@@ -162,5 +173,14 @@ std::recursive_mutex& graph_mutex();
 std::unique_lock<std::recursive_mutex> lock_graph();
 using BlockingLockHook = void (*)(std::recursive_mutex&);
 void set_blocking_lock_hook(BlockingLockHook hook);
+
+// fork() while another thread records or replays: the parent takes the
+// graph lock before forking (prepare_fork, waiting with the GIL released),
+// and releases it after; the child gets fresh locks, since the threads that
+// held them do not exist there. The Python module installs them with
+// os.register_at_fork.
+void prepare_fork();
+void after_fork_in_parent();
+void after_fork_in_child();
 
 }  // namespace lazyinit

@@ -37,6 +37,10 @@ struct OpInfo {
   // recorder checks them itself (plain_fill_is_valid in recorder.cpp).
   enum class PlainFill { kNone, kNormal, kUniform };
   PlainFill plain_fill = PlainFill::kNone;
+  // Whether a replay of it may raise on values the recorder cannot see
+  // (indices out of range, singular matrices): recorded nodes then keep
+  // their source location. False for fills, factories and views.
+  bool may_fail_on_values = true;
 };
 
 const OpInfo& op_info(const c10::OperatorHandle& op);

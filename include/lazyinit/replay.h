@@ -82,6 +82,11 @@ void check_target_device(c10::Device device, const char* what = "");
 // Materializes every impl of `storage` in place on `device`, into `dest`
 // when given (see Replayer::value): its views then share dest's storage.
 void materialize_storage(LazyStorage& storage, c10::Device device, const at::Tensor& dest = {});
+// Turns every impl of `storage` into a real, uninitialized tensor on
+// `device` without replaying anything (Module.to_empty): values are
+// unspecified, as eager's to_empty leaves them; the draws of its random
+// ops still count for the generators.
+void materialize_storage_empty(LazyStorage& storage, c10::Device device);
 // Computes the current value of `storage` on the default device and caches
 // it (early materialization); the storage stays lazy.
 at::Tensor early_value(LazyStorage& storage);

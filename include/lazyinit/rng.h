@@ -142,6 +142,9 @@ void rng_catch_up_default(const c10::optional<at::Generator>& explicit_gen = c10
 // (RngChain::dead_draws); catching up skips its draws instead of running it.
 void rng_node_released(const NodePtr& node);
 void rng_drain_released();
+// The queue's lock across fork() (graph.h, prepare_fork).
+void rng_prepare_fork();
+void rng_after_fork(bool child);
 
 // torch.initial_seed() as eager would report it: the seed of the chain's
 // start while the generator carries recording's marker.

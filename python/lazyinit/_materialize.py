@@ -49,11 +49,45 @@ def _module_tensors(module: torch.nn.Module,
     return _C._module_tensors(module, only_lazy)
 
 
+def plain_tensor_attributes(module: torch.nn.Module) -> List[Tuple[str, torch.Tensor]]:
+    """(name, tensor) for tensors a module holds as plain attributes, neither
+    parameter nor buffer (weight_norm's computed ``weight``, positional
+    tables), directly or in a list, tuple or dict attribute, once each."""
+    out: List[Tuple[str, torch.Tensor]] = []
+    seen = set()
+
+    def add(name: str, value: object) -> None:
+        if isinstance(value, torch.Tensor) and not isinstance(value, torch.nn.Parameter) \
+                and id(value) not in seen:
+            seen.add(id(value))
+            out.append((name, value))
+
+    for qual, mod in module.named_modules():
+        prefix = qual + "." if qual else ""
+        for name, value in vars(mod).items():
+            if name in ("_parameters", "_buffers", "_modules"):
+                continue
+            if isinstance(value, (list, tuple)):
+                for i, item in enumerate(value):
+                    add(f"{prefix}{name}[{i}]", item)
+            elif isinstance(value, dict):
+                for key, item in value.items():
+                    add(f"{prefix}{name}[{key!r}]", item)
+            else:
+                add(prefix + name, value)
+    return out
+
+
+def _lazy_attributes(module: torch.nn.Module) -> List[torch.Tensor]:
+    return [t for _, t in plain_tensor_attributes(module) if _C._tensor_state(t) == _LAZY]
+
+
 def is_lazy(obj: Union[torch.Tensor, torch.nn.Module]) -> bool:
-    """True if the tensor (or any parameter/buffer of the module) still
-    awaits materialization."""
+    """True if the tensor (or any parameter, buffer or tensor attribute of
+    the module) still awaits materialization."""
     if isinstance(obj, torch.nn.Module):
-        return any(_C._tensor_state(t) == _LAZY for _, t, _ in _module_tensors(obj))
+        return any(_C._tensor_state(t) == _LAZY for _, t, _ in _module_tensors(obj)) or \
+            bool(_lazy_attributes(obj))
     return _C._tensor_state(obj) == _LAZY
 
 
@@ -78,6 +112,10 @@ def materialize(obj: T, device: DeviceLike = None, progress: Optional[bool] = No
     (CPU if none). Values equal eager construction with the same seed, in
     any materialization order. ``progress`` shows a progress bar (default:
     when more than 1 GiB is materialized).
+
+    For a module, tensors it holds as plain attributes (weight_norm's
+    computed ``weight``, positional tables; see
+    :func:`plain_tensor_attributes`) are materialized too.
 
     For a module, ``flat=True`` (the default) makes one allocation per
     device and dtype (on a GPU three growing ones, holding 1/21, 4/21 and
@@ -114,6 +152,10 @@ def materialize(obj: T, device: DeviceLike = None, progress: Optional[bool] = No
     finally:
         if bar is not None:
             bar.close()
+    # Tensors held as plain attributes (not parameters or buffers), after
+    # them: those that are views of parameters turned real with them.
+    for t in _lazy_attributes(obj):
+        _C._materialize(t, target, settle=False)
     _C._finish()
     return obj
 
@@ -126,7 +168,8 @@ class LazyStats:
     ``early``: whose values had to be computed before materialization (an op
     needed them), whether or not they have been materialized since.
     ``discarded``: freed by :func:`lazyinit.discard` (no value any more;
-    counted in no other field). ``shard_fallbacks``: lazy tensors for which
+    counted in no other field). ``attributes_lazy``: lazy tensors held as
+    plain module attributes (:func:`plain_tensor_attributes`). ``shard_fallbacks``: lazy tensors for which
     :func:`lazyinit.materialize_shard` had to replay the whole storage and
     slice it (an op on its tape is not element-local).
     """
@@ -141,6 +184,7 @@ class LazyStats:
     elements_materialized: int = 0
     elements_early: int = 0
     discarded: int = 0
+    attributes_lazy: int = 0
     shard_fallbacks: int = 0
 
 
@@ -166,6 +210,7 @@ def stats(module: torch.nn.Module) -> LazyStats:
         if state != 0 and _C._was_early(t):
             setattr(s, kind + "_early", getattr(s, kind + "_early") + 1)
             s.elements_early += n
+    s.attributes_lazy = len(_lazy_attributes(module))
     return s
 
 

@@ -78,11 +78,35 @@ def install() -> None:
     torch.Tensor.numpy = numpy  # type: ignore[assignment]
 
     _refuse_pickling()
+    _to_empty_in_place()
     _catch_up_before_rng_reads()
     _deepcopy_by_storage()
     _data_between_lazy_and_real()
     _guard_torch_lazy()
     _torch_compat.install(_is_pending)
+
+
+def _to_empty_in_place() -> None:
+    # Module.to_empty assigns each converted tensor through `param.data`
+    # where the types allow it (same Parameter object, as eagerly); a lazy
+    # tensor and a real one do not, so torch would make new Parameters and
+    # leave the lazy ones pending. Lazy tensors turn real, uninitialized, in
+    # place first (their random ops' draws still count for the generator).
+    original = torch.nn.Module.to_empty
+
+    def to_empty(self: torch.nn.Module, *args: Any, **kwargs: Any) -> torch.nn.Module:
+        device = kwargs.get("device", args[0] if args else None)
+        if device is not None:
+            from ._materialize import _lazy_attributes, _module_tensors
+            target = str(torch.device(device))
+            for _, t, _ in _module_tensors(self, True):
+                _C._become_empty(t, target)
+            for t in _lazy_attributes(self):
+                _C._become_empty(t, target)
+        return original(self, *args, **kwargs)
+
+    to_empty.__doc__ = original.__doc__
+    torch.nn.Module.to_empty = to_empty  # type: ignore[assignment]
 
 
 def _refuse_pickling() -> None:

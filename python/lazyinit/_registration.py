@@ -1,6 +1,8 @@
 """Registers the lazy backend with torch: dispatcher, device module, patches."""
 from __future__ import annotations
 
+import os
+
 import torch
 
 from . import _C
@@ -16,6 +18,9 @@ def register() -> None:
     on every supported torch; ``torch.lazy`` is the device module.
     """
     _C._register()
+    if hasattr(os, "register_at_fork"):
+        os.register_at_fork(before=_C._fork_prepare, after_in_parent=_C._fork_parent,
+                            after_in_child=_C._fork_child)
     if not hasattr(torch, "lazy"):
         torch._register_device_module("lazy", _device_module)
     _patches.install()

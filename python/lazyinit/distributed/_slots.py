@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 
 from .. import _C
+from .._materialize import plain_tensor_attributes  # noqa: F401 (used by _deferred)
 
 _REAL, _LAZY, _MATERIALIZED = 0, 1, 2
 KINDS = ("_parameters", "_buffers")
@@ -52,17 +53,6 @@ def slots(module: nn.Module) -> Iterator[Tuple[Slot, torch.Tensor]]:
                     continue
                 seen.add((id(mod), kind, name))
                 yield Slot(prefix + name, mod, kind, name), t
-
-
-def plain_tensor_attributes(module: nn.Module) -> Iterator[Tuple[str, torch.Tensor]]:
-    """Tensors held as plain module attributes (neither parameter nor buffer)."""
-    seen = set()
-    for qual, mod in module.named_modules():
-        prefix = qual + "." if qual else ""
-        for name, value in vars(mod).items():
-            if isinstance(value, torch.Tensor) and id(value) not in seen:
-                seen.add(id(value))
-                yield prefix + name, value
 
 
 def state(t: torch.Tensor) -> int:
