@@ -149,6 +149,7 @@ def test_lazy_ops_flow():
         assert tuple(x.shape) == (2, 3)
         assert x.device.type == lazyinit.device_type  # ColossalAI: "cpu"
         assert x.requires_grad is False
+        assert x.cpu() is x                # ColossalAI: x stays lazy; lazyinit: real now
         p = Parameter(torch.empty(2, 3))
         assert tuple(p.shape) == (2, 3)
         assert p.requires_grad is True
