@@ -31,8 +31,9 @@ _LAZY = 1
 def _dtensor_api() -> Any:
     try:
         import torch.distributed.tensor as dtensor
-        dtensor.distribute_tensor, dtensor.Placement, dtensor.Shard  # noqa: B018
         from torch.distributed.device_mesh import DeviceMesh  # noqa: F401
+        for name in ("distribute_tensor", "Placement", "Replicate", "Shard"):
+            getattr(dtensor, name)
     except (ImportError, AttributeError) as e:
         raise RuntimeError(
             "lazyinit.compat.colossalai: LazyInitContext.distribute needs DTensor "
