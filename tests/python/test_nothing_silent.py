@@ -200,6 +200,31 @@ def test_invalid_op_raises_at_the_call_like_eager():
     lazyinit.materialize(model, "cpu")  # unrelated code is unaffected
 
 
+_BAD_FILLS = {
+    "uniform_from_above_to": (torch.float32, lambda t: t.uniform_(2.0, 1.0)),
+    "uniform_out_of_half": (torch.float16, lambda t: t.uniform_(-1e6, 1e6)),
+    "uniform_nan": (torch.float32, lambda t: t.uniform_(float("nan"), 1.0)),
+    "normal_negative_std": (torch.float32, lambda t: t.normal_(0.0, -1.0)),
+    "normal_nan_std": (torch.bfloat16, lambda t: t.normal_(0.0, float("nan"))),
+    "uniform_ok": (torch.float32, lambda t: t.uniform_(-1.0, 1.0)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_BAD_FILLS))
+def test_fill_arguments_are_checked_at_the_call_like_eager(case):
+    """normal_/uniform_ check their scalars where eager does (torch 2.x's
+    Meta decomposition of uniform_ does not check from <= to)."""
+    dtype, fill = _BAD_FILLS[case]
+    torch.manual_seed(0)
+    eager_t = torch.empty(6, dtype=dtype)
+    eager = _raises(lambda: fill(eager_t))
+    torch.manual_seed(0)
+    lazy_t = torch.empty(6, dtype=dtype, device="lazy")
+    assert _raises(lambda: fill(lazy_t)) is eager
+    if eager is None:
+        assert torch.equal(lazyinit.materialize(lazy_t, "cpu"), eager_t)
+
+
 @pytest.mark.parametrize("fn", [torch.linalg.inv, torch.linalg.cholesky, torch.inverse],
                          ids=["inv", "cholesky", "inverse"])
 def test_singular_linalg_raises_eagers_error_at_the_call(fn):
