@@ -35,7 +35,7 @@ else
   TORCH2_LEG ?= 0
 endif
 
-.PHONY: all deps venv build test test-host test-torch2 test-cpp test-python test-gpu demo bench \
+.PHONY: all deps venv build test test-host test-torch2 test-cpp test-python test-heap test-gpu demo bench \
   bench-gpu bench-dist bench-dist-torch2 asan clean fuzz fuzz-torch2
 
 all: build
@@ -81,8 +81,19 @@ test-python: build
 	echo "$(VPY) -m pytest tests/python -q $$xdist"; \
 	$(VPY) -m pytest tests/python -q $$xdist
 
-# One leg: every test on PYTHON's torch.
-test-host: test-cpp test-python
+# The Python suite again under glibc's heap checks: MALLOC_CHECK_=3 aborts
+# on a corrupted heap or a bad free, MALLOC_PERTURB_ fills freed memory so
+# that a read of it shows as a wrong value.
+HEAP_CHECK_LIB := $(firstword $(wildcard /usr/lib/*/libc_malloc_debug.so.0 /lib/*/libc_malloc_debug.so.0))
+test-heap: build
+	@[ -n "$(HEAP_CHECK_LIB)" ] || { echo "test-heap: glibc's libc_malloc_debug.so.0 (glibc >= 2.34) not found"; exit 1; }
+	@xdist=$$($(VPY) -c "import xdist" 2>/dev/null && echo "-n $(JOBS)"); \
+	echo "heap checks: $(VPY) -m pytest tests/python -q $$xdist"; \
+	LD_PRELOAD=$(HEAP_CHECK_LIB) MALLOC_CHECK_=3 MALLOC_PERTURB_=165 \
+	  $(VPY) -m pytest tests/python -q -p no:cacheprovider $$xdist
+
+# One leg: every test on PYTHON's torch, then the Python suite under heap checks.
+test-host: test-cpp test-python test-heap
 
 # The torch-2.x leg, in the Debian-unstable root.
 test-torch2:

@@ -13,6 +13,7 @@
 #include <c10/util/Exception.h>
 
 #include <algorithm>
+#include <atomic>
 #include <limits>
 #include <mutex>
 #include <set>
@@ -31,6 +32,11 @@ std::vector<int64_t>& grid_limits() {
   return limits;
 }
 
+// Set once torch has initialized CUDA (set_philox_grid_limits). Until then
+// lazyinit never calls into the CUDA driver: eager CPU work does not, and a
+// driver call racing a fork() in another thread can hang the child.
+std::atomic<bool> g_torch_cuda_initialized{false};
+
 at::Generator cuda_generator(int device) {
   return at::globalContext().defaultGenerator(
       c10::Device(c10::DeviceType::CUDA, static_cast<c10::DeviceIndex>(device)));
@@ -48,7 +54,7 @@ void write_state(at::Generator& gen, const PhiloxState& state) {
 }
 
 int cuda_device_count() {
-  if (!at::globalContext().hasCUDA() ||
+  if (!g_torch_cuda_initialized.load() || !at::globalContext().hasCUDA() ||
       !c10::impl::hasDeviceGuardImpl(c10::DeviceType::CUDA)) {
     return 0;
   }
@@ -194,6 +200,12 @@ void restore_cuda_generator(at::Generator& gen, const PhiloxState& state) {
 void set_philox_grid_limits(const std::vector<int64_t>& limits) {
   std::lock_guard<std::recursive_mutex> lock(graph_mutex());
   grid_limits() = limits;
+  g_torch_cuda_initialized.store(true);
+}
+
+bool cuda_may_be_used() {
+  // A registration made when torch's CUDA library loads: no driver call.
+  return c10::impl::hasDeviceGuardImpl(c10::DeviceType::CUDA);
 }
 
 bool philox_fill_size(const Node& node, int64_t* numel, caffe2::TypeMeta* dtype) {

@@ -1,9 +1,8 @@
 #include <lazyinit/rng.h>
 
+#include <lazyinit/philox.h>
 #include <lazyinit/replay.h>
 #include <lazyinit/shard_replay.h>
-
-#include <ATen/detail/CUDAHooksInterface.h>
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/core/function_schema.h>
@@ -438,7 +437,7 @@ void rng_drain_released() {
       draws.fill_numel = -1;
     }
     // Without CUDA, only the CPU draws will ever be asked for.
-    const bool cuda_countable = draws.fill_numel >= 0 || !at::detail::getCUDAHooks().hasCUDA();
+    const bool cuda_countable = draws.fill_numel >= 0 || !cuda_may_be_used();
     if (draws.cpu_draws >= 0 && cuda_countable) {
       chain.dead_draws[node->rng_index] = draws;  // the node itself is freed
     } else {

@@ -127,10 +127,16 @@ c10::optional<PhiloxState> philox_take_run(Node& node, int device);
 // The grid limit set_philox_grid_limits gave `device`, or -1.
 int64_t philox_grid_limit(int device);
 
-// Set from Python once CUDA is initialized: the largest grid (blocks) of
+// Set from Python once torch has initialized CUDA (also with no limits,
+// where the properties could not be read): the largest grid (blocks) of
 // PyTorch's distribution kernels on each device, multiProcessorCount *
 // (maxThreadsPerMultiProcessor / 256). Without it increments are measured.
+// Until it is called, lazyinit makes no CUDA driver call.
 void set_philox_grid_limits(const std::vector<int64_t>& limits);
+
+// Whether this torch has CUDA support loaded (CUDA tensors may be asked
+// for later), known without any driver call.
+bool cuda_may_be_used();
 
 // Puts a CUDA generator back where a GeneratorStateGuard found it.
 void restore_cuda_generator(at::Generator& gen, const PhiloxState& state);

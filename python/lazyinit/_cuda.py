@@ -27,6 +27,7 @@ def _grid_limits() -> None:
             limits.append(props.multi_processor_count * (threads // _BLOCK_SIZE))
         _C._set_philox_grid_limits(limits)
     except Exception as e:  # never break torch's CUDA initialization
+        _C._set_philox_grid_limits([])  # initialized all the same
         warnings.warn(f"lazyinit: CUDA device properties unavailable ({e}); "
                       "random ops replayed on CUDA will be measured, not computed")
 

@@ -56,10 +56,10 @@ def test_readme_fake_tensor():
     assert fake.is_fake(a) and fake.is_fake(b)
     assert tuple(a.shape) == (10,) and tuple(b.shape) == (20,)
     assert "device='lazy'" in repr(a)  # torchdistX: tensor(..., size=(10,), fake=True)
+    assert fake.meta_like(b).is_meta and fake.meta_like(b).shape == b.shape
     assert torch.equal(materialize_tensor(a), torch.ones([10]))
     if torch.cuda.is_available():
         assert torch.equal(materialize_tensor(b), torch.ones([20], device="cuda"))
-    assert fake.meta_like(b).is_meta and fake.meta_like(b).shape == b.shape
     with pytest.raises(ValueError, match="fake tensor"):
         fake.meta_like(torch.ones(2))
 

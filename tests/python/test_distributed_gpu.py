@@ -65,7 +65,9 @@ def _check(build, prepare, loss_fn, mesh_device: str = "cuda") -> None:
     with ld.deferred(lazy, "cuda") as d:
         prepare(lazy)
     assert collective_count() == before
-    assert d.report.fallbacks == 0 and d.report.pushed_down > 0, d.report
+    assert d.report.fallbacks == 0 and d.report.pieces > 0, d.report
+    if torch.distributed.get_world_size() > 1:  # world 1: each piece is whole
+        assert d.report.pushed_down > 0, d.report
     assert assert_equal_to_oracle(lazy, full) > 0
     assert ties(lazy) == eager_ties
     prepare(eager)

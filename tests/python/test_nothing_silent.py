@@ -304,6 +304,37 @@ def test_fork_while_another_thread_records():
 
 # ---------------------------------------------------------------- modules
 
+_DRIVER_PROBE = """
+import sys, torch, torch.nn as nn, lazyinit
+torch.manual_seed(0)
+if sys.argv[1] == "lazy":
+    with lazyinit.LazyInitContext():
+        model = nn.Sequential(nn.Linear(8, 8), nn.Dropout(), nn.LayerNorm(8))
+    del model
+    with lazyinit.LazyInitContext():
+        model = nn.Linear(8, 8)
+    lazyinit.materialize(model, "cpu")
+else:
+    model = nn.Sequential(nn.Linear(8, 8), nn.Dropout(), nn.LayerNorm(8))
+    model = nn.Linear(8, 8)
+torch.randn(3)
+print(any("libcuda.so" in line for line in open("/proc/self/maps")), torch.cuda.is_initialized())
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="reads /proc/self/maps")
+def test_cpu_work_touches_the_cuda_driver_only_as_eager_does():
+    """Building, deleting and materializing on the CPU loads no CUDA driver
+    where eager CPU construction loads none (a driver call racing fork() in
+    another thread can hang the child; a forked child of a process that
+    initialized CUDA cannot use it)."""
+    env = dict(os.environ, PYTHONPATH=_PY + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    runs = [subprocess.run([sys.executable, "-c", _DRIVER_PROBE, mode], env=env, check=True,
+                           capture_output=True, text=True, timeout=120).stdout.split()[-2:]
+            for mode in ("eager", "lazy")]
+    assert runs[1] == runs[0]
+
+
 def test_out_variants_with_several_outputs_are_exact():
     def build(**kw):
         x = torch.randn(4, 5, **kw)
