@@ -1,7 +1,7 @@
 // A device guard for the lazy device. It has one device and no streams;
 // nothing here may throw (DeviceGuardImplInterface's contract), since
 // DeviceGuard and torch.accelerator call it from many places.
-#include <lazyinit/device.h>
+#include <lazyinit/core/device.h>
 #include <lazyinit/registration.h>
 
 #include <c10/core/impl/DeviceGuardImplInterface.h>

@@ -1,15 +1,15 @@
 // lazyinit._C: the Python binding. Wiring only; the logic is in src/.
-#include <lazyinit/capture.h>
-#include <lazyinit/device.h>
-#include <lazyinit/graph.h>
-#include <lazyinit/lazy_tensor_impl.h>
-#include <lazyinit/flat.h>
-#include <lazyinit/philox_region.h>
+#include <lazyinit/record/capture.h>
+#include <lazyinit/core/device.h>
+#include <lazyinit/core/graph.h>
+#include <lazyinit/core/lazy_tensor_impl.h>
+#include <lazyinit/replay/flat_materialize.h>
+#include <lazyinit/shard/philox_region.h>
 #include <lazyinit/registration.h>
-#include <lazyinit/replay.h>
+#include <lazyinit/replay/replay.h>
 #include <lazyinit/rng/mt19937_jump.h>
-#include <lazyinit/rng.h>
-#include <lazyinit/shard_replay.h>
+#include <lazyinit/rng/chain.h>
+#include <lazyinit/shard/shard_replay.h>
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/ops/as_strided.h>

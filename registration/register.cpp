@@ -7,13 +7,13 @@
 //   op the model called and the Meta kernel still infers shapes.
 // * Tensor.to(device) materializes in place (see to_kernel).
 // * dropout takes the CPU's path, not the fused one (see dropout_kernel).
-#include <lazyinit/compat.h>
-#include <lazyinit/device.h>
-#include <lazyinit/lazy_tensor_impl.h>
-#include <lazyinit/recorder.h>
+#include <lazyinit/core/compat.h>
+#include <lazyinit/core/device.h>
+#include <lazyinit/core/lazy_tensor_impl.h>
+#include <lazyinit/record/recorder.h>
 #include <lazyinit/registration.h>
-#include <lazyinit/replay.h>
-#include <lazyinit/rng.h>
+#include <lazyinit/replay/replay.h>
+#include <lazyinit/rng/chain.h>
 
 #include <ATen/core/Tensor.h>
 #include <ATen/core/dispatch/Dispatcher.h>

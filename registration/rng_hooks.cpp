@@ -5,10 +5,10 @@
 // a call. The hooks sit on BackendSelect: factories pick their backend
 // there (the hook then does what PyTorch's own kernel does), and every
 // other op passes through it.
-#include <lazyinit/compat.h>
-#include <lazyinit/device.h>
+#include <lazyinit/core/compat.h>
+#include <lazyinit/core/device.h>
 #include <lazyinit/registration.h>
-#include <lazyinit/rng.h>
+#include <lazyinit/rng/chain.h>
 
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/core/TensorOptions.h>

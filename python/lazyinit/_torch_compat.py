@@ -1,5 +1,5 @@
 """Every difference between the torch versions lazyinit supports, on the
-Python side (the C++ side has ``include/lazyinit/compat.h``).
+Python side (the C++ side has ``include/lazyinit/core/compat.h``).
 
 Each difference is recognised by what the running torch does or has, not
 by its version number: a behaviour probe or a feature check.

@@ -3,9 +3,9 @@
 
 #include "test_util.h"
 
-#include <lazyinit/capture.h>
-#include <lazyinit/lazy_tensor_impl.h>
-#include <lazyinit/meta_cache.h>
+#include <lazyinit/record/capture.h>
+#include <lazyinit/core/lazy_tensor_impl.h>
+#include <lazyinit/record/meta_cache.h>
 
 #include <c10/core/DefaultDtype.h>
 

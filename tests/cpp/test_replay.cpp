@@ -4,7 +4,7 @@
 
 #include "test_util.h"
 
-#include <lazyinit/flat.h>
+#include <lazyinit/replay/flat_materialize.h>
 
 namespace lazyinit {
 namespace {

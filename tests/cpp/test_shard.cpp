@@ -1,8 +1,8 @@
 // Placement math and region replay against eager values.
 #include <gtest/gtest.h>
 
-#include <lazyinit/placement.h>
-#include <lazyinit/shard_replay.h>
+#include <lazyinit/shard/placement.h>
+#include <lazyinit/shard/shard_replay.h>
 
 #include "test_util.h"
 

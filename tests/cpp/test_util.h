@@ -3,9 +3,9 @@
 
 #include <ATen/ATen.h>
 
-#include <lazyinit/device.h>
-#include <lazyinit/lazy_tensor_impl.h>
-#include <lazyinit/replay.h>
+#include <lazyinit/core/device.h>
+#include <lazyinit/core/lazy_tensor_impl.h>
+#include <lazyinit/replay/replay.h>
 
 namespace lazyinit {
 namespace testing {

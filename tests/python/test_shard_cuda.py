@@ -1,6 +1,6 @@
 """Materialize-on-shard onto CUDA against eager CUDA tensors.
 
-The Philox region kernel (src/region_fill_cuda.cu): any element range of
+The Philox region kernel (src/shard/cuda/region_fill.cu): any element range of
 what ``normal_`` / ``uniform_`` write into a whole tensor, generated alone,
 equals that range of the whole, bit for bit. Then ``materialize_shard`` onto
 "cuda" for the models of test_shard.py (nn.init functions, random factories,

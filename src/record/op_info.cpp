@@ -1,0 +1,200 @@
+#include <lazyinit/record/op_info.h>
+
+#include <lazyinit/rng/chain.h>
+
+#include <ATen/core/function_schema.h>
+#include <ATen/core/jit_type.h>
+
+#include <algorithm>
+#include <mutex>
+#include <set>
+#include <string>
+#include <unordered_map>
+
+namespace lazyinit {
+namespace {
+
+bool is_device_type(const c10::TypePtr& type) {
+  auto t = type;
+  if (auto opt = t->cast<c10::OptionalType>()) {
+    t = opt->getElementType();
+  }
+  return t->kind() == c10::TypeKind::DeviceObjType;
+}
+
+bool is_generator_type(const c10::TypePtr& type) {
+  auto t = type;
+  if (auto opt = t->cast<c10::OptionalType>()) {
+    t = opt->getElementType();
+  }
+  return t->kind() == c10::TypeKind::GeneratorType;
+}
+
+bool is_tensor_like(const c10::TypePtr& type) {
+  auto t = type;
+  if (auto opt = t->cast<c10::OptionalType>()) {
+    t = opt->getElementType();
+  }
+  if (auto list = t->cast<c10::ListType>()) {
+    return is_tensor_like(list->getElementType());
+  }
+  return t->kind() == c10::TypeKind::TensorType;
+}
+
+// Alias sets of an argument or return, including those of list elements
+// (`Tensor(a)[]`).
+std::vector<c10::Symbol> alias_sets(const c10::Argument& arg) {
+  std::vector<c10::Symbol> sets;
+  const c10::AliasInfo* info = arg.alias_info();
+  if (info == nullptr) {
+    return sets;
+  }
+  for (const auto& s : info->beforeSets()) {
+    sets.push_back(s);
+  }
+  for (const auto& contained : info->containedTypes()) {
+    for (const auto& s : contained.beforeSets()) {
+      sets.push_back(s);
+    }
+  }
+  return sets;
+}
+
+bool is_write(const c10::Argument& arg) {
+  const c10::AliasInfo* info = arg.alias_info();
+  return info != nullptr && info->isWrite();
+}
+
+// Kernels that write arguments their schema leaves unannotated: the
+// argument positions, and the bool argument that must be true for it (-1:
+// always). Found by comparing values before and after each kernel (torch
+// 1.13 and 2.14; rrelu_with_noise's noise is annotated from some 2.x on).
+struct UnannotatedWrite {
+  const char* name;
+  std::vector<size_t> args;
+  int64_t if_arg;
+};
+
+const std::vector<UnannotatedWrite>& unannotated_writes() {
+  static const std::vector<UnannotatedWrite> table = {
+      {"aten::native_batch_norm", {3, 4}, 5},
+      {"aten::cudnn_batch_norm", {3, 4}, 5},
+      {"aten::miopen_batch_norm", {3, 4}, 5},
+      {"aten::batch_norm_update_stats", {1, 2}, -1},
+      {"aten::rrelu_with_noise", {1}, 4},
+      {"aten::rrelu_with_noise_", {1}, 4},
+  };
+  return table;
+}
+
+OpInfo analyze(const c10::OperatorHandle& op) {
+  const auto& schema = op.schema();
+  OpInfo info;
+  const auto& args = schema.arguments();
+  for (size_t i = 0; i < args.size(); ++i) {
+    const auto& arg = args[i];
+    if (is_device_type(arg.type())) {
+      info.device_args.push_back(i);
+    } else if (is_generator_type(arg.type())) {
+      info.generator_arg = static_cast<int64_t>(i);
+    } else if (arg.name() == "dtype") {
+      info.dtype_arg = static_cast<int64_t>(i);
+    }
+    if (is_tensor_like(arg.type())) {
+      info.has_tensor_args = true;
+    }
+    if (is_write(arg)) {
+      info.written_args.push_back(i);
+    }
+  }
+  for (const auto& ret : schema.returns()) {
+    OpInfo::Return r;
+    r.is_list = ret.type()->kind() == c10::TypeKind::ListType;
+    if (!is_tensor_like(ret.type())) {
+      info.returns_non_tensor = true;
+    }
+    for (const auto& set : alias_sets(ret)) {
+      for (size_t i = 0; i < args.size() && r.arg < 0; ++i) {
+        for (const auto& arg_set : alias_sets(args[i])) {
+          if (arg_set == set) {
+            r.arg = static_cast<int64_t>(i);
+            r.kind = is_write(args[i]) ? OpInfo::ReturnKind::kMutated
+                                       : OpInfo::ReturnKind::kView;
+          }
+        }
+      }
+    }
+    info.returns.push_back(r);
+  }
+  for (const auto& w : unannotated_writes()) {
+    if (schema.name() != w.name) {
+      continue;
+    }
+    for (size_t i : w.args) {
+      if (i < args.size() && !is_write(args[i])) {
+        info.unannotated_writes.push_back(i);
+      }
+    }
+    info.unannotated_write_if = w.if_arg;
+  }
+  info.random = is_random_op(schema);
+  {
+    static const std::set<std::string> cannot_fail = {
+        "aten::empty", "aten::empty_strided", "aten::empty_like", "aten::zeros",
+        "aten::zeros_like", "aten::ones", "aten::ones_like", "aten::full", "aten::full_like",
+        "aten::new_empty", "aten::new_empty_strided", "aten::new_zeros", "aten::new_ones",
+        "aten::new_full", "aten::fill_", "aten::zero_", "aten::normal_", "aten::uniform_",
+        "aten::rand", "aten::randn", "aten::copy_", "aten::_to_copy", "aten::clone",
+        "aten::mul", "aten::mul_", "aten::add", "aten::add_", "aten::sub", "aten::sub_",
+        "aten::div", "aten::div_", "aten::arange", "aten::linspace",
+    };
+    const bool is_view = std::any_of(info.returns.begin(), info.returns.end(),
+                                     [](const OpInfo::Return& r) {
+                                       return r.kind == OpInfo::ReturnKind::kView;
+                                     });
+    info.may_fail_on_values = !is_view && cannot_fail.count(schema.name()) == 0;
+  }
+  if (schema.overload_name().empty()) {
+    if (schema.name() == "aten::normal_") {
+      info.plain_fill = OpInfo::PlainFill::kNormal;
+    } else if (schema.name() == "aten::uniform_") {
+      info.plain_fill = OpInfo::PlainFill::kUniform;
+    }
+  }
+  return info;
+}
+
+}  // namespace
+
+std::vector<size_t> written_args_of(const OpInfo& info, const std::vector<c10::IValue>& args) {
+  std::vector<size_t> written = info.written_args;
+  if (info.unannotated_writes.empty()) {
+    return written;
+  }
+  const int64_t cond = info.unannotated_write_if;
+  if (cond >= 0 && !(cond < static_cast<int64_t>(args.size()) && args[cond].isBool() &&
+                     args[cond].toBool())) {
+    return written;
+  }
+  for (size_t i : info.unannotated_writes) {
+    if (i < args.size() && args[i].isTensor()) {
+      written.push_back(i);
+    }
+  }
+  return written;
+}
+
+const OpInfo& op_info(const c10::OperatorHandle& op) {
+  static std::mutex mutex;
+  static std::unordered_map<const void*, std::unique_ptr<OpInfo>> cache;
+  // The schema object lives as long as the operator registration.
+  const void* key = &op.schema();
+  std::lock_guard<std::mutex> lock(mutex);
+  auto it = cache.find(key);
+  if (it == cache.end()) {
+    it = cache.emplace(key, std::make_unique<OpInfo>(analyze(op))).first;
+  }
+  return *it->second;
+}
+
+}  // namespace lazyinit

@@ -1,0 +1,525 @@
+#include <lazyinit/replay/replay.h>
+#include <lazyinit/shard/shard_replay.h>
+
+#include <lazyinit/core/device.h>
+#include <lazyinit/core/lazy_tensor_impl.h>
+#include <lazyinit/rng/philox.h>
+#include <lazyinit/rng/chain.h>
+#include <lazyinit/core/tensor_args.h>
+
+#include <ATen/core/grad_mode.h>
+#include <ATen/ops/as_strided.h>
+#include <ATen/ops/empty.h>
+#include <c10/core/impl/DeviceGuardImplInterface.h>
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <set>
+#include <string>
+
+namespace lazyinit {
+namespace {
+
+// Marks a storage as being replayed, so nodes that read it at the version
+// being built use the buffer under construction instead of replaying it
+// again (e.g. `x[0, 0] = -x[0, 0]`).
+class InProgress {
+ public:
+  InProgress(LazyStorage& storage, const at::Tensor& base)
+      : storage_(storage),
+        saved_(storage.in_progress),
+        saved_version_(storage.in_progress_version) {
+    storage_.in_progress = base;
+  }
+  ~InProgress() {
+    storage_.in_progress = saved_;
+    storage_.in_progress_version = saved_version_;
+  }
+  InProgress(const InProgress&) = delete;
+  InProgress& operator=(const InProgress&) = delete;
+
+ private:
+  LazyStorage& storage_;
+  at::Tensor saved_;
+  int64_t saved_version_;
+};
+
+at::Tensor on_device(const at::Tensor& t, c10::Device device) {
+  return t.device() == device ? t : t.to(device);
+}
+
+at::Tensor flat_view(const at::Tensor& t, int64_t numel) {
+  return at::as_strided(t, {numel}, {1}, 0);
+}
+
+// Whether `node` is an `empty` factory (creation_fill's unspecified
+// value): a destination buffer can stand for its result as it is.
+bool is_empty_factory(const Node& node) {
+  const auto fill = creation_fill(node);
+  return fill.has_value() && !fill->has_value();
+}
+
+// The value a storage's creation fills it with, when it is a constant
+// fill (ones, zeros, full) of the whole storage in the storage's dtype.
+c10::optional<c10::Scalar> constant_creation(const LazyStorage& storage) {
+  const Node& node = *storage.tape.front().node;
+  if (node.is_constant()) {
+    return c10::nullopt;
+  }
+  auto fill = creation_fill(node);
+  if (!fill.has_value() || !fill->has_value() || !creation_covers_storage(storage)) {
+    return c10::nullopt;
+  }
+  return **fill;
+}
+
+}  // namespace
+
+// Value a constant-filling creation op writes, or nullopt for other ops.
+// `empty` gives an undefined value, like the kernel.
+c10::optional<c10::optional<c10::Scalar>> creation_fill(const Node& node) {
+  const std::string& name = node.op->schema().name();
+  if (name == "aten::empty" || name == "aten::empty_strided" || name == "aten::new_empty" ||
+      name == "aten::new_empty_strided" || name == "aten::empty_like") {
+    return c10::optional<c10::Scalar>();
+  }
+  if (name == "aten::zeros" || name == "aten::new_zeros" || name == "aten::zeros_like") {
+    return c10::optional<c10::Scalar>(c10::Scalar(0));
+  }
+  if (name == "aten::ones" || name == "aten::new_ones" || name == "aten::ones_like") {
+    return c10::optional<c10::Scalar>(c10::Scalar(1));
+  }
+  if (name == "aten::full" || name == "aten::new_full" || name == "aten::full_like") {
+    const auto& args = node.op->schema().arguments();
+    for (size_t i = 0; i < args.size(); ++i) {
+      if (args[i].name() == "fill_value" && node.args[i].isScalar()) {
+        return c10::optional<c10::Scalar>(node.args[i].toScalar());
+      }
+    }
+  }
+  return c10::nullopt;
+}
+
+bool creation_covers_storage(const LazyStorage& storage) {
+  const auto& entry = storage.tape.front();
+  int64_t begin = 0;
+  int64_t numel = 0;
+  return entry.element < 0 && entry.output == 0 &&
+      contiguous_range(storage.creation_geometry, &begin, &numel) && begin == 0 &&
+      numel == storage.numel();
+}
+
+void check_target_device(c10::Device device, const char* what) {
+  TORCH_CHECK(
+      !is_lazy_device(device) && device.type() != c10::DeviceType::Meta,
+      "lazyinit: cannot materialize ", what, "onto '", device.str(),
+      "': pick a device that holds data, such as \"cpu\" or \"cuda\".");
+  if (device.is_cpu()) {
+    return;
+  }
+  TORCH_CHECK(
+      c10::impl::hasDeviceGuardImpl(device.type()),
+      "lazyinit: cannot materialize ", what, "onto '", device.str(), "': this build of "
+      "torch has no ", c10::DeviceTypeName(device.type()), " support. Use "
+      "device=\"cpu\" or a torch built with it.");
+  const auto count = c10::impl::getDeviceGuardImpl(device.type())->deviceCount();
+  TORCH_CHECK(
+      count > 0 && (!device.has_index() || device.index() < count),
+      "lazyinit: cannot materialize ", what, "onto '", device.str(), "': ", count,
+      " device(s) of that type are available.");
+}
+
+namespace {
+
+// Ops that write every element of their first argument without reading it.
+bool is_overwriting_op(const Node& node) {
+  static const std::set<std::string> names = {
+      "aten::normal_", "aten::uniform_", "aten::random_", "aten::fill_",
+      "aten::zero_", "aten::copy_", "aten::exponential_", "aten::cauchy_",
+      "aten::log_normal_", "aten::geometric_", "aten::bernoulli_",
+  };
+  return names.count(node.op->schema().name()) > 0;
+}
+
+// True when `node` overwrites the whole storage, reading nothing of it:
+// everything recorded before it is dead (e.g. nn.Linear's kaiming_uniform_
+// followed by a model's own normal_ init).
+bool overwrites_storage(const LazyStorage& storage, const Node& node) {
+  if (node.is_constant() || node.self_slot < 0 || !is_overwriting_op(node)) {
+    return false;
+  }
+  for (size_t i = 0; i < node.tensors.size(); ++i) {
+    if (static_cast<int64_t>(i) != node.self_slot &&
+        node.tensors[i].ref.kind == TensorRef::Kind::kSelf) {
+      return false;
+    }
+  }
+  const Geometry& g = node.tensors[node.self_slot].ref.geometry;
+  if (g.offset != 0) {
+    return false;
+  }
+  int64_t expected = 1;
+  for (int64_t d = static_cast<int64_t>(g.sizes.size()) - 1; d >= 0; --d) {
+    if (g.sizes[d] != 1 && g.strides[d] != expected) {
+      return false;
+    }
+    expected *= g.sizes[d];
+  }
+  return expected == storage.numel();
+}
+
+// A dead node may be skipped unless it is random with an unknown position
+// in its chain: later random nodes need the state after it. On CUDA that
+// position is usually computable without drawing (philox.h).
+bool can_skip(const Node& node, c10::Device device) {
+  if (!node.is_random()) {
+    return true;
+  }
+  if (device.is_cuda()) {
+    return philox_state_after_known(node, device.index());
+  }
+  return node.chain->states[node.rng_index + 1] != nullptr;
+}
+
+// One buffer reused for draw-only runs: allocating (and page-faulting) a
+// fresh one per node doubled the memory traffic of out-of-order replays.
+at::Tensor& scratch_bytes() {
+  static at::Tensor bytes;
+  return bytes;
+}
+
+at::Tensor scratch_tensor(int64_t numel, caffe2::TypeMeta dtype, c10::Device device) {
+  const int64_t nbytes = numel * static_cast<int64_t>(dtype.itemsize());
+  at::Tensor& bytes = scratch_bytes();
+  if (!bytes.defined() || bytes.device() != device || bytes.numel() < nbytes) {
+    bytes = at::Tensor();  // free the old one first
+    bytes = at::empty({nbytes}, at::TensorOptions().dtype(at::kByte).device(device));
+  }
+  auto options = at::TensorOptions().dtype(dtype).device(device);
+  return at::empty({0}, options).set_(bytes.storage(), 0, {numel}, {1});
+}
+
+}  // namespace
+
+c10::Device Replayer::normalize(c10::Device device) {
+  // "cuda" means the current CUDA device: name it, so generator positions
+  // are kept per device.
+  if (device.is_cuda() && !device.has_index() &&
+      c10::impl::hasDeviceGuardImpl(device.type())) {
+    return c10::Device(
+        device.type(), c10::impl::getDeviceGuardImpl(device.type())->getDevice().index());
+  }
+  return device;
+}
+
+void release_scratch() {
+  scratch_bytes() = at::Tensor();
+}
+
+at::Tensor Replayer::resolve(const TensorRef& ref, const at::Tensor& self_base) {
+  switch (ref.kind) {
+    case TensorRef::Kind::kSelf: {
+      TORCH_INTERNAL_ASSERT(self_base.defined());
+      return view_of(self_base, ref.dtype, ref.geometry);
+    }
+    case TensorRef::Kind::kLazy:
+      return view_of(value(*ref.storage, ref.version), ref.dtype, ref.geometry);
+    case TensorRef::Kind::kReal:
+      TORCH_CHECK(
+          (ref.version < 0 || ref.real._version() == static_cast<uint32_t>(ref.version)) &&
+              (!ref.real.has_storage() || ref.real.storage().data() == ref.real_data),
+          "lazyinit: a real tensor that was used while recording lazy "
+          "tensors has been modified in place since, so replaying would give "
+          "other values than eager construction. Materialize the lazy "
+          "tensors before modifying it, or pass a copy (t.clone()).");
+      return ref.real;
+  }
+  TORCH_INTERNAL_ASSERT(false, "unknown TensorRef kind");
+}
+
+std::vector<c10::IValue> Replayer::prepare(
+    Node& node,
+    const at::Tensor& self_base,
+    bool scratch) {
+  std::vector<c10::IValue> stack = node.args;
+  copy_tensor_lists(stack);
+  at::Tensor base = self_base;
+  if (scratch && node.self_slot >= 0) {
+    // Values do not matter for a draw-only run, only the geometry the
+    // kernel sees (it picks its code path, and so its draws, by it).
+    base = scratch_tensor(node.self_numel, node.self_dtype, device_);
+  }
+  for (const auto& slot : node.tensors) {
+    set_tensor(stack, slot.arg, slot.element, resolve(slot.ref, base));
+  }
+  for (size_t i : node.device_args) {
+    stack[i] = c10::IValue(device_);
+  }
+  return stack;
+}
+
+void Replayer::invoke(Node& node, std::vector<c10::IValue>& stack) {
+  at::NoGradGuard no_grad;
+  DefaultDtypeGuard dtype(node.default_dtype);
+  try {
+    if (node.is_random()) {
+      rng_run(node, *this, [&] { node.op->callBoxed(&stack); });
+    } else {
+      node.op->callBoxed(&stack);
+    }
+  } catch (c10::Error& e) {
+    // An error that depends on values (eager raised it at the call, where
+    // the values were known): keep its type, say which recorded call it is.
+    std::string where = node.recorded_at.empty() ? "" : " (recorded at " + node.recorded_at + ")";
+    e.add_context(
+        "lazyinit: raised while materializing, by the recorded call " +
+        c10::toString(node.op->schema().operator_name()) + where +
+        "; eager construction raises it at that call.");
+    throw;
+  }
+}
+
+std::vector<c10::IValue> Replayer::run(Node& node, const at::Tensor& self_base) {
+  auto stack = prepare(node, self_base, /*scratch=*/false);
+  invoke(node, stack);
+  return stack;
+}
+
+void Replayer::run_scratch(Node& node) {
+  auto stack = prepare(node, at::Tensor(), /*scratch=*/true);
+  invoke(node, stack);
+}
+
+at::Tensor Replayer::run_creation(LazyStorage& storage) {
+  const auto& entry = storage.tape.front();
+  Node& node = *entry.node;
+  if (node.is_constant()) {
+    return on_device(node.constant, device_);
+  }
+  auto outputs = prepare(node, at::Tensor(), /*scratch=*/false);
+  std::vector<at::Tensor> inputs;
+  for_each_tensor(outputs, [&](size_t, int64_t, const at::Tensor& t) { inputs.push_back(t); });
+  invoke(node, outputs);
+  TORCH_INTERNAL_ASSERT(entry.output < static_cast<int64_t>(outputs.size()));
+  const auto& out_value = outputs[entry.output];
+  at::Tensor out = entry.element < 0
+      ? out_value.toTensor()
+      : out_value.toTensorList().get(entry.element);
+  // A kernel may return memory of an input although its schema promises a
+  // new tensor (_unsafe_view, as matmul of 3-D tensors ends with): the
+  // buffer is then another storage's value (its cache, a constant, a real
+  // tensor), and this storage's later writes must not reach it.
+  const bool aliases_input = out.has_storage() &&
+      std::any_of(inputs.begin(), inputs.end(), [&](const at::Tensor& in) {
+        return in.has_storage() && in.storage().is_alias_of(out.storage());
+      });
+  const auto& g = storage.creation_geometry;
+  if (!aliases_input && Geometry::of(out) == g &&
+      static_cast<int64_t>(out.storage().nbytes()) >= storage.nbytes) {
+    return flat_view(out, storage.numel());
+  }
+  // The real kernel laid its result out differently from the Meta kernel:
+  // copy it into the layout the lazy views were recorded against.
+  auto flat = at::empty({storage.numel()}, out.options());
+  at::as_strided(flat, g.sizes, g.strides, g.offset).copy_(out);
+  return flat;
+}
+
+at::Tensor Replayer::value(
+    LazyStorage& storage, int64_t version, const at::Tensor& dest, bool may_defer) {
+  storage.check_usable();
+  TORCH_INTERNAL_ASSERT(version >= 0 && version <= storage.version);
+  auto into_dest = [&](const at::Tensor& t) { return dest.defined() ? dest.copy_(t) : t; };
+  if (storage.in_progress.defined() && storage.in_progress_version == version) {
+    return into_dest(storage.in_progress);
+  }
+  if (storage.cached.defined() && storage.cached_version == version) {
+    flush_deferred_fills();  // the cached value may await a queued fill
+    return into_dest(on_device(storage.cached, device_));
+  }
+  TORCH_INTERNAL_ASSERT(
+      storage.state == StorageState::kLazy,
+      "lazyinit: a materialized storage was asked for an older version");
+
+  // Start from the newest constant or cached value at or before `version`.
+  int64_t start = 0;
+  at::Tensor base;
+  for (int64_t k = version; k >= 0; --k) {
+    if (storage.tape[k].node->is_constant()) {
+      start = k;
+      base = storage.tape[k].node->constant;
+      break;
+    }
+    if (storage.cached.defined() && storage.cached_version == k) {
+      flush_deferred_fills();
+      start = k;
+      base = storage.cached;
+      break;
+    }
+  }
+  // Skip everything before the last node that overwrites the whole storage.
+  bool fresh = false;
+  for (int64_t k = version; k > start; --k) {
+    if (!overwrites_storage(storage, *storage.tape[k].node)) {
+      continue;
+    }
+    bool dead_prefix = true;
+    for (int64_t j = base.defined() ? start + 1 : 0; j < k && dead_prefix; ++j) {
+      dead_prefix = storage.tape[j].node->is_constant() ||
+          can_skip(*storage.tape[j].node, device_);
+    }
+    if (dead_prefix) {
+      start = k - 1;
+      fresh = true;
+      base = dest.defined()
+          ? dest
+          : at::empty({storage.numel()}, at::TensorOptions().dtype(storage.dtype).device(device_));
+    }
+    break;
+  }
+  if (base.defined()) {
+    base = on_device(base, device_);
+    if (dest.defined() && !fresh) {
+      base = dest.copy_(base);
+    } else if (start < version && !fresh) {
+      base = base.clone();  // constants and caches are read-only
+    }
+  } else if (dest.defined() && is_empty_factory(*storage.tape.front().node)) {
+    base = dest;
+  } else if (const auto value =
+                 dest.defined() ? constant_creation(storage) : c10::optional<c10::Scalar>()) {
+    // ones / zeros / full: one fill of dest (queued where nothing runs
+    // after it), not a new tensor copied into dest.
+    base = dest;
+    DeferralWindow window(may_defer && version == 0);
+    if (!queue_constant_fill(dest, *value)) {
+      dest.fill_(*value);
+    }
+  } else {
+    base = into_dest(run_creation(storage));
+  }
+  {
+    InProgress guard(storage, base);
+    for (int64_t k = start + 1; k <= version; ++k) {
+      storage.in_progress_version = k - 1;
+      Node& node = *storage.tape[k].node;
+      if (may_defer && k == version && node.is_random()) {
+        DeferralWindow window(true);  // nothing of this storage runs after it
+        if (queue_whole_fill(node, base)) {
+          continue;
+        }
+      }
+      run(node, base);
+    }
+  }
+  ++storage.replay_count;
+  if (early_) {
+    storage.early = true;
+  }
+  if (version == storage.version) {
+    storage.cached = base;
+    storage.cached_version = version;
+  }
+  return base;
+}
+
+void materialize_storage(LazyStorage& storage, c10::Device device, const at::Tensor& dest) {
+  storage.check_usable();
+  if (storage.state == StorageState::kMaterialized) {
+    return;
+  }
+  check_target_device(device);
+  Replayer replayer(device);
+  // With dest, nothing reads the value before the caller flushes: its last
+  // write may be queued where the caller opened a DeferredFillScope.
+  at::Tensor base = replayer.value(storage, storage.version, dest, /*may_defer=*/dest.defined());
+  // Readers that have not been replayed yet keep reading this version
+  // through a frozen copy of the tape, not through the real tensor, which
+  // the user may modify from now on.
+  storage.freeze_for_readers();
+  storage.cached = at::Tensor();
+  storage.tape.clear();
+  if (!dest.defined() && base.storage().use_count() > 1) {
+    base = base.clone();  // still shared with a constant somewhere
+  }
+  for (auto& weak : storage.impls) {
+    auto locked = weak.lock();
+    auto* impl = static_cast<LazyTensorImpl*>(locked.get());
+    if (impl == nullptr || impl->lazy_storage().get() != &storage) {
+      continue;
+    }
+    impl->become(view_of(base, impl->dtype(), impl->geometry()), storage.early,
+                 storage.replay_count);
+  }
+  storage.impls.clear();
+  storage.state = StorageState::kMaterialized;
+  storage.cached = base;
+  storage.cached_version = storage.version;
+}
+
+void materialize_storage_empty(LazyStorage& storage, c10::Device device) {
+  storage.check_usable();
+  if (storage.state == StorageState::kMaterialized) {
+    return;
+  }
+  check_target_device(device);
+  at::Tensor base = at::empty(
+      {storage.numel()}, at::TensorOptions().dtype(storage.dtype).device(device));
+  // Readers not replayed yet keep the recorded values (frozen tape); eager
+  // drew the numbers of this storage's random ops all the same.
+  storage.freeze_for_readers();
+  for (auto& entry : storage.tape) {
+    if (entry.node->is_random() && entry.node.use_count() == 1) {
+      rng_node_released(entry.node);
+    }
+  }
+  storage.tape.clear();
+  storage.cached = at::Tensor();
+  for (auto& weak : storage.impls) {
+    auto locked = weak.lock();
+    auto* impl = static_cast<LazyTensorImpl*>(locked.get());
+    if (impl == nullptr || impl->lazy_storage().get() != &storage) {
+      continue;
+    }
+    impl->become(view_of(base, impl->dtype(), impl->geometry()), /*early=*/false, 0);
+  }
+  storage.impls.clear();
+  storage.state = StorageState::kMaterialized;
+  storage.cached = base;
+  storage.cached_version = storage.version;
+}
+
+at::Tensor early_value(LazyStorage& storage) {
+  GeneratorStateGuard guard;
+  Replayer replayer(default_device(), /*early=*/true);
+  at::Tensor value = replayer.value(storage, storage.version);
+  storage.early = true;
+  return value;
+}
+
+void materialize_tensor(
+    const at::Tensor& t,
+    c10::optional<c10::Device> device,
+    bool settle) {
+  std::lock_guard<std::recursive_mutex> lock(graph_mutex());
+  auto* impl = get_pending_impl(t);
+  if (impl == nullptr) {
+    return;
+  }
+  LazyStoragePtr storage = impl->lazy_storage();
+  {
+    GeneratorStateGuard guard;
+    materialize_storage(*storage, device.value_or(storage->home_device));
+  }
+  if (settle) {
+    rng_settle();
+  }
+}
+
+void finish_materialization() {
+  std::lock_guard<std::recursive_mutex> lock(graph_mutex());
+  rng_settle();
+  release_scratch();
+}
+
+}  // namespace lazyinit

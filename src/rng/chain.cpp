@@ -1,0 +1,495 @@
+#include <lazyinit/rng/chain.h>
+
+#include <lazyinit/rng/philox.h>
+#include <lazyinit/replay/replay.h>
+#include <lazyinit/shard/shard_replay.h>
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/core/function_schema.h>
+#include <c10/util/Exception.h>
+
+#include <atomic>
+#include <cstring>
+#include <mutex>
+#include <set>
+#include <string>
+#include <unordered_map>
+
+namespace lazyinit {
+namespace {
+
+// "lazyinit" in ASCII: the seed_ field of a generator marked by recording.
+constexpr uint64_t kMarkerSeed = 0x6c617a79696e6974ULL;
+
+// Replays set the generator themselves; catching up from inside one (a
+// replayed random factory passes the BackendSelect hook) must do nothing.
+thread_local int g_replay_depth = 0;
+
+struct ReplayDepth {
+  ReplayDepth() { ++g_replay_depth; }
+  ~ReplayDepth() { --g_replay_depth; }
+};
+
+// The innermost GeneratorStateGuard alive in this thread (null if none): a
+// chain settled inside one would be undone when it restores the generators.
+thread_local GeneratorStateGuard* g_innermost_guard = nullptr;
+
+// Random ops whose schema has no Generator argument.
+const std::set<std::string>& random_op_names() {
+  static const std::set<std::string> names = {
+      "aten::rand", "aten::randn", "aten::randint", "aten::randperm",
+      "aten::rand_like", "aten::randn_like", "aten::randint_like",
+      "aten::native_dropout", "aten::dropout", "aten::dropout_",
+      "aten::feature_dropout", "aten::alpha_dropout", "aten::rrelu",
+      "aten::rrelu_", "aten::bernoulli", "aten::multinomial",
+  };
+  return names;
+}
+
+GenState get_state(at::Generator& gen) {
+  return GenState::of(gen);
+}
+
+void set_state(at::Generator& gen, const GenState& state) {
+  state.apply(gen);
+}
+
+bool same_state(const GenState& a, const GenState& b) {
+  return a.defined && b.defined && a == b;
+}
+
+at::Generator generator_for(const c10::optional<at::Generator>& explicit_gen) {
+  if (explicit_gen.has_value() && explicit_gen->defined()) {
+    return *explicit_gen;
+  }
+  return at::detail::getDefaultCPUGenerator();
+}
+
+// The chain currently being extended, per generator.
+std::unordered_map<c10::GeneratorImpl*, std::shared_ptr<RngChain>>& current_chains() {
+  static std::unordered_map<c10::GeneratorImpl*, std::shared_ptr<RngChain>> chains;
+  return chains;
+}
+
+// Records the state after node `index`, which may be freed (dead_draws).
+void record_state_at(RngChain& chain, int64_t index, GenState state) {
+  auto& slot = chain.states[index + 1];
+  if (slot) {
+    return;
+  }
+  slot = std::make_unique<GenState>(std::move(state));
+  --chain.unknown;
+  NodePtr node = chain.node_at(index);
+  if (node == nullptr || node->owner_dead) {
+    --chain.dead_unknown;
+  }
+}
+
+void record_state_after(RngChain& chain, Node& node, GenState state) {
+  record_state_at(chain, node.rng_index, std::move(state));
+}
+
+// Makes states[index] known. The draws of nodes whose consumption is known
+// without running them (draw_count: uniform_, normal_, rand, randn on the
+// CPU) are skipped, several nodes at once with one mt19937 jump; the others
+// run into scratch buffers of their geometry (their path, and so their
+// draws, depends on it). Only states[index] and the states after scratch
+// runs are stored: a state is 2.5 KiB, a jump well under a millisecond.
+int64_t ensure_state(RngChain& chain, int64_t index, Replayer& replayer) {
+  rng_drain_released();
+  int64_t i = chain.last_known(index);
+  if (i == index) {
+    return 0;
+  }
+  int64_t scratch_runs = 0;
+  GenState state = *chain.states[i];
+  int64_t skip = 0;         // draws not yet applied to `state`
+  int64_t last_index = -1;  // the last node skipped since `state`
+  for (; i < index; ++i) {
+    if (chain.states[i + 1]) {
+      state = *chain.states[i + 1];
+      skip = 0;
+      continue;
+    }
+    NodePtr node = chain.node_at(i);
+    if (node == nullptr) {
+      auto dead = chain.dead_draws.find(i);
+      TORCH_CHECK(
+          dead != chain.dead_draws.end(),
+          "lazyinit: the CPU generator's position after random tensors that "
+          "were materialized on CUDA is unknown, so eager's CPU values cannot "
+          "be reproduced. Materialize every random tensor of one model on one "
+          "device type (all on CUDA, or all on the CPU).");
+      skip += dead->second.cpu_draws;
+      last_index = i;
+      continue;
+    }
+    const int64_t draws = draw_count(*node);
+    if (draws >= 0) {
+      skip += draws;
+      last_index = i;
+      continue;
+    }
+    discard_draws(state.engine, skip);
+    skip = 0;
+    auto stack = replayer.prepare(*node, at::Tensor(), /*scratch=*/true);
+    at::NoGradGuard no_grad;
+    set_state(chain.generator, state);
+    node->op->callBoxed(&stack);
+    state = get_state(chain.generator);
+    record_state_after(chain, *node, state);
+    chain.dead.erase(i);
+    ++scratch_runs;
+    last_index = -1;
+  }
+  if (last_index >= 0) {
+    discard_draws(state.engine, skip);
+    record_state_at(chain, last_index, std::move(state));
+  }
+  return scratch_runs;
+}
+
+void check_cpu(const RngChain& chain, const Replayer& replayer) {
+  TORCH_CHECK(
+      replayer.device().is_cpu() && chain.generator.device().is_cpu(),
+      "lazyinit: exact replay of random ops recorded with the CPU generator "
+      "is implemented for CPU targets; materialize on \"cpu\" (CUDA targets "
+      "need the CUDA replay support).");
+}
+
+}  // namespace
+
+CatchUpSuppressed::CatchUpSuppressed() {
+  ++g_replay_depth;
+}
+
+CatchUpSuppressed::~CatchUpSuppressed() {
+  --g_replay_depth;
+}
+
+GenState GenState::of(at::Generator& gen) {
+  std::lock_guard<std::mutex> lock(gen.mutex());
+  auto* impl = at::check_generator<at::CPUGeneratorImpl>(gen);
+  GenState state(impl->engine());
+  state.next_float = impl->next_float_normal_sample();
+  state.next_double = impl->next_double_normal_sample();
+  state.defined = true;
+  return state;
+}
+
+void GenState::apply(at::Generator& gen) const {
+  TORCH_INTERNAL_ASSERT(defined);
+  std::lock_guard<std::mutex> lock(gen.mutex());
+  auto* impl = at::check_generator<at::CPUGeneratorImpl>(gen);
+  impl->set_engine(engine);
+  impl->set_next_float_normal_sample(next_float);
+  impl->set_next_double_normal_sample(next_double);
+}
+
+bool GenState::operator==(const GenState& other) const {
+  const auto a = engine.data();
+  const auto b = other.engine.data();
+  return a.seed_ == b.seed_ && a.left_ == b.left_ && a.seeded_ == b.seeded_ &&
+      a.next_ == b.next_ && a.state_ == b.state_ && next_float == other.next_float &&
+      next_double == other.next_double;
+}
+
+RngChain::RngChain(at::Generator gen) : generator(std::move(gen)) {}
+
+void rng_record_state_after(RngChain& chain, Node& node, GenState state) {
+  record_state_after(chain, node, std::move(state));
+  chain.dead.erase(node.rng_index);
+}
+
+int64_t rng_ensure_state(RngChain& chain, int64_t index, Replayer& replayer) {
+  return ensure_state(chain, index, replayer);
+}
+
+bool random_factory_output(const Node& node, int64_t* numel, caffe2::TypeMeta* dtype) {
+  const auto& args = node.op->schema().arguments();
+  bool have_size = false;
+  *dtype = node.default_dtype;
+  for (size_t i = 0; i < args.size(); ++i) {
+    if (args[i].name() == "size" && node.args[i].isIntList()) {
+      *numel = 1;
+      for (int64_t s : node.args[i].toIntVector()) {
+        *numel *= s;
+      }
+      have_size = true;
+    } else if (args[i].name() == "dtype" && node.args[i].isInt()) {
+      *dtype = c10::scalarTypeToTypeMeta(static_cast<c10::ScalarType>(node.args[i].toInt()));
+    } else if (args[i].name() == "names" && !node.args[i].isNone()) {
+      return false;
+    }
+  }
+  return have_size;
+}
+
+bool is_random_op(const c10::FunctionSchema& schema) {
+  for (const auto& arg : schema.arguments()) {
+    auto t = arg.type();
+    if (auto opt = t->cast<c10::OptionalType>()) {
+      t = opt->getElementType();
+    }
+    if (t->kind() == c10::TypeKind::GeneratorType) {
+      return true;
+    }
+  }
+  return random_op_names().count(schema.name()) > 0;
+}
+
+namespace {
+std::atomic<bool> g_any_chain_recorded{false};
+}  // namespace
+
+bool rng_any_chain_recorded() {
+  return g_any_chain_recorded.load(std::memory_order_relaxed);
+}
+
+void rng_record(const NodePtr& node, const c10::optional<at::Generator>& explicit_gen) {
+  g_any_chain_recorded.store(true, std::memory_order_relaxed);
+  at::Generator gen = generator_for(explicit_gen);
+  TORCH_CHECK(
+      gen.device().is_cpu(),
+      "lazyinit: recording random ops that draw from a ", gen.device().str(),
+      " generator is not supported yet; use the default generator or a CPU "
+      "torch.Generator.");
+  auto& chain = current_chains()[gen.unsafeGetGeneratorImpl()];
+  GenState state = get_state(gen);
+  if (!chain || chain->applied || !same_state(state, chain->tagged_state)) {
+    // First random op since the generator was seeded, set or used: a new
+    // chain starts at its current state.
+    std::shared_ptr<RngChain> previous = std::move(chain);
+    chain = std::make_shared<RngChain>(gen);
+    chain->states.push_back(std::make_unique<GenState>(state));
+    if (gen.unsafeGetGeneratorImpl() ==
+        at::detail::getDefaultCPUGenerator().unsafeGetGeneratorImpl()) {
+      // Recording's marker still in the seed field: no reseed since the
+      // previous chain, only CPU draws, which eager's CUDA stream ignores.
+      const bool continued = previous && !previous->applied &&
+          state.engine.data().seed_ == previous->tagged_state.engine.data().seed_;
+      const uint64_t seed = continued ? previous->cuda.seed : state.engine.seed();
+      philox_chain_started(*chain, previous, continued, seed);
+    }
+  }
+  node->chain = chain;
+  node->rng_index = chain->size();
+  chain->nodes.push_back(node);
+  chain->states.emplace_back();
+  ++chain->unknown;
+  {
+    // Mark the generator so that a reseed (even to the same seed) or a real
+    // draw before the next recorded op is seen and starts a new chain: one
+    // draw, and a marker in the engine's seed_ field, which no draw reads or
+    // writes (so no sequence of real draws can reach the marked state).
+    // The tagged state is built here rather than read back (GenState::of):
+    // each copy of the 2.5 KiB engine costs, and recording is on the
+    // model's construction path.
+    std::lock_guard<std::mutex> lock(gen.mutex());
+    auto* impl = at::check_generator<at::CPUGeneratorImpl>(gen);
+    impl->random();
+    GenState& tagged = chain->tagged_state;
+    tagged.engine = impl->engine();
+    auto data = tagged.engine.data();
+    data.seed_ = kMarkerSeed ^ static_cast<uint64_t>(chain->size());
+    tagged.engine.set_data(data);
+    impl->set_engine(tagged.engine);
+    tagged.next_float = impl->next_float_normal_sample();
+    tagged.next_double = impl->next_double_normal_sample();
+    tagged.defined = true;
+  }
+}
+
+uint64_t rng_initial_seed() {
+  auto lock = lock_graph();
+  rng_drain_released();
+  at::Generator gen = at::detail::getDefaultCPUGenerator();
+  auto it = current_chains().find(gen.unsafeGetGeneratorImpl());
+  if (it != current_chains().end() && !it->second->applied &&
+      same_state(get_state(gen), it->second->tagged_state)) {
+    return it->second->states.front()->engine.seed();
+  }
+  return gen.current_seed();
+}
+
+void rng_run(Node& node, Replayer& replayer, const std::function<void()>& call) {
+  ReplayDepth depth;
+  if (replayer.device().is_cuda()) {
+    philox_run(node, replayer, call);
+    return;
+  }
+  RngChain& chain = *node.chain;
+  check_cpu(chain, replayer);
+  ensure_state(chain, node.rng_index, replayer);
+  set_state(chain.generator, *chain.states[node.rng_index]);
+  call();
+  record_state_after(chain, node, get_state(chain.generator));
+}
+
+void rng_catch_up(const c10::optional<at::Generator>& explicit_gen, Replayer& replayer) {
+  if (g_replay_depth > 0) {
+    return;
+  }
+  ReplayDepth depth;
+  at::Generator gen = generator_for(explicit_gen);
+  auto it = current_chains().find(gen.unsafeGetGeneratorImpl());
+  if (it == current_chains().end()) {
+    return;
+  }
+  RngChain& chain = *it->second;
+  if (chain.applied || !same_state(get_state(gen), chain.tagged_state)) {
+    return;  // the generator was set since; eager would draw from there too
+  }
+  check_cpu(chain, replayer);
+  ensure_state(chain, chain.size(), replayer);
+  set_state(gen, *chain.states.back());
+  chain.applied = true;
+}
+
+namespace {
+
+// Where no random node of the chain awaits materialization any more (each
+// was replayed or died), replays the dead ones' draws into scratch and
+// leaves the generator where eager construction would.
+void settle_chain(RngChain& chain) {
+  if (chain.applied || !same_state(get_state(chain.generator), chain.tagged_state)) {
+    return;  // the generator was set or used since
+  }
+  if (chain.unknown != chain.dead_unknown) {
+    // Some node was not replayed on the CPU: if they all were on one CUDA
+    // device, eager construction there left the CPU generator untouched.
+    if (philox_settle(chain)) {
+      set_state(chain.generator, *chain.states.front());
+      chain.applied = true;
+    }
+    return;
+  }
+  Replayer cpu{c10::Device(c10::kCPU)};
+  ensure_state(chain, chain.size(), cpu);
+  set_state(chain.generator, *chain.states.back());
+  chain.applied = true;
+  release_scratch();
+}
+
+}  // namespace
+
+void rng_settle() {
+  rng_drain_released();
+  ReplayDepth depth;
+  for (auto& kv : current_chains()) {
+    settle_chain(*kv.second);
+  }
+}
+
+namespace {
+
+// Nodes released by rng_node_released, waiting for the graph lock. Never
+// freed: a forked child replaces its mutex (rng_after_fork).
+struct ReleasedNodes {
+  std::unique_ptr<std::mutex> mutex = std::make_unique<std::mutex>();
+  std::vector<NodePtr> nodes;
+};
+
+ReleasedNodes& released() {
+  static ReleasedNodes* r = new ReleasedNodes();
+  return *r;
+}
+
+}  // namespace
+
+void rng_node_released(const NodePtr& node) {
+  auto& r = released();
+  std::lock_guard<std::mutex> lock(*r.mutex);
+  r.nodes.push_back(node);
+}
+
+void rng_prepare_fork() {
+  released().mutex->lock();
+}
+
+void rng_after_fork(bool child) {
+  auto& r = released();
+  if (child) {
+    (void)r.mutex.release();  // locked by the parent's thread: left as is
+    r.mutex = std::make_unique<std::mutex>();
+  } else {
+    r.mutex->unlock();
+  }
+}
+
+void rng_drain_released() {
+  std::vector<NodePtr> nodes;
+  {
+    auto& r = released();
+    std::lock_guard<std::mutex> lock(*r.mutex);
+    nodes.swap(r.nodes);
+  }
+  for (auto& node : nodes) {
+    RngChain& chain = *node->chain;
+    if (node->owner_dead || chain.states[node->rng_index + 1]) {
+      continue;  // already counted, or its position after is known
+    }
+    node->owner_dead = true;
+    ++chain.dead_unknown;
+    RngChain::DeadDraws draws;
+    draws.cpu_draws = draw_count(*node);
+    if (!philox_fill_size(*node, &draws.fill_numel, &draws.fill_dtype)) {
+      draws.fill_numel = -1;
+    }
+    // Without CUDA, only the CPU draws will ever be asked for.
+    const bool cuda_countable = draws.fill_numel >= 0 || !cuda_may_be_used();
+    if (draws.cpu_draws >= 0 && cuda_countable) {
+      chain.dead_draws[node->rng_index] = draws;  // the node itself is freed
+    } else {
+      chain.dead[node->rng_index] = std::move(node);  // run into scratch if needed
+    }
+  }
+}
+
+GeneratorStateGuard* GeneratorStateGuard::innermost() {
+  return g_innermost_guard;
+}
+
+void GeneratorStateGuard::save_cuda(int device, at::Generator gen, PhiloxState state) {
+  // Every enclosing guard restores it too: an inner replay may be the first
+  // to move it.
+  if (outer_ != nullptr) {
+    outer_->save_cuda(device, gen, state);
+  }
+  for (const auto& saved : saved_cuda_) {
+    if (saved.first == device) {
+      return;
+    }
+  }
+  saved_cuda_.emplace_back(device, std::make_pair(std::move(gen), state));
+}
+
+GeneratorStateGuard::GeneratorStateGuard() : outer_(g_innermost_guard) {
+  g_innermost_guard = this;
+  at::Generator cpu = at::detail::getDefaultCPUGenerator();
+  saved_.emplace_back(cpu, get_state(cpu));
+  for (auto& kv : current_chains()) {
+    if (kv.first != cpu.unsafeGetGeneratorImpl()) {
+      at::Generator gen = kv.second->generator;
+      saved_.emplace_back(gen, get_state(gen));
+    }
+  }
+}
+
+GeneratorStateGuard::~GeneratorStateGuard() {
+  for (auto& saved : saved_) {
+    set_state(saved.first, saved.second);
+  }
+  for (auto& saved : saved_cuda_) {
+    restore_cuda_generator(saved.second.first, saved.second.second);
+  }
+  g_innermost_guard = outer_;
+}
+
+void rng_catch_up_default(const c10::optional<at::Generator>& explicit_gen) {
+  auto lock = lock_graph();
+  Replayer replayer{c10::Device(c10::kCPU)};
+  rng_catch_up(explicit_gen, replayer);
+}
+
+}  // namespace lazyinit
