@@ -94,6 +94,15 @@ class _AfterImport(importlib.abc.MetaPathFinder, importlib.abc.Loader):
             pass
 
 
+def after_import(name: str, hook: Callable[[Any], None]) -> None:
+    """Runs ``hook(module)`` once ``name`` is imported: now if it is, else
+    right after its first import (once per name)."""
+    if name in sys.modules:
+        hook(sys.modules[name])
+    elif not any(isinstance(f, _AfterImport) and f.name == name for f in sys.meta_path):
+        sys.meta_path.insert(0, _AfterImport(name, hook))
+
+
 def install() -> None:
     """Installs the guards (once; called by ``import lazyinit``)."""
     try:
@@ -101,7 +110,4 @@ def install() -> None:
     except Exception:  # noqa: BLE001 - a torch without distributed
         return
     _guard(DistributedDataParallel, _DDP_MESSAGE)
-    if _FSDP1_MODULE in sys.modules:
-        _guard_fsdp1(sys.modules[_FSDP1_MODULE])
-    elif not any(isinstance(f, _AfterImport) for f in sys.meta_path):
-        sys.meta_path.insert(0, _AfterImport(_FSDP1_MODULE, _guard_fsdp1))
+    after_import(_FSDP1_MODULE, _guard_fsdp1)
