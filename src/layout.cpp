@@ -366,7 +366,10 @@ bool is_value_independent(const c10::Error& e) {
 }
 
 // Runs the CPU kernel on the stand-ins. An error eager would raise too is
-// rethrown; false where the kernel failed for the stand-ins' sake.
+// rethrown; false where the kernel failed for the stand-ins' sake. Plain
+// fills (normal_, uniform_) check only their scalar arguments and dtype,
+// so every error they raise on a stand-in is eager's: torch 2.x's Meta
+// decomposition of uniform_ does not check from <= to.
 bool run_stand_in_call(
     const c10::OperatorHandle& op,
     const OpInfo& info,
@@ -388,7 +391,7 @@ bool run_stand_in_call(
     if (saved) {
       saved->apply(default_gen);
     }
-    if (is_value_independent(e)) {
+    if (is_value_independent(e) || info.plain_fill != OpInfo::PlainFill::kNone) {
       throw;
     }
     ran = false;

@@ -9,6 +9,7 @@ import torch
 
 from . import _C, _cuda, _torch_compat
 from ._materialize import materialize
+from ._summary import print_summary
 
 DeviceLike = Union[str, int, torch.device]
 
@@ -63,11 +64,14 @@ def _lazy_factory(original: Callable[..., Any]) -> Callable[..., Any]:
         # torch.normal(mean_tensor, std_tensor) follows its inputs, and
         # torch.rand(..., out=t) writes t wherever it lives (real too).
         context = getattr(_active, "context", None)
-        if context is not None and kwargs.get("device") is None \
-                and kwargs.get("out") is None \
-                and not any(isinstance(a, torch.Tensor) for a in args) \
-                and not _inner_device_context(context):
-            kwargs["device"] = "lazy"
+        if context is not None and kwargs.get("out") is None \
+                and not any(isinstance(a, torch.Tensor) for a in args):
+            device = kwargs.get("device")
+            if device is None:
+                if not _inner_device_context(context):
+                    kwargs["device"] = "lazy"
+            elif context._defer_explicit_devices:
+                return record_on(device, original, args, kwargs)
         return original(*args, **kwargs)
 
     factory.__name__ = getattr(original, "__name__", "factory")
@@ -101,6 +105,25 @@ def _inner_device_context(context: "LazyInitContext") -> bool:
     if length is None or length() == 0:
         return False
     return any(id(m) not in context._outer_device_contexts for m in _device_contexts())
+
+
+def record_on(device: DeviceLike, fn: Callable[..., Any], args: tuple,
+              kwargs: Dict[str, Any]) -> Any:
+    """``fn(*args, **kwargs)`` (a factory) recorded on the lazy device, with
+    its tensors homed on ``device``: materialized there by default, and
+    values needed early computed there. A ``device`` that is the lazy or the
+    meta device is left as it is."""
+    target = torch.device("cuda", device) if isinstance(device, int) else torch.device(device)
+    if target.type in (_C._lazy_device_type(), "meta"):
+        return fn(*args, **kwargs)
+    if target.type == "cuda":
+        _cuda.ensure_initialized()
+    saved = _C._default_device()
+    _C._set_default_device(str(target))
+    try:
+        return fn(*args, **{**kwargs, "device": "lazy"})
+    finally:
+        _C._set_default_device(saved)
 
 
 def _legacy_size_args(args: tuple) -> bool:
@@ -270,6 +293,10 @@ class LazyInitContext:
     does (so ``from_pretrained`` of transformers builds its model on
     ``meta`` as it does eagerly, and loads onto the lazy device).
 
+    ColossalAI's signature, ``LazyInitContext(tensor_cls, default_device)``,
+    is :class:`lazyinit.compat.colossalai.LazyInitContext`; this one keeps
+    ``default_device`` first (``LazyInitContext("cuda")``).
+
     Args:
         default_device: where tensors created in this context are
             materialized by default, and where values needed early
@@ -280,6 +307,11 @@ class LazyInitContext:
             walks the whole heap (torch's included), which costs tens of
             milliseconds on torch 2.x.
     """
+
+    #: Whether factories called with a real ``device=`` record too (homed on
+    #: that device), as torchdistx's ``deferred_init`` does; see
+    #: :mod:`lazyinit.compat.torchdistx`.
+    _defer_explicit_devices = False
 
     def __init__(self, default_device: Optional[DeviceLike] = None,
                  pause_gc: bool = True) -> None:
@@ -338,5 +370,10 @@ class LazyInitContext:
     @staticmethod
     def materialize(module: torch.nn.Module, verbose: bool = False) -> torch.nn.Module:
         """Materializes ``module`` in place on each tensor's default device
-        (ColossalAI-compatible signature). Returns ``module``."""
+        (ColossalAI's signature) and returns it. ``verbose=True`` prints
+        ColossalAI's lazy-rate summary (on rank 0 where torch.distributed is
+        initialized; counted before materializing) and shows a progress
+        bar."""
+        if verbose:
+            print_summary(module)
         return materialize(module, progress=verbose)

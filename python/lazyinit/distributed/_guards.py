@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import importlib.abc
+import inspect
 import importlib.util
 import sys
 from typing import Any, Callable, Optional
@@ -29,6 +30,12 @@ def _has_lazy(module: Any) -> bool:
     return any(_C._tensor_state(t) == 1 for _, t, _ in _C._module_tensors(module, True))
 
 
+#: Set by ``lazyinit.compat.torchdistx`` once it serves FSDP1's torchdistX
+#: slot: FSDP1 then materializes a lazy model itself (through
+#: ``deferred_init.materialize_module``), given a ``device_id``.
+torchdistx_slot_served = False
+
+
 def _guard(cls: type, message: str) -> None:
     original = cls.__init__
     if getattr(original, "__lazyinit_original__", None) is not None:
@@ -37,7 +44,10 @@ def _guard(cls: type, message: str) -> None:
     @functools.wraps(original)
     def __init__(self: Any, module: Any, *args: Any, **kwargs: Any) -> None:
         if _has_lazy(module):
-            raise RuntimeError(message)
+            if message is _FSDP1_MESSAGE and torchdistx_slot_served:
+                _check_fsdp1_slot_call(original, self, module, args, kwargs)
+            else:
+                raise RuntimeError(message)
         original(self, module, *args, **kwargs)
 
     __init__.__lazyinit_original__ = original  # type: ignore[attr-defined]
@@ -54,6 +64,25 @@ _FSDP1_MESSAGE = (
     "place. Use lazyinit.distributed.fsdp1(model, device, **fsdp_kwargs) (FSDP1's "
     "param_init_fn materializes each unit with eager values), or for FSDP2 "
     "lazyinit.distributed.fully_shard / deferred.")
+
+
+def _check_fsdp1_slot_call(original: Callable[..., None], self: Any, module: Any,
+                           args: tuple, kwargs: dict) -> None:
+    """FSDP1 of a lazy model through the torchdistX slot: FSDP1 places a
+    model by its parameters' device unless ``device_id`` names one, and the
+    lazy device is none it can use."""
+    try:
+        bound = inspect.signature(original).bind_partial(self, module, *args, **kwargs)
+        device_id = bound.arguments.get("device_id")
+    except TypeError:
+        device_id = kwargs.get("device_id")
+    if device_id is None:
+        raise RuntimeError(
+            "lazyinit: FullyShardedDataParallel got a model with lazy tensors and no device_id. "
+            "With lazyinit.compat.torchdistx imported, FSDP1 materializes a lazy model itself "
+            "(as torchdistX's deferred_init models), but it must be told the device: pass "
+            "device_id=torch.device('cuda', local_rank) (or 'cpu'). Or use "
+            "lazyinit.distributed.fsdp1(model, device, **fsdp_kwargs).")
 
 
 def _guard_fsdp1(module: Any) -> None:
@@ -94,15 +123,6 @@ class _AfterImport(importlib.abc.MetaPathFinder, importlib.abc.Loader):
             pass
 
 
-def after_import(name: str, hook: Callable[[Any], None]) -> None:
-    """Runs ``hook(module)`` once ``name`` is imported: now if it is, else
-    right after its first import (once per name)."""
-    if name in sys.modules:
-        hook(sys.modules[name])
-    elif not any(isinstance(f, _AfterImport) and f.name == name for f in sys.meta_path):
-        sys.meta_path.insert(0, _AfterImport(name, hook))
-
-
 def install() -> None:
     """Installs the guards (once; called by ``import lazyinit``)."""
     try:
@@ -110,4 +130,17 @@ def install() -> None:
     except Exception:  # noqa: BLE001 - a torch without distributed
         return
     _guard(DistributedDataParallel, _DDP_MESSAGE)
-    after_import(_FSDP1_MODULE, _guard_fsdp1)
+    if _FSDP1_MODULE in sys.modules:
+        _guard_fsdp1(sys.modules[_FSDP1_MODULE])
+    else:
+        after_import(_FSDP1_MODULE, _guard_fsdp1)
+
+
+def after_import(name: str, hook: Callable[[Any], None]) -> None:
+    """Runs ``hook(module)`` once the module ``name`` is imported: now if it
+    already is, else right after its first import (once per name)."""
+    if name in sys.modules:
+        hook(sys.modules[name])
+    elif not any(isinstance(f, _AfterImport) and f.name == name and f.hook is hook
+                 for f in sys.meta_path):
+        sys.meta_path.insert(0, _AfterImport(name, hook))
