@@ -87,6 +87,9 @@ const Registered* find(const at::Tensor& t, std::unique_lock<std::mutex>& lock) 
   return alive && alive.get() == impl ? &it->second : nullptr;
 }
 
+// The smallest readahead window Linux uses by default (read_ahead_kb = 128).
+constexpr size_t kWillNeedStep = size_t{128} << 10;
+
 // Gives `advice` for the bytes [first, end), rounded outward to pages.
 void advise(uintptr_t first, uintptr_t end, int advice) {
   static const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
@@ -96,11 +99,20 @@ void advise(uintptr_t first, uintptr_t end, int advice) {
   const uintptr_t begin = first & ~(page - 1);
   const size_t length = static_cast<size_t>(((end + page - 1) & ~(page - 1)) - begin);
   // Advice: where it fails (an old kernel), reads fault the pages in.
-  madvise(reinterpret_cast<void*>(begin), length, advice);
-  if (advice == MADV_WILLNEED) {
-    ++g_mapped_reads;
-    g_mapped_read_bytes += static_cast<int64_t>(length);
+  if (advice != MADV_WILLNEED) {
+    madvise(reinterpret_cast<void*>(begin), length, advice);
+    return;
   }
+  // The kernel starts at most one readahead window (read_ahead_kb, often
+  // 128 KiB) per WILLNEED call and ignores the rest of the range; those
+  // pages would then fault in one at a time, synchronously (the mapping
+  // reads at random: no read-around). So the range is asked for a window
+  // at a time: every read is queued at once, and runs asynchronously.
+  for (size_t at = 0; at < length; at += kWillNeedStep) {
+    madvise(reinterpret_cast<void*>(begin + at), std::min(kWillNeedStep, length - at), advice);
+  }
+  ++g_mapped_reads;
+  g_mapped_read_bytes += static_cast<int64_t>(length);
 }
 
 // Gives `advice` for the bytes the view `t` spans.
