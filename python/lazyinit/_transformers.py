@@ -26,6 +26,7 @@ is first imported (or at ``import lazyinit`` if it already is).
 from __future__ import annotations
 
 import functools
+import inspect
 import sys
 import threading
 import warnings
@@ -150,16 +151,23 @@ def _install_readers(module: Any) -> None:
         return
     original_load = load.__func__ if isinstance(load, staticmethod) else load
 
+    signature = inspect.signature(original_load)
+    if "load_config" not in signature.parameters:
+        raise AttributeError("PreTrainedModel._load_pretrained_model takes no load_config")
+
     @functools.wraps(original_load)
-    def _load_pretrained_model(model: Any, state_dict: Any, checkpoint_files: Any,
-                               load_config: Any, *args: Any, **kwargs: Any) -> Any:
+    def _load_pretrained_model(*args: Any, **kwargs: Any) -> Any:
+        # Bound by name: the position of load_config may move between
+        # transformers releases.
+        try:
+            load_config = signature.bind(*args, **kwargs).arguments.get("load_config")
+        except TypeError:
+            load_config = None
         if not targets_lazy(load_config):
-            return original_load(model, state_dict, checkpoint_files, load_config,
-                                 *args, **kwargs)
+            return original_load(*args, **kwargs)
         _state.depth = getattr(_state, "depth", 0) + 1
         try:
-            return original_load(model, state_dict, checkpoint_files, load_config,
-                                 *args, **kwargs)
+            return original_load(*args, **kwargs)
         finally:
             _state.depth -= 1
 
