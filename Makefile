@@ -109,7 +109,7 @@ endif
 # GPU, and one rank of 8 of torch's fake process group.
 test-gpu: build
 	USE_LIBUV=0 $(VPY) -m pytest -q -rfE tests/python/test_cuda.py tests/python/test_hf_timm.py \
-	  tests/python/test_shard_cuda.py tests/python/test_distributed_gpu.py
+	  tests/python/test_shard_cuda.py tests/python/test_distributed_gpu.py tests/python/test_pretrained.py
 
 # A differential fuzzing campaign (docs/fuzzing.md), on PYTHON's torch or
 # in the torch-2.x root: make fuzz FUZZ_ARGS="--count 100000 --start 0".

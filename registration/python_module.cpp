@@ -367,13 +367,33 @@ PYBIND11_MODULE(_C, m) {
     }
   });
   m.def("_register_immutable_source", &register_immutable_source);
+  m.def("_register_mapped_source", &register_mapped_source);
+  m.def("_is_mapped_source", &is_mapped_source);
+  m.def("_prefetch_source", &prefetch_source);
+  m.def("_release_source", &release_source);
   m.def("_capture_stats", [] {
     const CaptureStats s = capture_stats();
     py::dict d;
     d["copies"] = s.copies;
     d["bytes"] = s.bytes;
     d["zero_copy"] = s.zero_copy;
+    d["mapped_reads"] = s.mapped_reads;
+    d["mapped_read_bytes"] = s.mapped_read_bytes;
     return d;
+  });
+  m.def("_random_runs", &random_runs);
+  // The recorded op names of a lazy tensor's storage, creation first
+  // (empty for real tensors): for tests and debugging.
+  m.def("_tape_ops", [](const at::Tensor& t) {
+    auto lock = lock_graph();
+    std::vector<std::string> names;
+    if (auto* impl = get_pending_impl(t)) {
+      for (const auto& entry : impl->lazy_storage()->tape) {
+        names.push_back(entry.node->is_constant() ? std::string("<constant>")
+                                                  : entry.node->op->schema().name());
+      }
+    }
+    return names;
   });
   m.def("_check_target_device", [](const std::string& device, const std::string& what) {
     check_target_device(c10::Device(device), what.c_str());

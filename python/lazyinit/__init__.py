@@ -10,6 +10,11 @@ with the same seed would have produced::
     with lazyinit.LazyInitContext():
         model = MyTransformer(cfg)          # allocates nothing
     lazyinit.materialize(model, "cpu")      # in place; same values as eager
+
+Pretrained weights load without being read: transformers' own
+``from_pretrained`` under ``LazyInitContext()`` or ``torch.device("lazy")``,
+or :func:`load_checkpoint` for safetensors / ``torch.save`` files; each
+rank's pieces then read only their own bytes.
 """
 from __future__ import annotations
 
@@ -43,19 +48,26 @@ from ._shard import (  # noqa: E402
     shard_stats,
 )
 
+from ._checkpoint import LoadResult, load_checkpoint  # noqa: E402
+from ._safetensors import CheckpointError  # noqa: E402
+
 from . import distributed  # noqa: E402
 from .distributed import _guards  # noqa: E402
+from . import _transformers  # noqa: E402
 
 _guards.install()
+_transformers.install()
 
 #: The device type lazy tensors report: "lazy" (torch's ``DeviceType::Lazy``).
 device_type: str = _C._lazy_device_type()
 
 __all__ = [
     "ByKind",
+    "CheckpointError",
     "FlatRange",
     "LazyInitContext",
     "LazyStats",
+    "LoadResult",
     "Replicate",
     "Shard",
     "capture_stats",
@@ -65,6 +77,7 @@ __all__ = [
     "device_type",
     "is_lazy",
     "live_graph_nodes",
+    "load_checkpoint",
     "materialize",
     "materialize_module_shards",
     "materialize_shard",

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import gc
 import threading
-from typing import Any, Callable, Dict, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Set, Union
 
 import torch
 
@@ -68,7 +68,8 @@ def _lazy_factory(original: Callable[..., Any]) -> Callable[..., Any]:
                 and not any(isinstance(a, torch.Tensor) for a in args):
             device = kwargs.get("device")
             if device is None:
-                kwargs["device"] = "lazy"
+                if not _inner_device_context(context):
+                    kwargs["device"] = "lazy"
             elif context._defer_explicit_devices:
                 return record_on(device, original, args, kwargs)
         return original(*args, **kwargs)
@@ -78,6 +79,32 @@ def _lazy_factory(original: Callable[..., Any]) -> Callable[..., Any]:
     factory.__doc__ = getattr(original, "__doc__", None)
     factory.__wrapped__ = original  # type: ignore[attr-defined]
     return factory
+
+
+def _device_contexts() -> List[Any]:
+    """The ``with torch.device(...)`` modes active in this thread (torch 2.x
+    keeps them on the torch-function mode stack; none on torch 1.13)."""
+    length = getattr(torch._C, "_len_torch_function_stack", None)
+    at = getattr(torch._C, "_get_function_stack_at", None)
+    if length is None or at is None or length() == 0:
+        return []
+    try:
+        from torch.utils._device import DeviceContext
+    except ImportError:
+        return []
+    return [m for m in (at(i) for i in range(length())) if isinstance(m, DeviceContext)]
+
+
+def _inner_device_context(context: "LazyInitContext") -> bool:
+    """Whether a ``with torch.device(...)`` entered inside ``context`` is
+    active: the innermost device context decides, as torch's own nested
+    device contexts do (transformers' ``from_pretrained`` builds its model
+    under ``torch.device("meta")`` and then loads the checkpoint onto the
+    context's device; eagerly, that build draws no random numbers)."""
+    length = getattr(torch._C, "_len_torch_function_stack", None)
+    if length is None or length() == 0:
+        return False
+    return any(id(m) not in context._outer_device_contexts for m in _device_contexts())
 
 
 def record_on(device: DeviceLike, fn: Callable[..., Any], args: tuple,
@@ -260,7 +287,11 @@ class LazyInitContext:
     Inside it, factories called without ``device=`` (``torch.empty``,
     ``torch.randn``, ``nn.Linear(...)``, the legacy ``torch.Tensor(3, 4)`` and
     ``torch.FloatTensor`` constructors, ...) record instead of allocating.
-    A drop-in for ColossalAI's ``colossalai.lazy.LazyInitContext``.
+    A drop-in for ColossalAI's ``colossalai.lazy.LazyInitContext``. A
+    ``with torch.device(...)`` entered inside the context takes precedence
+    for the factories, as the innermost of torch's nested device contexts
+    does (so ``from_pretrained`` of transformers builds its model on
+    ``meta`` as it does eagerly, and loads onto the lazy device).
 
     ColossalAI's signature, ``LazyInitContext(tensor_cls, default_device)``,
     is :class:`lazyinit.compat.colossalai.LazyInitContext`; this one keeps
@@ -294,6 +325,9 @@ class LazyInitContext:
         self._saved_device = "cpu"
         self.pause_gc = pause_gc
         self._paused = False
+        # `with torch.device(...)` modes active at entry (by id): one
+        # entered later, inside this context, takes precedence.
+        self._outer_device_contexts: Set[int] = set()
 
     def __enter__(self) -> "LazyInitContext":
         if getattr(_active, "context", None) is not None:
@@ -310,6 +344,7 @@ class LazyInitContext:
             _C._set_default_device(saved_device)
             raise
         # Nothing below raises: the context is now fully entered.
+        self._outer_device_contexts = {id(m) for m in _device_contexts()}
         self._saved_device = saved_device
         _C._set_in_context(True)
         if self.pause_gc:

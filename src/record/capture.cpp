@@ -6,6 +6,9 @@
 #include <c10/core/StorageImpl.h>
 #include <c10/util/intrusive_ptr.h>
 
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <atomic>
 #include <iterator>
@@ -18,13 +21,19 @@ namespace {
 std::atomic<int64_t> g_copies{0};
 std::atomic<int64_t> g_bytes{0};
 std::atomic<int64_t> g_zero_copy{0};
+std::atomic<int64_t> g_mapped_reads{0};
+std::atomic<int64_t> g_mapped_read_bytes{0};
+
+struct Registered {
+  c10::weak_intrusive_ptr<c10::StorageImpl> storage;
+  bool mapped = false;  // a private file mapping (register_mapped_source)
+};
 
 // Registered storages by address, held weakly: an entry whose storage died
 // (and whose address may be reused) does not count.
 struct ImmutableRegistry {
   std::mutex mutex;
-  std::unordered_map<const c10::StorageImpl*, c10::weak_intrusive_ptr<c10::StorageImpl>>
-      storages;
+  std::unordered_map<const c10::StorageImpl*, Registered> storages;
   size_t swept_at = 64;  // size at which expired entries are dropped next
 };
 
@@ -46,9 +55,7 @@ int64_t reach(const at::Tensor& t) {
   return last + 1;
 }
 
-}  // namespace
-
-void register_immutable_source(const at::Tensor& t) {
+void add(const at::Tensor& t, bool mapped) {
   if (!t.has_storage()) {
     return;
   }
@@ -56,27 +63,114 @@ void register_immutable_source(const at::Tensor& t) {
   std::lock_guard<std::mutex> lock(r.mutex);
   if (r.storages.size() >= r.swept_at) {
     for (auto it = r.storages.begin(); it != r.storages.end();) {
-      it = it->second.expired() ? r.storages.erase(it) : std::next(it);
+      it = it->second.storage.expired() ? r.storages.erase(it) : std::next(it);
     }
     r.swept_at = std::max<size_t>(64, 2 * r.storages.size());
   }
   const c10::StorageImpl* impl = t.storage().unsafeGetStorageImpl();
-  r.storages.insert_or_assign(impl, t.storage().getWeakStorageImpl());
+  r.storages.insert_or_assign(impl, Registered{t.storage().getWeakStorageImpl(), mapped});
 }
 
-bool is_immutable_source(const at::Tensor& t) {
+// The registration of `t`'s storage, if it is registered and alive.
+const Registered* find(const at::Tensor& t, std::unique_lock<std::mutex>& lock) {
   if (!t.has_storage()) {
-    return false;
+    return nullptr;
   }
   const c10::StorageImpl* impl = t.storage().unsafeGetStorageImpl();
   auto& r = registry();
-  std::lock_guard<std::mutex> lock(r.mutex);
+  lock = std::unique_lock<std::mutex>(r.mutex);
   auto it = r.storages.find(impl);
   if (it == r.storages.end()) {
-    return false;
+    return nullptr;
   }
-  auto alive = it->second.lock();
-  return alive && alive.get() == impl;
+  auto alive = it->second.storage.lock();
+  return alive && alive.get() == impl ? &it->second : nullptr;
+}
+
+// The smallest readahead window Linux uses by default (read_ahead_kb = 128).
+constexpr size_t kWillNeedStep = size_t{128} << 10;
+
+// Gives `advice` for the bytes [first, end), rounded outward to pages.
+void advise(uintptr_t first, uintptr_t end, int advice) {
+  static const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  if (end <= first) {
+    return;
+  }
+  const uintptr_t begin = first & ~(page - 1);
+  const size_t length = static_cast<size_t>(((end + page - 1) & ~(page - 1)) - begin);
+  // Advice: where it fails (an old kernel), reads fault the pages in.
+  if (advice != MADV_WILLNEED) {
+    madvise(reinterpret_cast<void*>(begin), length, advice);
+    return;
+  }
+  // The kernel starts at most one readahead window (read_ahead_kb, often
+  // 128 KiB) per WILLNEED call and ignores the rest of the range; those
+  // pages would then fault in one at a time, synchronously (the mapping
+  // reads at random: no read-around). So the range is asked for a window
+  // at a time: every read is queued at once, and runs asynchronously.
+  for (size_t at = 0; at < length; at += kWillNeedStep) {
+    madvise(reinterpret_cast<void*>(begin + at), std::min(kWillNeedStep, length - at), advice);
+  }
+  ++g_mapped_reads;
+  g_mapped_read_bytes += static_cast<int64_t>(length);
+}
+
+// Gives `advice` for the bytes the view `t` spans.
+void advise(const at::Tensor& t, int advice) {
+  if (t.numel() == 0) {
+    return;
+  }
+  const auto base = reinterpret_cast<uintptr_t>(t.storage().data());
+  const auto item = static_cast<uintptr_t>(t.element_size());
+  advise(base + static_cast<uintptr_t>(t.storage_offset()) * item,
+         base + static_cast<uintptr_t>(reach(t)) * item, advice);
+}
+
+bool mapped(const at::Tensor& t) {
+  std::unique_lock<std::mutex> lock;
+  const Registered* reg = find(t, lock);
+  return reg != nullptr && reg->mapped;
+}
+
+}  // namespace
+
+void register_immutable_source(const at::Tensor& t) {
+  add(t, /*mapped=*/false);
+}
+
+void register_mapped_source(const at::Tensor& t) {
+  add(t, /*mapped=*/true);
+  if (t.has_storage()) {
+    // No read-around on faults: a read fetches the pages it touches (those
+    // prefetch_source asked for), not megabytes of neighbours that belong
+    // to other ranks' pieces. Adjacent ranges given the same advice merge
+    // back into one mapping entry.
+    const auto base = reinterpret_cast<uintptr_t>(t.storage().data());
+    advise(base, base + t.storage().nbytes(), MADV_RANDOM);
+  }
+}
+
+bool is_immutable_source(const at::Tensor& t) {
+  std::unique_lock<std::mutex> lock;
+  return find(t, lock) != nullptr;
+}
+
+bool is_mapped_source(const at::Tensor& t) {
+  return t.defined() && t.device().is_cpu() && mapped(t);
+}
+
+void prefetch_source(const at::Tensor& t) {
+  if (is_mapped_source(t)) {
+    advise(t, MADV_WILLNEED);
+  }
+}
+
+void release_source(const at::Tensor& t) {
+  // A private mapping nobody wrote: dropping the pages loses nothing (they
+  // read back from the file), and they stop counting in this process.
+  if (is_mapped_source(t)) {
+    advise(t, MADV_DONTNEED);
+  }
 }
 
 CapturedSource capture_source(const at::Tensor& t) {
@@ -110,7 +204,8 @@ CapturedSource capture_source(const at::Tensor& t) {
 }
 
 CaptureStats capture_stats() {
-  return {g_copies.load(), g_bytes.load(), g_zero_copy.load()};
+  return {g_copies.load(), g_bytes.load(), g_zero_copy.load(), g_mapped_reads.load(),
+          g_mapped_read_bytes.load()};
 }
 
 }  // namespace lazyinit

@@ -1,6 +1,7 @@
 #include <lazyinit/replay/replay.h>
 #include <lazyinit/shard/shard_replay.h>
 
+#include <lazyinit/record/capture.h>
 #include <lazyinit/core/device.h>
 #include <lazyinit/core/lazy_tensor_impl.h>
 #include <lazyinit/rng/philox.h>
@@ -170,15 +171,41 @@ bool overwrites_storage(const LazyStorage& storage, const Node& node) {
 
 // A dead node may be skipped unless it is random with an unknown position
 // in its chain: later random nodes need the state after it. On CUDA that
-// position is usually computable without drawing (philox.h).
-bool can_skip(const Node& node, c10::Device device) {
+// position is usually computable without drawing (philox.h); on the CPU it
+// is found by counting draws where the ops' counts are known (nn.init's
+// uniform_ / normal_: an init overwritten by a checkpoint's copy_ is never
+// computed), which costs at most what running the node would: earlier
+// nodes without a count run into scratch either way.
+bool can_skip(Node& node, Replayer& replayer) {
   if (!node.is_random()) {
     return true;
   }
+  const c10::Device device = replayer.device();
   if (device.is_cuda()) {
     return philox_state_after_known(node, device.index());
   }
-  return node.chain->states[node.rng_index + 1] != nullptr;
+  RngChain& chain = *node.chain;
+  if (chain.states[node.rng_index + 1] == nullptr && chain.generator.device().is_cpu() &&
+      draw_count(node) >= 0) {
+    rng_ensure_state(chain, node.rng_index + 1, replayer);
+  }
+  return chain.states[node.rng_index + 1] != nullptr;
+}
+
+// Whether the tape up to `version` reads a registered checkpoint mapping
+// and runs no random op (a tensor loaded from a checkpoint, in any dtype).
+bool reads_mapping_only(const LazyStorage& storage, int64_t version) {
+  bool mapped = false;
+  for (int64_t k = 0; k <= version; ++k) {
+    const Node& node = *storage.tape[k].node;
+    if (node.is_random()) {
+      return false;
+    }
+    for (const auto& slot : node.tensors) {
+      mapped = mapped || (slot.ref.kind == TensorRef::Kind::kReal && is_mapped_source(slot.ref.real));
+    }
+  }
+  return mapped;
 }
 
 // One buffer reused for draw-only runs: allocating (and page-faulting) a
@@ -263,6 +290,7 @@ void Replayer::invoke(Node& node, std::vector<c10::IValue>& stack) {
   DefaultDtypeGuard dtype(node.default_dtype);
   try {
     if (node.is_random()) {
+      count_random_run();
       rng_run(node, *this, [&] { node.op->callBoxed(&stack); });
     } else {
       node.op->callBoxed(&stack);
@@ -281,7 +309,19 @@ void Replayer::invoke(Node& node, std::vector<c10::IValue>& stack) {
 
 std::vector<c10::IValue> Replayer::run(Node& node, const at::Tensor& self_base) {
   auto stack = prepare(node, self_base, /*scratch=*/false);
+  // Real operands from a checkpoint's mapping: their pages are requested
+  // at once, and unmapped from the process after the read.
+  std::vector<at::Tensor> mapped;
+  for (const auto& slot : node.tensors) {
+    if (slot.ref.kind == TensorRef::Kind::kReal && is_mapped_source(slot.ref.real)) {
+      mapped.push_back(slot.ref.real);
+      prefetch_source(slot.ref.real);
+    }
+  }
   invoke(node, stack);
+  for (const auto& t : mapped) {
+    release_source(t);
+  }
   return stack;
 }
 
@@ -341,6 +381,27 @@ at::Tensor Replayer::value(
       storage.state == StorageState::kLazy,
       "lazyinit: a materialized storage was asked for an older version");
 
+  // A tensor loaded from a checkpoint: replayed as one span of the whole
+  // storage, which reads the file a chunk at a time into the value (the
+  // peak holds the value and one chunk of the file, not the source pages
+  // of the whole tensor as well).
+  if (!early_ && reads_mapping_only(storage, version)) {
+    at::Tensor out;
+    std::string why;
+    const at::Tensor into = dest.defined() ? dest : at::Tensor();
+    if (replay_spans(storage, version, {Span{0, storage.numel()}}, device_, &out, &why, into)) {
+      if (dest.defined() && !out.is_same(dest)) {
+        out = dest.copy_(out);
+      }
+      ++storage.replay_count;
+      if (version == storage.version) {
+        storage.cached = out;
+        storage.cached_version = version;
+      }
+      return out;
+    }
+  }
+
   // Start from the newest constant or cached value at or before `version`.
   int64_t start = 0;
   at::Tensor base;
@@ -366,7 +427,7 @@ at::Tensor Replayer::value(
     bool dead_prefix = true;
     for (int64_t j = base.defined() ? start + 1 : 0; j < k && dead_prefix; ++j) {
       dead_prefix = storage.tape[j].node->is_constant() ||
-          can_skip(*storage.tape[j].node, device_);
+          can_skip(*storage.tape[j].node, *this);
     }
     if (dead_prefix) {
       start = k - 1;
@@ -406,6 +467,7 @@ at::Tensor Replayer::value(
       if (may_defer && k == version && node.is_random()) {
         DeferralWindow window(true);  // nothing of this storage runs after it
         if (queue_whole_fill(node, base)) {
+          count_random_run();
           continue;
         }
       }

@@ -132,6 +132,7 @@ int64_t ensure_state(RngChain& chain, int64_t index, Replayer& replayer) {
     }
     discard_draws(state.engine, skip);
     skip = 0;
+    count_random_run();
     auto stack = replayer.prepare(*node, at::Tensor(), /*scratch=*/true);
     at::NoGradGuard no_grad;
     set_state(chain.generator, state);
@@ -199,6 +200,18 @@ RngChain::RngChain(at::Generator gen) : generator(std::move(gen)) {}
 void rng_record_state_after(RngChain& chain, Node& node, GenState state) {
   record_state_after(chain, node, std::move(state));
   chain.dead.erase(node.rng_index);
+}
+
+namespace {
+std::atomic<int64_t> g_random_runs{0};
+}  // namespace
+
+void count_random_run() {
+  ++g_random_runs;
+}
+
+int64_t random_runs() {
+  return g_random_runs.load();
 }
 
 int64_t rng_ensure_state(RngChain& chain, int64_t index, Replayer& replayer) {

@@ -2,7 +2,10 @@
 // of its elements only. See include/lazyinit/shard/shard_replay.h.
 #include <lazyinit/shard/shard_replay.h>
 
+#include <lazyinit/record/capture.h>
+#include <lazyinit/shard/mapped_reads.h>
 #include <lazyinit/replay/replay.h>
+#include <lazyinit/rng/chain.h>
 #include <lazyinit/core/tensor_args.h>
 
 #include <ATen/core/grad_mode.h>
@@ -155,6 +158,15 @@ std::string not_local(const LazyStorage& storage, const Node& node, c10::DeviceT
 // reciprocal, for one).
 at::Tensor on_target(const at::Tensor& t, c10::Device device) {
   return t.dim() == 0 && t.device().is_cpu() ? t : t.to(device);
+}
+
+// Real operands that are read a piece at a time: their elements the
+// piece needs are cut out first and only those moved to the target (a
+// checkpoint's tensor on the CPU, read for a CUDA piece, is not copied
+// whole to the GPU).
+at::Tensor piece_on_target(const at::Tensor& flat, int64_t begin, int64_t size,
+                           c10::Device device) {
+  return on_target(flat.narrow(0, begin, size), device);
 }
 
 // `spans` moved `by` elements: where a derived storage's spans sit in an
@@ -315,6 +327,7 @@ class SpanReplay {
   bool fill_random(Node& node, int64_t numel, std::vector<RegionRequest>& requests,
                    std::string* why) {
     const RegionFill* fill = find_region_fill(op_name(node), device_.type());
+    count_random_run();
     if (!(*fill)(node, numel, requests)) {
       *why = op_name(node) + ": the region generator declined this call";
       return false;
@@ -381,10 +394,15 @@ class SpanReplay {
       if (!replayed[j]) {
         Replayer replayer(device_);
         at::Tensor t = replayer.resolve(derived_->tensors[j].ref, at::Tensor());
-        whole[j] = on_target(t.dim() == 0 ? t : t.reshape({-1}), device_);
-        per_span = per_span || whole[j].numel() != 1;
+        whole[j] = t.dim() == 0 ? t : t.reshape({-1});
+        if (whole[j].numel() == 1) {
+          whole[j] = on_target(whole[j], device_);
+        } else {
+          per_span = true;  // cut per span, then moved (piece_on_target)
+        }
       }
     }
+    const MappedReads mapped(whole);
     for (const auto& chunk : derived_chunks()) {
       const std::vector<Span>& spans = chunk.second;
       std::vector<at::Tensor> values(derived_->tensors.size());
@@ -401,7 +419,7 @@ class SpanReplay {
         for (size_t j = 0; j < derived_->tensors.size(); ++j) {
           at::Tensor t = replayed[j] ? values[j].narrow(0, at, size) : whole[j];
           if (span != nullptr && !replayed[j] && t.numel() != 1) {
-            t = t.narrow(0, span->begin, span->size());
+            t = piece_on_target(t, span->begin, span->size(), device_);
           }
           set_tensor(stack, derived_->tensors[j].arg, derived_->tensors[j].element, t);
         }
@@ -420,11 +438,26 @@ class SpanReplay {
         run_op(0, total, nullptr);  // element-wise: the chunk's spans at once
         continue;
       }
+      const std::vector<Span> runs = split_rows(spans);
+      if (!mapped.any()) {
+        int64_t at = 0;
+        for (const Span& span : runs) {
+          run_op(at, span.size(), &span);
+          at += span.size();
+        }
+        continue;
+      }
+      // A chunk holds at most kDerivedChunk elements (a few MiB of the
+      // file): its runs are prefetched and released one by one.
+      std::vector<std::pair<int64_t, int64_t>> ranges;
+      std::vector<int64_t> offsets;
       int64_t at = 0;
-      for (const Span& span : split_rows(spans)) {
-        run_op(at, span.size(), &span);
+      for (const Span& span : runs) {
+        ranges.emplace_back(span.begin, span.size());
+        offsets.push_back(at);
         at += span.size();
       }
+      mapped.each(whole, ranges, [&](size_t k) { run_op(offsets[k], runs[k].size(), &runs[k]); });
     }
     return true;
   }
@@ -527,10 +560,12 @@ class SpanReplay {
       Replayer replayer(device_);
       at::Tensor real = replayer.resolve(ref, at::Tensor());
       // Keep 0-dim vs dimensioned: it decides the computation dtype.
-      operands[j] = on_target(
-          real.numel() == 1 ? (real.dim() == 0 ? real : real.reshape({1})) : real.reshape({-1}),
-          device_);
-      per_request = per_request || operands[j].numel() != 1;
+      if (real.numel() == 1) {
+        operands[j] = on_target(real.dim() == 0 ? real : real.reshape({1}), device_);
+      } else {
+        operands[j] = real.reshape({-1});  // cut per request, then moved
+        per_request = true;
+      }
     }
     // Element-wise with scalar operands over every part whole: one call on
     // the whole buffer instead of one a span (a Shard(1) has one a row).
@@ -546,7 +581,7 @@ class SpanReplay {
         if (node.tensors[j].ref.kind == TensorRef::Kind::kSelf) {
           t = out;
         } else if (t.numel() != 1) {
-          t = t.narrow(0, r->begin, r->end - r->begin);
+          t = piece_on_target(t, r->begin, r->end - r->begin, device_);
         }
         set_tensor(stack, node.tensors[j].arg, node.tensors[j].element, t);
       }
@@ -562,9 +597,27 @@ class SpanReplay {
     if (per_request) {
       split_rows(requests);  // operands are cut one range at a time
     }
-    for (auto& r : requests) {
-      run_op(r.out, &r);
+    const MappedReads mapped(operands);
+    if (!mapped.any()) {
+      for (auto& r : requests) {
+        run_op(r.out, &r);
+      }
+      return true;
     }
+    // Operands read from a checkpoint's mapping: ranges of at most a chunk,
+    // each prefetched before and released after its read.
+    std::vector<RegionRequest> chunks;
+    for (auto& r : requests) {
+      for (int64_t b = r.begin; b < r.end; b += mapped.chunk()) {
+        const int64_t e = std::min(r.end, b + mapped.chunk());
+        chunks.push_back({b, e, r.out.narrow(0, b - r.begin, e - b)});
+      }
+    }
+    std::vector<std::pair<int64_t, int64_t>> ranges;
+    for (const auto& c : chunks) {
+      ranges.emplace_back(c.begin, c.end - c.begin);
+    }
+    mapped.each(operands, ranges, [&](size_t k) { run_op(chunks[k].out, &chunks[k]); });
     return true;
   }
 

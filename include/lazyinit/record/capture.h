@@ -29,11 +29,33 @@ CapturedSource capture_source(const at::Tensor& t);
 void register_immutable_source(const at::Tensor& t);
 bool is_immutable_source(const at::Tensor& t);
 
+// Declares `t`'s storage an immutable source that is a private memory map
+// of a file nobody writes (a checkpoint lazyinit opened). Replay reads its
+// views through prefetch_source / release_source, a chunk at a time, so
+// that a piece fetches only its own pages from the file and the process
+// does not keep them mapped afterwards.
+void register_mapped_source(const at::Tensor& t);
+bool is_mapped_source(const at::Tensor& t);
+
+// For a view of a registered mapped source (no-ops for other tensors):
+// prefetch_source asks the kernel to read exactly the pages the view
+// spans (madvise WILLNEED, asynchronous); release_source unmaps them from
+// this process (madvise DONTNEED: they stay in the page cache, leave the
+// process's RSS, and read back from the file if touched again).
+void prefetch_source(const at::Tensor& t);
+void release_source(const at::Tensor& t);
+
+// Bytes of mapped sources a read handles at once: the resident mapped
+// pages of a read stay below this.
+constexpr int64_t kMappedChunkBytes = int64_t{16} << 20;
+
 // Process-wide counts of copies made at record time.
 struct CaptureStats {
   int64_t copies = 0;
   int64_t bytes = 0;
   int64_t zero_copy = 0;  // captures of immutable sources
+  int64_t mapped_reads = 0;        // prefetch_source calls on mapped sources
+  int64_t mapped_read_bytes = 0;   // bytes they asked for (page-rounded)
 };
 CaptureStats capture_stats();
 

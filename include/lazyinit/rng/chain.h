@@ -152,6 +152,13 @@ uint64_t rng_initial_seed();
 
 bool is_random_op(const c10::FunctionSchema& schema);
 
+// Random nodes whose kernel ran (replayed whole, into scratch to find a
+// generator position, or over a piece by a region generator), process-wide:
+// shows which random inits were computed and which were only counted
+// (an init a checkpoint overwrote must never run).
+void count_random_run();
+int64_t random_runs();
+
 // While alive, real random ops in this thread do not catch the generators
 // up (rng_catch_up does nothing): for calls lazyinit makes for its own
 // purposes, such as kernels run on stand-ins, whose draws are thrown away.
