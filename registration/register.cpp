@@ -84,17 +84,11 @@ void to_kernel(
   if (target.has_value() && !is_lazy_device(*target) &&
       get_pending_impl(self) != nullptr) {
     auto lock = lock_graph();  // Tensor.to() holds the GIL
+    // The generator is not caught up here: a real random op that follows
+    // (torchaudio's `w.copy_(w.cpu().normal_().to(w.device))`) catches it
+    // up itself (rng_hooks.cpp), and catching up would count the pending
+    // random tensors as drawn on the CPU before their device is chosen.
     materialize_tensor(self, *target);
-    if (in_context()) {
-      // Model code turned the tensor real during construction (torchaudio's
-      // `w.copy_(w.cpu().normal_().to(w.device))`) and may now draw from the
-      // generator for real, e.g. with an in-place random op lazyinit never
-      // sees: put the generator where eager construction has it by now (the
-      // pending random ops' draws are replayed into scratch; each is drawn at
-      // most twice). Outside a context, materialization is the final step and
-      // leaves the generator as recording left it, at no extra cost.
-      rng_catch_up_default();
-    }
     op.callBoxed(stack);
     return;
   }

@@ -83,7 +83,10 @@ class SafeOpen:
     reader: ``keys``, ``metadata``, ``get_slice``, ``get_tensor``, and use
     as a context manager. Tensors are views of the file's mapping."""
 
-    def __init__(self, path: Any, framework: str = "pt", device: Any = "cpu") -> None:
+    def __init__(self, path: Any, framework: str = "pt", device: Any = "cpu",
+                 backend: Any = None) -> None:
+        # ``backend`` (newer transformers pass it) picks how safetensors
+        # reads the bytes, not which values: lazyinit maps the file itself.
         if framework not in ("pt", "torch"):
             raise ValueError(f"lazyinit: safe_open over the lazy device reads framework='pt', "
                              f"not {framework!r}")

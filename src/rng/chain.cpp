@@ -111,6 +111,10 @@ int64_t ensure_state(RngChain& chain, int64_t index, Replayer& replayer) {
       skip = 0;
       continue;
     }
+    if (philox_replayed(chain, i)) {
+      last_index = i;  // built on CUDA: no CPU draws
+      continue;
+    }
     NodePtr node = chain.node_at(i);
     if (node == nullptr) {
       auto dead = chain.dead_draws.find(i);

@@ -290,9 +290,37 @@ void record_run(RngChain& chain, const Node& node, int device, const PhiloxState
 
 }  // namespace
 
+bool philox_replayed(const RngChain& chain, int64_t index) {
+  for (const auto& kv : chain.cuda.streams) {
+    const auto& replayed = kv.second.replayed;
+    if (index < static_cast<int64_t>(replayed.size()) && replayed[index]) {
+      return true;
+    }
+  }
+  return false;
+}
+
+namespace {
+
+// A CPU position after `node` was computed counting its CPU draws (a later
+// random tensor materialized on the CPU, or the CPU generator read): built
+// on CUDA now, it would leave those values matching no eager run.
+void check_not_counted_on_cpu(const RngChain& chain, const Node& node) {
+  TORCH_CHECK(
+      philox_replayed(chain, node.rng_index) || chain.last_known(chain.size()) <= node.rng_index,
+      "lazyinit: ", node.op->schema().name(), " is materialized on CUDA after "
+      "random tensors recorded after it were materialized on the CPU (or the "
+      "CPU generator was read), which counted it as drawn on the CPU. "
+      "Materialize the random tensors of one construction on one device type, "
+      "or this one on the CPU.");
+}
+
+}  // namespace
+
 void philox_run(Node& node, Replayer& replayer, const std::function<void()>& call) {
   RngChain& chain = *node.chain;
   check_cuda_chain(chain);
+  check_not_counted_on_cpu(chain, node);
   const int device = replayer.device().index();
   auto before = state_before(chain, device, node.rng_index, &replayer);
   TORCH_INTERNAL_ASSERT(before.has_value());
@@ -311,6 +339,7 @@ c10::optional<PhiloxState> philox_state_before(Node& node, int device) {
 }
 
 c10::optional<PhiloxState> philox_take_run(Node& node, int device) {
+  check_not_counted_on_cpu(*node.chain, node);
   const auto increment = philox_increment(node, device);
   if (!increment) {
     return c10::nullopt;

@@ -235,3 +235,55 @@ TORCHVISION = ["resnet18", "mobilenet_v3_small", "efficientnet_b0", "vit_b_32", 
 def test_torchvision_models_equal_eager_cuda(name: str) -> None:
     models = pytest.importorskip("torchvision.models")
     _check(lambda: getattr(models, name)(), "module")
+
+
+# ------------------------------------------------ one construction, two devices
+
+def _two_random_tensors(**kw):
+    return torch.randn(64, 8, **kw), torch.rand(32, **kw)
+
+
+def test_first_on_cuda_then_second_on_the_cpu_equals_eager_built_so():
+    """A random tensor materialized on CUDA was built there, eagerly: it
+    draws nothing from the CPU generator, so a later one materialized on the
+    CPU continues the CPU stream where eager's does."""
+    torch.manual_seed(5)
+    want_a = torch.randn(64, 8, device="cuda")
+    want_b = torch.rand(32)
+    want_next = torch.randn(3)
+    torch.manual_seed(5)
+    a, b = _two_random_tensors(device="lazy")
+    lazyinit.materialize(a, "cuda")
+    lazyinit.materialize(b, "cpu")
+    assert torch.equal(a, want_a) and torch.equal(b, want_b)
+    assert torch.equal(torch.randn(3), want_next)
+
+
+def test_cpu_generator_read_between_cuda_materializations_equals_eager():
+    """`.to("cuda")` inside a context, then a CPU read: the tensors built on
+    CUDA drew nothing from the CPU generator (ColossalAI's `model.cuda()`
+    flow, then a real CPU draw)."""
+    torch.manual_seed(6)
+    with torch.device("cuda"):
+        want = nn.Linear(8, 8)
+    want_next = torch.randn(3)
+    torch.manual_seed(6)
+    with lazyinit.LazyInitContext():
+        model = nn.Linear(8, 8).to("cuda")
+    assert torch.equal(model.weight, want.weight) and torch.equal(model.bias, want.bias)
+    assert torch.equal(torch.randn(3), want_next)
+
+
+def test_cuda_after_the_cpu_counted_it_raises():
+    """The second tensor materialized on the CPU first counts the first as
+    drawn on the CPU; building the first on CUDA afterwards would match no
+    eager run, so it is refused with a message."""
+    torch.manual_seed(7)
+    a, b = _two_random_tensors(device="lazy")
+    lazyinit.materialize(b, "cpu")
+    with pytest.raises(RuntimeError, match="counted it as drawn on the CPU"):
+        lazyinit.materialize(a, "cuda")
+    lazyinit.materialize(a, "cpu")  # the CPU is still exact
+    torch.manual_seed(7)
+    want_a, want_b = _two_random_tensors()
+    assert torch.equal(a, want_a) and torch.equal(b, want_b)

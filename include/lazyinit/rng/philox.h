@@ -95,6 +95,10 @@ void philox_chain_started(
 // eager construction would have it, and records where it leaves it.
 void philox_run(Node& node, Replayer& replayer, const std::function<void()>& call);
 
+// Whether node `index` of `chain` was replayed on some CUDA device: eager
+// built that tensor there, drawing nothing from the CPU generator.
+bool philox_replayed(const RngChain& chain, int64_t index);
+
 // Whether the Philox state after `node` on `device` is known or computable
 // without drawing (a dead node before a full overwrite may then be skipped).
 bool philox_state_after_known(const Node& node, int device);
