@@ -22,7 +22,7 @@ CMAKE_ARGS ?=
 APT_PACKAGES := cmake g++ make ccache libtorch-dev python3-torch python3-dev \
   python3-venv python3-pybind11 pybind11-dev libgtest-dev python3-pytest \
   python3-hypothesis python3-tqdm python3-matplotlib python3-psutil \
-  python3-torchvision python3-torchaudio python3-pytest-xdist
+  python3-torchvision python3-torchaudio python3-pytest-xdist clang-format python3-flake8
 
 # `make test` runs every test on each torch leg: the host's torch (Debian
 # 12: 1.13) and, where PYTHON is Debian's own python3 (apt and debootstrap at
@@ -35,7 +35,7 @@ else
   TORCH2_LEG ?= 0
 endif
 
-.PHONY: all deps venv build test test-host test-torch2 test-cpp test-python test-heap test-gpu demo bench \
+.PHONY: all deps venv build lint test test-host test-torch2 test-cpp test-python test-heap test-gpu demo bench \
   bench-gpu bench-dist bench-dist-torch2 asan clean fuzz fuzz-torch2
 
 all: build
@@ -99,9 +99,18 @@ test-host: test-cpp test-python test-heap
 test-torch2:
 	tests/legs/unstable_root.sh run $(TORCH2_ROOT) test-host TORCH2_LEG=0 JOBS=$(JOBS)
 
+# Style, checked rather than remembered: every C++ file against .clang-format,
+# and pyflakes' checks (through flake8, which honours `# noqa`) on all Python.
+CLANG_FORMAT ?= clang-format
+lint: deps
+	@files=$$(git ls-files '*.cpp' '*.h' '*.cu'); \
+	$(CLANG_FORMAT) --dry-run --Werror $$files && echo "clang-format: $$(echo $$files | wc -w) files clean"
+	$(PYTHON) -m flake8 --select=F python tests benchmarks examples && echo "flake8: clean"
+	python3 tests/lint/subsystem_deps.py --check >/dev/null && echo "subsystem dependencies: as in docs/architecture.md"
+
 test: test-host
 ifeq ($(TORCH2_LEG),1)
-test: test-torch2
+test: lint test-torch2
 endif
 
 # On a machine with a CUDA GPU: every GPU test in one command.

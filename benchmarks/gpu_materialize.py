@@ -105,7 +105,7 @@ def run(build: Callable[[], nn.Module], repeat: int) -> Dict[str, Tuple[float, f
         record("lazy construct", t_build)
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-        t_mat, _ = _timed(lambda: lazyinit.materialize(lazy, "cuda", progress=False))
+        t_mat, _ = _timed(lambda m=lazy: lazyinit.materialize(m, "cuda", progress=False))
         out.setdefault("lazy materialize", []).append(
             (t_mat, (torch.cuda.max_memory_allocated() - base) / GiB))
         record("lazy total", t_build + t_mat)

@@ -18,7 +18,7 @@ rank's pieces then read only their own bytes.
 """
 from __future__ import annotations
 
-import torch
+import torch  # noqa: F401 (loads libtorch before the extension)
 
 from . import _C
 from ._registration import register as _register

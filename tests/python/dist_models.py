@@ -3,7 +3,7 @@ the ranks of ``dist_harness.run_world``)."""
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Tuple
 
 import torch
 import torch.nn as nn

@@ -8,7 +8,7 @@ runs this file on a GPU machine.
 from __future__ import annotations
 
 import random
-from typing import Callable, Dict, List
+from typing import Callable, Dict
 
 import pytest
 import torch

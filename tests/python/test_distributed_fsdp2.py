@@ -4,7 +4,6 @@ fp32 and bf16) and the reference models, against FSDP2 on the eager model
 and ``distribute_tensor``'s oracle; errors; per-rank peak memory."""
 from __future__ import annotations
 
-import warnings
 
 import pytest
 import torch
@@ -14,7 +13,7 @@ import lazyinit
 import lazyinit.distributed as ld
 from dist_harness import (Ctx, assert_all_ok, collective_count, reset_peak_rss, run_world,
                           vm_kib)
-from dist_models import (assert_equal_to_oracle, build_pair, default_dtype, has_dtensor_engines,
+from dist_models import (assert_equal_to_oracle, build_pair, has_dtensor_engines,
                          hf_llama_builder, lm_batch, lm_loss, named_slots)
 
 pytestmark = pytest.mark.skipif(not has_dtensor_engines(),
@@ -92,7 +91,6 @@ def world2(ctx: Ctx) -> None:
 
 
 def _convenience(mesh) -> None:
-    from torch.distributed.fsdp import fully_shard
     eager, lazy, _ = build_pair(hf_llama_builder(tied=True))
     full = {n: t.detach() for n, t in named_slots(eager).items()}
     before = collective_count()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn as nn
 
 import lazyinit
 import lazyinit.distributed as ld

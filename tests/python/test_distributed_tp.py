@@ -12,7 +12,6 @@ import torch
 import torch.nn as nn
 
 import lazyinit
-import lazyinit.distributed as ld
 from dist_harness import Ctx, assert_all_ok, run_world
 from dist_models import (SPModel, assert_equal_to_oracle, build_pair, has_dtensor_engines,
                          hf_llama_builder, lm_batch, lm_loss, named_slots)

@@ -14,7 +14,7 @@ import json
 import os
 import subprocess
 import sys
-from typing import Any, Callable, Dict
+from typing import Any, Dict
 
 import pytest
 import torch

@@ -12,7 +12,7 @@ import random
 import subprocess
 import sys
 import textwrap
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Sequence
 
 import pytest
 import torch
