@@ -1,4 +1,4 @@
-// The exactness contract for random ops (DESIGN.md, "RNG").
+// The exactness contract for random ops (docs/architecture.md, "RNG").
 //
 // Eager construction draws from a generator op by op. Recording draws
 // nothing, so each random node remembers its index in a chain: the run of

@@ -1,4 +1,4 @@
-// Exact CUDA replay of random nodes (DESIGN.md, "RNG").
+// Exact CUDA replay of random nodes (docs/architecture.md, "RNG").
 //
 // Random nodes are recorded against the CPU generator's chain (rng.h). Eager
 // construction on CUDA draws from the device's Philox generator instead: a

@@ -1,4 +1,4 @@
-// Placements: which piece of a tensor a rank holds (DESIGN.md, "Placement").
+// Placements: which piece of a tensor a rank holds (docs/architecture.md, "Materialize-on-shard").
 //
 // A placement is a list applied in order to the piece left by the previous
 // one, starting from the whole tensor:

@@ -1,6 +1,6 @@
 // Materialize-on-shard: the local piece of a lazy tensor, computed by
 // replaying its storage's tape only over the storage spans the piece covers
-// (DESIGN.md, "Placement" and "RNG"). The lazy tensor stays lazy.
+// (docs/architecture.md, "Materialize-on-shard"). The lazy tensor stays lazy.
 //
 // A tape is pushed down to the spans when every node is element-local:
 // a creation that fills a constant, random fills that a registered region

@@ -1,5 +1,5 @@
 // Random values of regions of a tensor, exactly as PyTorch's CUDA kernels
-// write them into the whole tensor (DESIGN.md, "RNG", shards).
+// write them into the whole tensor (docs/architecture.md, "Materialize-on-shard").
 //
 // PyTorch's distribution kernels (ATen/native/cuda/DistributionTemplates.h,
 // distribution_elementwise_grid_stride_kernel) run a grid-stride loop: with
