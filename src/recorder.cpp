@@ -15,6 +15,8 @@
 #include <lazyinit/rng.h>
 #include <lazyinit/tensor_args.h>
 
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/ExpandUtils.h>
 #include <ATen/ops/as_strided.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_strided.h>
@@ -193,6 +195,52 @@ bool infer_on_meta(
   return true;
 }
 
+// In-place random fills check their scalar arguments in the CPU kernel
+// only (exponential_'s lambda, bernoulli_'s p, geometric_'s p,
+// log_normal_'s std): the Meta kernels accept anything. Where an op draws
+// (a Generator? argument) and every tensor it takes is one it writes, the
+// CPU kernel runs on empty stand-ins with a scratch generator, so that eager's
+// error comes at this call. An empty tensor draws nothing, and the scratch
+// generator is not the caller's.
+void check_random_arguments_on_cpu(
+    const c10::OperatorHandle& op,
+    const OpInfo& info,
+    const std::vector<c10::IValue>& args) {
+  if (info.generator_arg < 0 || info.written_args.empty()) {
+    return;
+  }
+  bool only_written = true;
+  for_each_tensor(args, [&](size_t i, int64_t, const at::Tensor&) {
+    only_written = only_written &&
+        std::find(info.written_args.begin(), info.written_args.end(), i) !=
+            info.written_args.end();
+  });
+  if (!only_written) {
+    return;
+  }
+  std::vector<c10::IValue> stack = args;
+  copy_tensor_lists(stack);
+  for_each_tensor(args, [&](size_t i, int64_t e, const at::Tensor& t) {
+    set_tensor(stack, i, e, at::empty({0}, t.options().device(at::kCPU)));
+  });
+  stack[static_cast<size_t>(info.generator_arg)] =
+      c10::IValue(at::detail::createCPUGenerator());
+  op.redispatchBoxed(c10::DispatchKeySet(c10::DispatchKey::CPU), &stack);
+}
+
+// `self.copy_(src)`: src must broadcast to self's shape. The CPU kernel
+// checks it (TensorIterator, self's sizes first), the Meta kernel does not.
+void check_copy_shapes(const OpInfo& info, const std::vector<c10::IValue>& args) {
+  if (!info.is_copy || args.size() < 2 || !args[0].isTensor() || !args[1].isTensor()) {
+    return;
+  }
+  const auto self_sizes = args[0].toTensor().sizes();
+  const auto shape = at::infer_size_dimvector(self_sizes, args[1].toTensor().sizes());
+  TORCH_CHECK(
+      shape == self_sizes, "output with shape ", self_sizes,
+      " doesn't match the broadcast shape ", shape);
+}
+
 // The outputs' metadata: infer_on_meta, then check_on_cpu, remembered by
 // call signature (meta_cache.h). Valid plain fills skip all three: their
 // output is their input (and check_on_cpu leaves their layout alone).
@@ -205,6 +253,7 @@ bool infer_outputs(
     meta_stack = {c10::IValue(meta_for_lazy(*get_pending_impl(args[0].toTensor())))};
     return true;
   }
+  check_copy_shapes(info, args);
   MetaKey key;
   const bool keyed = meta_key(op, args, &key);
   if (keyed) {
@@ -216,6 +265,7 @@ bool infer_outputs(
   if (!infer_on_meta(op, info, args, meta_stack)) {
     return false;
   }
+  check_random_arguments_on_cpu(op, info, args);
   check_on_cpu(op, info, args, meta_stack);
   if (keyed) {
     store_meta(std::move(key), meta_stack);
