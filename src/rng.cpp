@@ -233,6 +233,12 @@ bool random_factory_output(const Node& node, int64_t* numel, caffe2::TypeMeta* d
       return false;
     }
   }
+  // rand(size, out=t): the values have t's dtype, not the default one
+  for (const auto& slot : node.tensors) {
+    if (args[slot.arg].name() == "out") {
+      *dtype = slot.ref.dtype;
+    }
+  }
   return have_size;
 }
 
