@@ -84,7 +84,14 @@ def _child_main(args: argparse.Namespace) -> None:
         if args.deadline is not None and time.time() >= args.deadline:
             break
         print(json.dumps({"start": seed}), flush=True)
-        prog = generate_program(RandomChooser(seed), features, args.max_ops)
+        try:
+            prog = generate_program(RandomChooser(seed), features, args.max_ops)
+        except Exception as e:  # noqa: BLE001 -- a generator bug, recorded as such
+            print(json.dumps({"seed": seed, "n": 0, "ops": 0,
+                              "invalid": f"the generator raised {type(e).__name__}: {e}"}),
+                  flush=True)
+            seed += 1
+            continue
         try:
             rec = {"seed": seed, "n": len(prog.lines), "ops": prog.ops,
                    "mismatches": check_program(prog.lines)}
