@@ -398,6 +398,20 @@ at::Tensor new_storage_output(
   return make_lazy_tensor(storage, storage->creation_geometry);
 }
 
+// A view must lie inside its storage. CPU tensors check it when their
+// storage is set (as_strided beyond the end raises); torch 2.x's Meta
+// kernel for as_strided does not, so the recorder does, with eager's words.
+void check_view_in_bounds(
+    const Geometry& g, caffe2::TypeMeta dtype, const LazyStorage& storage) {
+  const int64_t itemsize = static_cast<int64_t>(dtype.itemsize());
+  const int64_t needed = g.extent() * itemsize;
+  TORCH_CHECK(
+      needed <= storage.nbytes, "setStorage: sizes ", c10::IntArrayRef(g.sizes),
+      ", strides ", c10::IntArrayRef(g.strides), ", storage offset ", g.offset,
+      ", and itemsize ", itemsize, " requiring a storage size of ", needed,
+      " are out of bounds for storage of size ", storage.nbytes);
+}
+
 // The outputs of a recorded call, built from the Meta kernel's outputs.
 std::vector<c10::IValue> make_outputs(
     const OpInfo& info,
@@ -421,8 +435,9 @@ std::vector<c10::IValue> make_outputs(
                                           ? args[ret.arg].toTensor()
                                           : args[ret.arg].toList().get(0).toTensor());
         TORCH_INTERNAL_ASSERT(base != nullptr);
-        return make_lazy_tensor(
-            base->lazy_storage(), Geometry::of(meta_out), meta_out.dtype());
+        const Geometry g = Geometry::of(meta_out);
+        check_view_in_bounds(g, meta_out.dtype(), *base->lazy_storage());
+        return make_lazy_tensor(base->lazy_storage(), g, meta_out.dtype());
       }
       return new_storage_output(node, meta_out, static_cast<int64_t>(r), element);
     };

@@ -23,6 +23,8 @@ import sys
 import time
 from typing import Any, Dict, List
 
+import pytest
+
 _HERE = os.path.dirname(os.path.abspath(__file__))
 if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
@@ -86,6 +88,6 @@ def test_random_programs_lazy_equals_eager(capsys: Any) -> None:
         print(f"\n{summary}")
     assert n > 0, "no program ran within the budget"
     if bad:
-        raise AssertionError(summary + "\n\n" + _failure(bad[0], disabled)
-                             + (f"\nother failing seeds: {[r['seed'] for r in bad[1:]]}"
-                                if len(bad) > 1 else ""))
+        pytest.fail(summary + "\n\n" + _failure(bad[0], disabled)
+                    + (f"\nother failing seeds: {[r['seed'] for r in bad[1:]]}"
+                       if len(bad) > 1 else ""), pytrace=False)

@@ -1026,6 +1026,23 @@ def test_view_of_a_parameter_after_its_data_was_swapped():
     assert_tensor_equal("view", e.detach(), lz.detach())
 
 # --------------------------------------------------------------------------
+# 31. as_strided beyond the storage (torch 2.x)
+# --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("args", [((7,), (1,), 2), ((2,), (1,), 4), ((2, 2), (3, 1), 2)])
+def test_as_strided_beyond_the_storage_raises_at_the_call(args):
+    """fuzz seed 900043 on torch 2.14 (shrunk): a view beyond its storage
+    raises when a CPU tensor's storage is set; torch 2.x's Meta kernel for
+    as_strided does not check, so the lazy view was made silently."""
+    def build(**kw):
+        x = torch.zeros(5, **kw)
+        return _raised(lambda: x.as_strided(*args))
+
+    eager = build()
+    assert eager == "RuntimeError"
+    assert build(device="lazy") == eager
+
+# --------------------------------------------------------------------------
 # 26. open: checks only the CPU kernel makes, on lazy values or dtypes
 # --------------------------------------------------------------------------
 
