@@ -18,6 +18,7 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/ExpandUtils.h>
 #include <ATen/ops/as_strided.h>
+#include <ATen/ops/result_type.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_strided.h>
 #include <c10/core/DefaultDtype.h>
@@ -241,6 +242,26 @@ void check_copy_shapes(const OpInfo& info, const std::vector<c10::IValue>& args)
       " doesn't match the broadcast shape ", shape);
 }
 
+// `self.mul_(other)` & co.: the result type must cast to self's dtype
+// (TensorIterator's check on the CPU).
+void check_in_place_promotion(const OpInfo& info, const std::vector<c10::IValue>& args) {
+  if (!info.in_place_arithmetic || args.size() < 2 || !args[0].isTensor()) {
+    return;
+  }
+  const at::Tensor& self = args[0].toTensor();
+  c10::ScalarType result;
+  if (args[1].isTensor()) {
+    result = at::result_type(self, args[1].toTensor());
+  } else if (args[1].isScalar()) {
+    result = at::result_type(self, args[1].toScalar());
+  } else {
+    return;
+  }
+  TORCH_CHECK(
+      c10::canCast(result, self.scalar_type()), "result type ", result,
+      " can't be cast to the desired output type ", self.scalar_type());
+}
+
 // The outputs' metadata: infer_on_meta, then check_on_cpu, remembered by
 // call signature (meta_cache.h). Valid plain fills skip all three: their
 // output is their input (and check_on_cpu leaves their layout alone).
@@ -254,6 +275,7 @@ bool infer_outputs(
     return true;
   }
   check_copy_shapes(info, args);
+  check_in_place_promotion(info, args);
   MetaKey key;
   const bool keyed = meta_key(op, args, &key);
   if (keyed) {

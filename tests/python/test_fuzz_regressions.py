@@ -1043,6 +1043,28 @@ def test_as_strided_beyond_the_storage_raises_at_the_call(args):
     assert build(device="lazy") == eager
 
 # --------------------------------------------------------------------------
+# 32. in-place arithmetic whose result type does not cast to self (torch 2.x)
+# --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("call", ["x.mul_(1.5)", "x.add_(0.5)", "x.div_(2)",
+                                  "x.sub_(torch.ones(3))", "x.mul_(2)", "x.add_(torch.tensor(3))"])
+def test_in_place_arithmetic_checks_the_result_type_at_the_call(call):
+    """fuzz seeds 901343, 901413 on torch 2.14 (shrunk): ``int64.mul_(1.5)``
+    raises "result type Float can't be cast to the desired output type Long"
+    eagerly; torch 2.14's Meta kernel of mul_ does not check, so the call
+    was recorded and failed at materialization."""
+    def build(**kw):
+        x = torch.arange(3, **kw)
+        r = _raised(lambda: eval(call, globals(), {"x": x}))
+        return x, r
+
+    ex, er = build()
+    lx, lr = build(device="lazy")
+    assert lr == er
+    lazyinit.materialize(lx, "cpu")
+    assert_tensor_equal("x", ex, lx)
+
+# --------------------------------------------------------------------------
 # 26. open: checks only the CPU kernel makes, on lazy values or dtypes
 # --------------------------------------------------------------------------
 
