@@ -129,11 +129,19 @@ class LifecycleOps(GeneratorBase):
             return self.emit(f"{c}.reset_parameters()")
         params = list(self.ns[c].parameters())
         same = [[k for k in self.tensors() if self.t(k) is t] for t in params]
+        # a lazy parameter whose storage other named tensors view is
+        # materialized first (lazyinit keeps their values): that storage
+        # turns real
+        shared = [self.group[names[0]] for names in same if names
+                  and any(self.group[k] is self.group[names[0]] and k not in names
+                          for k in self.tensors())]
 
         def fx() -> None:
             # to_empty gives each parameter a new (real) storage; names of
             # the parameters follow them, views keep the old storage. Buffers
             # are replaced by new objects: names of the old ones keep them
+            for g in shared:
+                g.lazy = False
             for names in same:
                 g = Group(False)
                 for k in names:
