@@ -1065,6 +1065,27 @@ def test_in_place_arithmetic_checks_the_result_type_at_the_call(call):
     assert_tensor_equal("x", ex, lx)
 
 # --------------------------------------------------------------------------
+# 33. open on torch 2.x: strides of an empty broadcast result
+# --------------------------------------------------------------------------
+
+@pytest.mark.xfail(int(torch.__version__.split(".")[0]) >= 2, strict=True,
+                   reason="finding 33 (docs/fuzzing.md): torch 2.x lays out this empty "
+                          "result otherwise than the stand-in run predicts")
+def test_empty_broadcast_result_with_a_transposed_operand_has_eager_strides():
+    """fuzz seed 902832 on torch 2.14 (shrunk): ``b + v`` of a transposed
+    (1, 1) ``b`` and a (17, 0) view ``v`` with strides (1, 3) has strides
+    (1, 17) eagerly, (1, 1) lazily. torch 1.13 agrees with eager."""
+    def build(**kw):
+        v = torch.arange(17, dtype=torch.float64, **kw).unsqueeze(-1)[:, 1:1:3]
+        b = torch.ones(1, 1, dtype=torch.float64, **kw).t()
+        return b + v
+
+    e = build()
+    lz = build(device="lazy")
+    lazyinit.materialize(lz, "cpu")
+    assert_tensor_equal("sum", e, lz)
+
+# --------------------------------------------------------------------------
 # 26. open: checks only the CPU kernel makes, on lazy values or dtypes
 # --------------------------------------------------------------------------
 
