@@ -1086,6 +1086,30 @@ def test_empty_broadcast_result_with_a_transposed_operand_has_eager_strides():
     assert_tensor_equal("sum", e, lz)
 
 # --------------------------------------------------------------------------
+# 34. a pending reader of an early result written after materializing
+# --------------------------------------------------------------------------
+
+def test_reader_of_an_early_result_keeps_its_values_after_a_later_write():
+    """fuzz seed 11105 (shrunk by hand): ``v = torch.poisson(...)`` (no Meta
+    kernel: computed early), ``y = 1 + v[8:]`` pending, ``v`` materialized,
+    then written in place as a real tensor; ``y`` materialized afterwards
+    read the written values: the materialized tensor was the early value
+    itself, which the reader's frozen tape also holds. With ``zeros``
+    instead of ``poisson`` (a recorded op) the reader kept eager's values."""
+    def build(**kw):
+        torch.manual_seed(1)
+        v = torch.poisson(torch.rand(9, **kw))
+        y = torch.ones(2, **kw) + v.narrow(0, 8, 1)
+        if kw:
+            lazyinit.materialize(v, "cpu")
+        nn.init.ones_(v.view(3, 1, 3))
+        if kw:
+            lazyinit.materialize(y, "cpu")
+        return y
+
+    assert_tensor_equal("y", build(), build(device="lazy"))
+
+# --------------------------------------------------------------------------
 # 26. open: checks only the CPU kernel makes, on lazy values or dtypes
 # --------------------------------------------------------------------------
 
