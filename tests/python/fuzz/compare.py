@@ -60,14 +60,14 @@ def arrays_equal(a: np.ndarray, b: np.ndarray) -> bool:
 
 
 def storage_key(t: torch.Tensor) -> Optional[int]:
-    """The address of ``t``'s storage (None for an empty one)."""
+    """Which storage ``t`` views (its StorageImpl, so also for zero-byte
+    storages); None for a discarded lazy tensor."""
     try:
-        s = t.storage() if not hasattr(t, "untyped_storage") else t.untyped_storage()
-    except (NotImplementedError, RuntimeError):  # a discarded lazy tensor
+        if hasattr(t, "untyped_storage"):
+            return t.untyped_storage()._cdata
+        return t.storage()._storage._cdata
+    except (NotImplementedError, RuntimeError, AttributeError):  # a discarded lazy tensor
         return None
-    if s.nbytes() == 0 or s.data_ptr() == 0:
-        return None
-    return s.data_ptr()
 
 
 def describe(t: torch.Tensor) -> str:
