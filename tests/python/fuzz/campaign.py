@@ -56,6 +56,8 @@ def run_seeds(start: int, count: Optional[int], on_record: Callable[[Record], No
             current = None
             assert proc.stdout is not None
             for line in proc.stdout:
+                if not line.startswith("{"):
+                    continue  # a library's own output (e.g. UCX without /proc)
                 rec = json.loads(line)
                 if "start" in rec:
                     current = rec["start"]
