@@ -16,6 +16,7 @@
 #include <torch/csrc/utils/pybind.h>
 #include <torch/python.h>
 
+#include <algorithm>
 #include <array>
 #include <optional>
 #include <string>
@@ -76,7 +77,11 @@ void discard(const at::Tensor& t) {
     return;
   }
   auto& storage = *impl->lazy_storage();
-  // Eager drew these tensors' numbers: the generators keep counting them.
+  // Tensors recorded from this one keep what they read (as after `del`);
+  // only the discarded storage loses its value.
+  storage.freeze_for_readers();
+  // Eager drew these tensors' numbers: the generators keep counting them
+  // (those a reader still holds are replayed with it).
   for (auto& entry : storage.tape) {
     if (entry.node->is_random() && entry.node.use_count() == 1) {
       rng_node_released(entry.node);
@@ -365,6 +370,17 @@ PYBIND11_MODULE(_C, m) {
       LazyStoragePtr storage = impl->lazy_storage();  // outlives the impls' release
       materialize_storage_empty(*storage, c10::Device(device));
     }
+  });
+  // How many live tensors view t's lazy storage (t included); 0 if t is real.
+  m.def("_storage_tensor_count", [](const at::Tensor& t) {
+    auto lock = lock_graph();
+    auto* impl = get_pending_impl(t);
+    if (impl == nullptr) {
+      return int64_t{0};
+    }
+    const auto& impls = impl->lazy_storage()->impls;
+    return static_cast<int64_t>(std::count_if(
+        impls.begin(), impls.end(), [](const auto& w) { return !w.expired(); }));
   });
   m.def("_register_immutable_source", &register_immutable_source);
   m.def("_register_mapped_source", &register_mapped_source);

@@ -71,7 +71,10 @@ def install() -> None:
     def numpy(self: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
         """A lazy tensor's values are computed early into a new array."""
         if _is_pending(self):
-            return _C._value_copy(self).numpy(*args, **kwargs)
+            value = _C._value_copy(self)
+            # the copy does not require grad: eager's refusal is made here
+            value.requires_grad_(self.requires_grad)
+            return original_numpy(value, *args, **kwargs)
         return original_numpy(self, *args, **kwargs)
 
     torch.Tensor.tolist = tolist  # type: ignore[assignment]
@@ -90,17 +93,28 @@ def _to_empty_in_place() -> None:
     # Module.to_empty assigns each converted tensor through `param.data`
     # where the types allow it (same Parameter object, as eagerly); a lazy
     # tensor and a real one do not, so torch would make new Parameters and
-    # leave the lazy ones pending. Lazy tensors turn real, uninitialized, in
-    # place first (their random ops' draws still count for the generator).
+    # leave the lazy ones pending. Lazy parameters turn real, uninitialized,
+    # in place first (their random ops' draws still count for the
+    # generator); one whose storage other tensors view is materialized
+    # instead. Buffers are replaced by new tensors, eagerly too: the old
+    # objects keep their values, so lazy ones stay as they are.
     original = torch.nn.Module.to_empty
 
     def to_empty(self: torch.nn.Module, *args: Any, **kwargs: Any) -> torch.nn.Module:
         device = kwargs.get("device", args[0] if args else None)
         if device is not None:
-            from ._materialize import _lazy_attributes, _module_tensors
+            from ._materialize import _lazy_attributes, _module_tensors, materialize
             target = str(torch.device(device))
-            for _, t, _ in _module_tensors(self, True):
-                _C._become_empty(t, target)
+            for _, t, is_parameter in _module_tensors(self, True):
+                if not is_parameter:
+                    continue
+                if _C._storage_tensor_count(t) > 1:
+                    # other tensors view its storage and keep its values
+                    # eagerly (the parameter gets a new storage): compute
+                    # them, then torch's `param.data = empty` does the rest
+                    materialize(t, target, progress=False)
+                else:
+                    _C._become_empty(t, target)
             for t in _lazy_attributes(self):
                 _C._become_empty(t, target)
         return original(self, *args, **kwargs)
@@ -204,6 +218,27 @@ def _catch_up_before_rng_reads() -> None:
         method.__doc__ = original.__doc__
         method.__lazyinit_original__ = original  # type: ignore[attr-defined]
         _C._set_type_attribute(gen_type, name, method)
+    _real_state_for_set_state(gen_type)
+
+
+def _real_state_for_set_state(gen_type: Any) -> None:
+    # A state tensor built inside a LazyInitContext is lazy; eager
+    # construction has a real one there. set_state (and torch.set_rng_state,
+    # which calls it) gets its current values, so it accepts or rejects the
+    # state as eager does.
+    original = gen_type.__dict__.get("set_state")
+    if original is None or getattr(original, "__lazyinit_original__", None) is not None:
+        return
+
+    def set_state(self: torch.Generator, state: Any) -> Any:
+        if _is_pending(state):
+            state = _C._value_copy(state)
+        return original(self, state)
+
+    set_state.__qualname__ = "Generator.set_state"
+    set_state.__doc__ = original.__doc__
+    set_state.__lazyinit_original__ = original  # type: ignore[attr-defined]
+    _C._set_type_attribute(gen_type, "set_state", set_state)
 
 
 def _guard_torch_lazy() -> None:

@@ -154,6 +154,9 @@ OpInfo analyze(const c10::OperatorHandle& op) {
                                      });
     info.may_fail_on_values = !is_view && cannot_fail.count(schema.name()) == 0;
   }
+  info.is_copy = schema.name() == "aten::copy_" && schema.overload_name().empty();
+  info.in_place_arithmetic = schema.name() == "aten::add_" || schema.name() == "aten::sub_" ||
+      schema.name() == "aten::mul_" || schema.name() == "aten::div_";
   if (schema.overload_name().empty()) {
     if (schema.name() == "aten::normal_") {
       info.plain_fill = OpInfo::PlainFill::kNormal;

@@ -15,7 +15,10 @@
 #include <lazyinit/rng/chain.h>
 #include <lazyinit/core/tensor_args.h>
 
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/ExpandUtils.h>
 #include <ATen/ops/as_strided.h>
+#include <ATen/ops/result_type.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_strided.h>
 #include <c10/core/DefaultDtype.h>
@@ -193,6 +196,72 @@ bool infer_on_meta(
   return true;
 }
 
+// In-place random fills check their scalar arguments in the CPU kernel
+// only (exponential_'s lambda, bernoulli_'s p, geometric_'s p,
+// log_normal_'s std): the Meta kernels accept anything. Where an op draws
+// (a Generator? argument) and every tensor it takes is one it writes, the
+// CPU kernel runs on empty stand-ins with a scratch generator, so that eager's
+// error comes at this call. An empty tensor draws nothing, and the scratch
+// generator is not the caller's.
+void check_random_arguments_on_cpu(
+    const c10::OperatorHandle& op,
+    const OpInfo& info,
+    const std::vector<c10::IValue>& args) {
+  if (info.generator_arg < 0 || info.written_args.empty()) {
+    return;
+  }
+  bool only_written = true;
+  for_each_tensor(args, [&](size_t i, int64_t, const at::Tensor&) {
+    only_written = only_written &&
+        std::find(info.written_args.begin(), info.written_args.end(), i) !=
+            info.written_args.end();
+  });
+  if (!only_written) {
+    return;
+  }
+  std::vector<c10::IValue> stack = args;
+  copy_tensor_lists(stack);
+  for_each_tensor(args, [&](size_t i, int64_t e, const at::Tensor& t) {
+    set_tensor(stack, i, e, at::empty({0}, t.options().device(at::kCPU)));
+  });
+  stack[static_cast<size_t>(info.generator_arg)] =
+      c10::IValue(at::detail::createCPUGenerator());
+  op.redispatchBoxed(c10::DispatchKeySet(c10::DispatchKey::CPU), &stack);
+}
+
+// `self.copy_(src)`: src must broadcast to self's shape. The CPU kernel
+// checks it (TensorIterator, self's sizes first), the Meta kernel does not.
+void check_copy_shapes(const OpInfo& info, const std::vector<c10::IValue>& args) {
+  if (!info.is_copy || args.size() < 2 || !args[0].isTensor() || !args[1].isTensor()) {
+    return;
+  }
+  const auto self_sizes = args[0].toTensor().sizes();
+  const auto shape = at::infer_size_dimvector(self_sizes, args[1].toTensor().sizes());
+  TORCH_CHECK(
+      shape == self_sizes, "output with shape ", self_sizes,
+      " doesn't match the broadcast shape ", shape);
+}
+
+// `self.mul_(other)` & co.: the result type must cast to self's dtype
+// (TensorIterator's check on the CPU).
+void check_in_place_promotion(const OpInfo& info, const std::vector<c10::IValue>& args) {
+  if (!info.in_place_arithmetic || args.size() < 2 || !args[0].isTensor()) {
+    return;
+  }
+  const at::Tensor& self = args[0].toTensor();
+  c10::ScalarType result;
+  if (args[1].isTensor()) {
+    result = at::result_type(self, args[1].toTensor());
+  } else if (args[1].isScalar()) {
+    result = at::result_type(self, args[1].toScalar());
+  } else {
+    return;
+  }
+  TORCH_CHECK(
+      c10::canCast(result, self.scalar_type()), "result type ", result,
+      " can't be cast to the desired output type ", self.scalar_type());
+}
+
 // The outputs' metadata: infer_on_meta, then check_on_cpu, remembered by
 // call signature (meta_cache.h). Valid plain fills skip all three: their
 // output is their input (and check_on_cpu leaves their layout alone).
@@ -205,6 +274,8 @@ bool infer_outputs(
     meta_stack = {c10::IValue(meta_for_lazy(*get_pending_impl(args[0].toTensor())))};
     return true;
   }
+  check_copy_shapes(info, args);
+  check_in_place_promotion(info, args);
   MetaKey key;
   const bool keyed = meta_key(op, args, &key);
   if (keyed) {
@@ -216,6 +287,7 @@ bool infer_outputs(
   if (!infer_on_meta(op, info, args, meta_stack)) {
     return false;
   }
+  check_random_arguments_on_cpu(op, info, args);
   check_on_cpu(op, info, args, meta_stack);
   if (keyed) {
     store_meta(std::move(key), meta_stack);
@@ -348,6 +420,20 @@ at::Tensor new_storage_output(
   return make_lazy_tensor(storage, storage->creation_geometry);
 }
 
+// A view must lie inside its storage. CPU tensors check it when their
+// storage is set (as_strided beyond the end raises); torch 2.x's Meta
+// kernel for as_strided does not, so the recorder does, with eager's words.
+void check_view_in_bounds(
+    const Geometry& g, caffe2::TypeMeta dtype, const LazyStorage& storage) {
+  const int64_t itemsize = static_cast<int64_t>(dtype.itemsize());
+  const int64_t needed = g.extent() * itemsize;
+  TORCH_CHECK(
+      needed <= storage.nbytes, "setStorage: sizes ", c10::IntArrayRef(g.sizes),
+      ", strides ", c10::IntArrayRef(g.strides), ", storage offset ", g.offset,
+      ", and itemsize ", itemsize, " requiring a storage size of ", needed,
+      " are out of bounds for storage of size ", storage.nbytes);
+}
+
 // The outputs of a recorded call, built from the Meta kernel's outputs.
 std::vector<c10::IValue> make_outputs(
     const OpInfo& info,
@@ -371,8 +457,9 @@ std::vector<c10::IValue> make_outputs(
                                           ? args[ret.arg].toTensor()
                                           : args[ret.arg].toList().get(0).toTensor());
         TORCH_INTERNAL_ASSERT(base != nullptr);
-        return make_lazy_tensor(
-            base->lazy_storage(), Geometry::of(meta_out), meta_out.dtype());
+        const Geometry g = Geometry::of(meta_out);
+        check_view_in_bounds(g, meta_out.dtype(), *base->lazy_storage());
+        return make_lazy_tensor(base->lazy_storage(), g, meta_out.dtype());
       }
       return new_storage_output(node, meta_out, static_cast<int64_t>(r), element);
     };

@@ -501,8 +501,10 @@ void materialize_storage(LazyStorage& storage, c10::Device device, const at::Ten
   storage.freeze_for_readers();
   storage.cached = at::Tensor();
   storage.tape.clear();
-  if (!dest.defined() && base.storage().use_count() > 1) {
-    base = base.clone();  // still shared with a constant somewhere
+  if (!dest.defined() && (base.storage().use_count() > 1 || base.use_count() > 1)) {
+    // still shared with a constant somewhere (a reader's frozen tape holds
+    // an early value as the very tensor replay returned)
+    base = base.clone();
   }
   for (auto& weak : storage.impls) {
     auto locked = weak.lock();

@@ -154,6 +154,16 @@ int64_t ensure_state(RngChain& chain, int64_t index, Replayer& replayer) {
   return scratch_runs;
 }
 
+// ensure_state for the chain's end, where only the chain's own generator
+// is to move: a node run into scratch replays its lazy inputs, and those may
+// draw from other generators (randint_like(a) of an `a` drawn from an
+// explicit generator). Every generator is put back as it was; the caller
+// then sets the chain's own to the state found.
+void ensure_state_leaving_other_generators(RngChain& chain, Replayer& replayer) {
+  GeneratorStateGuard others;
+  ensure_state(chain, chain.size(), replayer);
+}
+
 void check_cpu(const RngChain& chain, const Replayer& replayer) {
   TORCH_CHECK(
       replayer.device().is_cpu() && chain.generator.device().is_cpu(),
@@ -237,6 +247,12 @@ bool random_factory_output(const Node& node, int64_t* numel, caffe2::TypeMeta* d
       *dtype = c10::scalarTypeToTypeMeta(static_cast<c10::ScalarType>(node.args[i].toInt()));
     } else if (args[i].name() == "names" && !node.args[i].isNone()) {
       return false;
+    }
+  }
+  // rand(size, out=t): the values have t's dtype, not the default one
+  for (const auto& slot : node.tensors) {
+    if (args[slot.arg].name() == "out") {
+      *dtype = slot.ref.dtype;
     }
   }
   return have_size;
@@ -358,7 +374,7 @@ void rng_catch_up(const c10::optional<at::Generator>& explicit_gen, Replayer& re
     return;  // the generator was set since; eager would draw from there too
   }
   check_cpu(chain, replayer);
-  ensure_state(chain, chain.size(), replayer);
+  ensure_state_leaving_other_generators(chain, replayer);
   set_state(gen, *chain.states.back());
   chain.applied = true;
 }
@@ -382,7 +398,7 @@ void settle_chain(RngChain& chain) {
     return;
   }
   Replayer cpu{c10::Device(c10::kCPU)};
-  ensure_state(chain, chain.size(), cpu);
+  ensure_state_leaving_other_generators(chain, cpu);
   set_state(chain.generator, *chain.states.back());
   chain.applied = true;
   release_scratch();

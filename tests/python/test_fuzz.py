@@ -1,73 +1,93 @@
-"""Differential fuzzing: random init programs (tests/python/fuzz_programs.py)
-run eagerly on the CPU and lazily from the same seed must agree bit for bit
--- every tensor's values and metadata, aliasing, Python values returned by
-value-needing ops, RNG states read on the way, and torch.get_rng_state() once
-everything is materialized (in a hypothesis-chosen order).
+"""Differential fuzzing (tests/python/fuzz/, docs/fuzzing.md): random init
+programs of up to 100 ops run eagerly on the CPU and lazily from the same
+seed must agree bit for bit -- every tensor's values and metadata, aliasing,
+Python values (exception types of invalid ops included), generator states
+read on the way, and the generators once everything is materialized.
 
-Hypothesis runs in a child process, so that a crash of the interpreter
-(lazyinit is C++) fails this test with the program that crashed instead of
-taking pytest down. ``LAZYINIT_FUZZ_INPROCESS=1`` runs it in the pytest
-process (shrinking output is then shown directly);
-``LAZYINIT_FUZZ_EXAMPLES=N`` changes the number of programs (300).
+Every run checks fresh seeds: consecutive seeds from a random start, for a
+time budget, in child processes (a crash of the interpreter is recorded
+against its seed). The seed range is printed; a failure prints the shrunk
+program and the commands that replay it.
 
-A failure prints the shrunk program in both spellings; make it a test in
-test_fuzz_regressions.py. benchmarks/fuzz_run.py runs >= 10,000 programs and
-minimizes by seed; docs/fuzzing.md describes both.
+* ``LAZYINIT_FUZZ_SEED=N``: start at seed N (replay);
+* ``LAZYINIT_FUZZ_COUNT=K``: run K seeds, however long it takes;
+* ``LAZYINIT_FUZZ_BUDGET=S``: seconds of programs (default 60);
+* ``LAZYINIT_FUZZ_DISABLE=f1,f2``: generator features to switch off (default:
+  those of open findings, ``fuzz.KNOWN_OPEN``; ``""`` enables all).
 """
 from __future__ import annotations
 
 import os
-import subprocess
+import random
 import sys
+import time
+from typing import Any, Dict, List
 
 import pytest
-from hypothesis import HealthCheck, given, settings
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
-_PY = os.path.normpath(os.path.join(_HERE, "..", "..", "python"))
-if _PY not in sys.path:
-    sys.path.insert(0, _PY)
 
-import fuzz_programs as fp  # noqa: E402
+from fuzz import DEFAULT_DISABLED, campaign, feature_list, generate_program  # noqa: E402
+from fuzz.choosers import RandomChooser  # noqa: E402
 
-MAX_EXAMPLES = int(os.environ.get("LAZYINIT_FUZZ_EXAMPLES", "300"))
-_CURRENT = os.environ.get("LAZYINIT_FUZZ_CURRENT")  # child: where the program under test goes
+BUDGET_S = float(os.environ.get("LAZYINIT_FUZZ_BUDGET", "60"))
+SHRINK_BUDGET_S = 120.0
 
 
-@settings(max_examples=MAX_EXAMPLES, deadline=None, derandomize=True, database=None,
-          print_blob=False,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                 HealthCheck.filter_too_much, HealthCheck.large_base_example])
-@given(fp.programs())
-def check_random_programs(prog: fp.Program) -> None:
-    if _CURRENT:
-        with open(_CURRENT, "w") as f:
-            f.write(repr(prog) + "\n\n" + fp.render(prog.lines, "lazy"))
-    mismatches = fp.check_program(prog.lines)
-    assert not mismatches, (
-        "lazy construction differs from eager:\n  " + "\n  ".join(mismatches)
-        + "\n\n--- lazy ---\n" + fp.render(prog.lines, "lazy")
-        + "--- eager ---\n" + fp.render(prog.lines, "eager"))
+def _start_seed() -> int:
+    given = os.environ.get("LAZYINIT_FUZZ_SEED")
+    if given:
+        return int(given)
+    # fresh seeds each run, away from the recorded campaigns' 0..10^6
+    return random.SystemRandom().randrange(10**6, 2**31)
 
 
-def test_random_programs_lazy_equals_eager(tmp_path):
-    if os.environ.get("LAZYINIT_FUZZ_INPROCESS"):
-        check_random_programs()
-        return
-    current = tmp_path / "current_program.txt"
-    env = dict(os.environ, LAZYINIT_FUZZ_CURRENT=str(current),
-               PYTHONPATH=os.pathsep.join([_PY, os.environ.get("PYTHONPATH", "")]))
-    r = subprocess.run([sys.executable, os.path.abspath(__file__)], env=env,
-                       capture_output=True, text=True, timeout=1800)
-    if r.returncode < 0:
-        program = current.read_text() if current.exists() else "(none recorded)"
-        pytest.fail(f"the interpreter crashed (signal {-r.returncode}) while checking:\n"
-                    f"{program}\n{r.stderr[-3000:]}", pytrace=False)
-    if r.returncode != 0:
-        pytest.fail((r.stdout[-12000:] + "\n" + r.stderr[-12000:]).strip(), pytrace=False)
+def _replay_help(seed: int, disabled: str) -> str:
+    dis = "" if disabled == DEFAULT_DISABLED else f" --disable '{disabled}'"
+    env = "" if disabled == DEFAULT_DISABLED else f" LAZYINIT_FUZZ_DISABLE='{disabled}'"
+    return (f"replay: LAZYINIT_FUZZ_SEED={seed} LAZYINIT_FUZZ_COUNT=1{env} "
+            f"python -m pytest tests/python/test_fuzz.py\n"
+            f"    or: python benchmarks/fuzz_run.py --seed {seed} --minimize{dis}")
 
 
-if __name__ == "__main__":
-    check_random_programs()
+def _failure(rec: Dict[str, Any], disabled: str) -> str:
+    """The failing seed's program, shrunk, and how to replay it."""
+    seed = rec["seed"]
+    prog = generate_program(RandomChooser(seed), feature_list(disabled))
+    mismatches = None if "crash" in rec else rec.get("mismatches") or [rec.get("invalid", "")]
+    if "invalid" in rec:
+        return f"seed {seed}: generator error (eager rejected the program): {rec['invalid']}"
+    target = campaign.kinds_of(mismatches)[0]
+    small, small_ms = campaign.shrink_program(prog.lines, target, SHRINK_BUDGET_S)
+    return (f"seed {seed}: {len(prog.lines)} lines, shrunk to {len(small)} "
+            f"(kind {target!r}):\n{campaign.report(small, small_ms)}\n"
+            f"{_replay_help(seed, disabled)}")
+
+
+def test_random_programs_lazy_equals_eager(capsys: Any) -> None:
+    start = _start_seed()
+    count = os.environ.get("LAZYINIT_FUZZ_COUNT")
+    disabled = os.environ.get("LAZYINIT_FUZZ_DISABLE", DEFAULT_DISABLED)
+    deadline = None if count else time.time() + BUDGET_S
+    bad: List[Dict[str, Any]] = []
+    lines = [0]
+
+    def on_record(rec: Dict[str, Any]) -> None:
+        lines[0] += rec.get("n", 0)
+        if "crash" in rec or "invalid" in rec or rec.get("mismatches"):
+            bad.append(rec)
+
+    nxt = campaign.run_seeds(start, int(count) if count else None, on_record,
+                             max_ops=100, disabled=disabled, deadline=deadline)
+    n = nxt - start
+    summary = (f"fuzz: seeds {start}..{nxt - 1} ({n} programs, {lines[0]} lines"
+               f"{', disabled: ' + disabled if disabled else ''}), {len(bad)} failed")
+    with capsys.disabled():
+        print(f"\n{summary}")
+    assert n > 0, "no program ran within the budget"
+    if bad:
+        pytest.fail(summary + "\n\n" + _failure(bad[0], disabled)
+                    + (f"\nother failing seeds: {[r['seed'] for r in bad[1:]]}"
+                       if len(bad) > 1 else ""), pytrace=False)

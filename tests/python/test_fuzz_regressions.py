@@ -1,5 +1,6 @@
 """Mismatches found by differential fuzzing (test_fuzz.py,
-benchmarks/fuzz_run.py), each shrunk to a minimal program. Every test asserts
+benchmarks/fuzz_run.py; tests/python/fuzz/), each shrunk to a minimal
+program, numbered as in docs/fuzzing.md. Every test asserts
 what eager construction does; a failing test here is a lazyinit bug that is
 not fixed yet (see docs/fuzzing.md, "Findings").
 
@@ -556,3 +557,598 @@ def test_captured_real_tensor_rebound_with_data_is_detected():
         assert "modified in place since" in str(e)
         return
     assert_tensor_equal("a", torch.ones(3), a)
+
+
+# --------------------------------------------------------------------------
+# 13. an explicit generator settled inside a materialization was reset
+# --------------------------------------------------------------------------
+
+def test_explicit_generator_settled_while_materializing_stays_settled():
+    """fuzz seed 112407 (shrunk). Materializing a deep copy replays the
+    original's random node (drawn from ``g``), and the original storage dies
+    during that materialization: settling ``g``'s chain there was undone when
+    the materialization restored the generators it had saved."""
+    def build(**kw):
+        g = torch.Generator().manual_seed(3)
+        v5 = torch.rand((3,), generator=g, **kw)
+        v8 = copy.deepcopy({"k": v5})["k"]
+        with torch.no_grad():
+            v8.geometric_(0.9)
+        v5.data = torch.tensor(0, **kw)
+        return g, v8
+
+    torch.manual_seed(3)
+    eg, e = build()
+    expected_rng = torch.get_rng_state()
+    torch.manual_seed(3)
+    lg, l = build(device="lazy")
+    lazyinit.materialize(l, "cpu")
+    assert_tensor_equal("v8", e, l)
+    assert torch.equal(lg.get_state(), eg.get_state()), "explicit generator state differs"
+    assert_rng_equal(expected_rng, torch.get_rng_state())
+
+
+# --------------------------------------------------------------------------
+# 14. zero-element results whose CPU strides are 0 after the empty dimension
+# --------------------------------------------------------------------------
+
+def test_where_of_scalars_and_empty_tensor_has_eager_strides():
+    """fuzz seeds 115276, 118540, 108661 (shrunk). The CPU kernel lays out an
+    empty result with the empty dimension fastest, so the strides of the
+    dimensions after it are 0: (1, 0, 1) gets strides (0, 1, 0)."""
+    def build(**kw):
+        v0 = torch.ones((), **kw)
+        v2 = torch.zeros((1, 0, 1), dtype=torch.int64, **kw)
+        h = torch.empty((), dtype=torch.float16, **kw).fill_(3.0)
+        v3 = h.reshape(1, 1).narrow(0, 1, 0)
+        return torch.where(v0 > 0, v0, v2), torch.where(h > 0, h, v3)
+
+    eager = build()
+    lazy = build(device="lazy")
+    for i, (e, l) in enumerate(zip(eager, lazy)):
+        assert l.stride() == e.stride(), (i, l.stride(), e.stride())
+        lazyinit.materialize(l, "cpu")
+        assert_tensor_equal(f"where {i}", e, l)
+
+
+# --------------------------------------------------------------------------
+# 15. out= factories inside LazyInitContext
+# --------------------------------------------------------------------------
+
+def test_random_factory_out_into_real_tensor_inside_context():
+    """fuzz seed 110365 (shrunk). Inside the context, ``torch.normal(...,
+    out=t)`` with ``t`` real (materialized earlier) got ``device="lazy"``
+    added and failed "device type lazy does not match device type of out
+    parameter (cpu)"; the result is ``t``, wherever it lives."""
+    def build(ctx):
+        with ctx:
+            v0 = torch.empty((1, 3)).normal_(0.001, 1.0)
+            v4 = v0.new_zeros((2, 0, 3))
+            if isinstance(ctx, lazyinit.LazyInitContext):
+                lazyinit.materialize(v4, "cpu")
+            with torch.no_grad():
+                torch.normal(0.5, 2.0, (1, 3), out=v4)
+            return v0, v4
+
+    import contextlib
+    torch.manual_seed(0)
+    e0, e4 = build(contextlib.nullcontext())
+    rng = torch.get_rng_state()
+    torch.manual_seed(0)
+    l0, l4 = build(lazyinit.LazyInitContext())
+    lazyinit.materialize(l0, "cpu")
+    assert_tensor_equal("out", e4, l4)
+    assert_tensor_equal("v0", e0, l0)
+    assert_rng_equal(rng, torch.get_rng_state())
+
+
+# --------------------------------------------------------------------------
+# 16. `.data =` between a lazy and a real tensor
+# --------------------------------------------------------------------------
+
+def test_data_assignment_between_lazy_and_real_tensors():
+    """fuzz seed 100889 (shrunk). ``lazy.data = real`` (and the reverse)
+    failed "variable.set_data(tensor) ... incompatible tensor type": torch
+    only swaps data between compatible dispatch keys. Eagerly both are real;
+    the lazy side is now materialized first."""
+    def build(**kw):
+        a = torch.rand(3, **kw)
+        b = torch.full((2,), 5.0)
+        view = a[1:]
+        a.data = b
+        c = torch.zeros(2)
+        d = torch.randn(4, **kw)
+        c.data = d
+        p = nn.Parameter(torch.zeros(2, **kw))
+        p.data = torch.ones(2, **kw)
+        return a, view, c, d, p
+
+    torch.manual_seed(5)
+    eager = build()
+    rng = torch.get_rng_state()
+    torch.manual_seed(5)
+    lazy = build(device="lazy")
+    for t in lazy:
+        lazyinit.materialize(t, "cpu")
+    for name, e, l in zip(["a", "view", "c", "d", "p"], eager, lazy):
+        assert_tensor_equal(name, e, l)
+    assert isinstance(lazy[4], nn.Parameter)
+    assert lazy[2].data_ptr() == lazy[3].data_ptr(), "c must share d's storage"
+    assert_rng_equal(rng, torch.get_rng_state())
+
+
+# --------------------------------------------------------------------------
+# 17. results that copy an input's strides, on empty or size-1 dimensions
+# --------------------------------------------------------------------------
+
+def test_like_ops_keep_strides_of_empty_and_size_one_dims():
+    """fuzz seeds 2843, 3668, 4595, 6172, 6630, 7263, 7341 (seed 2843
+    shrunk; found after finding 14's fix, which took the stand-in run's
+    strides as they were where the sizes matched): ``zeros_like`` of
+    ``eye(2, 2).diagonal(-3)`` (shape (0,), stride (3,)) copies the stride
+    3; the stand-in has another stride there, so the input's real strides
+    must be used."""
+    def build(**kw):
+        v1 = torch.eye(2, 2, **kw).diagonal(-3, 0, 1)
+        w = torch.zeros((3, 4), **kw)[:1, :2]           # (1, 2), strides (4, 1)
+        s = torch.zeros((9, 9), **kw)[:0, :0]           # (0, 0), strides (9, 1)
+        return [torch.zeros_like(v1), torch.empty_like(w).fill_(1), w.clone(),
+                torch.ones_like(s), s * 2, torch.rand_like(w)]
+
+    torch.manual_seed(0)
+    eager = build()
+    torch.manual_seed(0)
+    lazy = build(device="lazy")
+    for i, (e, l) in enumerate(zip(eager, lazy)):
+        assert l.stride() == e.stride(), (i, l.stride(), e.stride())
+        lazyinit.materialize(l, "cpu")
+        assert_tensor_equal(f"result {i}", e, l)
+
+
+# --------------------------------------------------------------------------
+# 18. result dtypes where Meta and CPU kernels disagree (torch 2.14)
+# --------------------------------------------------------------------------
+
+def test_normal_of_an_empty_integer_mean_keeps_the_cpu_dtype():
+    """fuzz seed 202 on torch 2.14 (shrunk): ``torch.normal(mean, 0.6)`` of
+    an empty int64 ``mean`` is int64 on the CPU (nothing is drawn, nothing
+    checked) and float32 from the Meta kernel. The stand-in run that
+    decides result layouts for empty inputs decides the dtype too."""
+    def build(**kw):
+        v0 = torch.randint(3, 18, (0, 6, 7), **kw)
+        try:
+            return [v0, torch.normal(v0, 0.6)]
+        except (RuntimeError, NotImplementedError) as e:  # torch 1.13 rejects int64
+            return [v0, type(e)]
+
+    torch.manual_seed(3)
+    eager = build()
+    torch.manual_seed(3)
+    lazy = build(device="lazy")
+    assert not isinstance(eager[1], torch.Tensor) or isinstance(lazy[1], torch.Tensor), lazy[1]
+    if not isinstance(eager[1], torch.Tensor):  # rejected at the same call, as eagerly
+        assert lazy[1] is eager[1], lazy[1]
+        eager, lazy = eager[:1], lazy[:1]
+    for i, (e, l) in enumerate(zip(eager, lazy)):
+        assert l.dtype == e.dtype, (i, l.dtype, e.dtype)
+        lazyinit.materialize(l, "cpu")
+        assert_tensor_equal(f"result {i}", e, l)
+
+
+# --------------------------------------------------------------------------
+# 19. Tensor.to of a multi-output view whose base was written (torch 2.x)
+# --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("make_view", [lambda t: t.chunk(1, 2)[0], lambda t: t.unbind(0)[1]],
+                         ids=["chunk", "unbind"])
+def test_to_cpu_of_a_multi_output_view_after_its_base_was_written(make_view):
+    """fuzz seeds 28, 3120, 3727 on torch 2.14 (28 shrunk): a chunk() or
+    unbind() output of a tensor that requires grad, the base zeroed under
+    no_grad, then ``view.cpu()``. Eager's Tensor.to is a composite that
+    returns the view; lazyinit's kernel for it went through torch 2.x's
+    autograd fallback, which reads the view's grad_fn and raises "Output 0
+    of Split is a view and its base ... has been modified inplace"."""
+    def build(**kw):
+        v1 = torch.empty((5, 2, 2), dtype=torch.bfloat16, **kw).uniform_(-10.0, 0.5)
+        v6 = v1.requires_grad_()
+        v7 = make_view(v6)
+        with torch.no_grad():
+            v1.zero_()
+        return v1, v7
+
+    torch.manual_seed(0)
+    e1, e7 = build()
+    torch.manual_seed(0)
+    l1, l7 = build(device="lazy")
+    out = l7.cpu()
+    assert out is l7
+    assert_tensor_equal("base", e1.detach(), l1.detach())
+    assert torch.equal(e7.detach(), l7.detach())
+
+
+# --------------------------------------------------------------------------
+# 20. in-place random fills whose argument checks only the CPU kernel makes
+# --------------------------------------------------------------------------
+
+def _raised(fn) -> str:
+    """The type name of what ``fn()`` raises ("no error" if nothing)."""
+    try:
+        fn()
+    except Exception as e:  # noqa: BLE001 -- the point is which type
+        return type(e).__name__
+    return "no error"
+
+
+@pytest.mark.parametrize("call", ["exponential_(-1.0)", "bernoulli_(1.5)", "geometric_(0.0)",
+                                  "geometric_(1.5)", "log_normal_(0.0, -1.0)"])
+def test_invalid_random_fill_arguments_raise_at_the_call(call):
+    """fuzz seeds 11, 34, 103, 107 (shrunk): the Meta kernels of these fills
+    accept any argument, so the call was recorded and eager's error came at
+    materialization. Nothing is recorded or drawn by the failing call."""
+    def build(**kw):
+        torch.manual_seed(1)
+        x = torch.rand(4, **kw)
+        r = _raised(lambda: eval(f"x.{call}", globals(), {"x": x}))
+        return x, r
+
+    ex, er = build()
+    expected_rng = torch.get_rng_state()
+    lx, lr = build(device="lazy")
+    assert er != "no error" and lr == er
+    lazyinit.materialize(lx, "cpu")
+    assert_tensor_equal("x", ex, lx)
+    assert_rng_equal(expected_rng, torch.get_rng_state())
+
+
+# --------------------------------------------------------------------------
+# 21. lazyinit.discard freed what other pending tensors read
+# --------------------------------------------------------------------------
+
+def test_discard_keeps_what_other_pending_tensors_read():
+    """fuzz seeds 28, 29, 37, 101 (28 shrunk): a tensor recorded from a
+    discarded one could not be materialized ("freed by lazyinit.discard()");
+    eagerly ``del`` leaves it alone."""
+    def build(**kw):
+        torch.manual_seed(0)
+        a = torch.randn(3, 3, dtype=torch.float64, **kw)
+        spd = a @ a.mT + 3 * torch.eye(3, dtype=torch.float64, **kw)
+        chol = torch.linalg.cholesky(spd)
+        later = torch.rand(2, **kw)
+        if kw:
+            lazyinit.discard(spd)
+        del spd
+        return chol, later
+
+    e = build()
+    expected_rng = torch.get_rng_state()
+    lz = build(device="lazy")
+    for name, et, lt in zip(("chol", "later"), e, lz):
+        lazyinit.materialize(lt, "cpu")
+        assert_tensor_equal(name, et, lt)
+    assert_rng_equal(expected_rng, torch.get_rng_state())
+
+
+# --------------------------------------------------------------------------
+# 22. a generator state built inside LazyInitContext
+# --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("setter", ["torch.set_rng_state", "g.set_state"])
+def test_generator_state_built_inside_the_context(setter):
+    """fuzz seed 18 (shrunk): inside the context a state tensor is lazy, and
+    ``set_state`` raised TypeError ("RNG state must be a torch.ByteTensor")
+    where eager accepts a valid state and raises RuntimeError for a bad
+    size."""
+    g = torch.Generator()
+    saved = torch.get_rng_state().tolist()
+
+    def run(bad: bool) -> str:
+        state = torch.zeros(7, dtype=torch.uint8) if bad else torch.tensor(saved, dtype=torch.uint8)
+        return _raised(lambda: eval(setter, globals(), {"g": g})(state))
+
+    eager = [run(True), run(False)]
+    eager_state = g.get_state() if setter.startswith("g") else torch.get_rng_state()
+    with lazyinit.LazyInitContext():
+        lazy = [run(True), run(False)]
+    lazy_state = g.get_state() if setter.startswith("g") else torch.get_rng_state()
+    assert eager == ["RuntimeError", "no error"] and lazy == eager
+    assert torch.equal(eager_state, lazy_state)
+
+
+# --------------------------------------------------------------------------
+# 23. numpy() of a lazy tensor that requires grad
+# --------------------------------------------------------------------------
+
+def test_numpy_of_a_lazy_tensor_that_requires_grad_raises_like_eager():
+    """fuzz seed 425 (shrunk): lazyinit's ``numpy()`` for lazy tensors
+    returned the values; eager refuses a tensor that requires grad."""
+    assert _raised(lambda: nn.Parameter(torch.zeros(2)).numpy()) == "RuntimeError"
+    p = nn.Parameter(torch.zeros(2, device="lazy"))
+    assert _raised(lambda: p.numpy()) == "RuntimeError"
+    assert p.detach().numpy().tolist() == [0.0, 0.0]
+
+
+# --------------------------------------------------------------------------
+# 24. copy_ from a tensor that does not broadcast to the target
+# --------------------------------------------------------------------------
+
+def test_copy_from_a_non_broadcastable_source_raises_at_the_call():
+    """fuzz seeds 16, 162, 186, 344, 351 (351 shrunk): copy_'s Meta kernel
+    does not check the shapes; the call was recorded and eager's error came
+    at materialization."""
+    def build(**kw):
+        x = torch.zeros(2, 7, **kw)
+        r = _raised(lambda: x.copy_(torch.ones(2, 8, **kw)))
+        r2 = _raised(lambda: x.copy_(torch.ones(3, 1, 7, **kw)))
+        x.copy_(torch.arange(7.0, **kw))
+        return x, [r, r2]
+
+    ex, er = build()
+    lx, lr = build(device="lazy")
+    assert er == ["RuntimeError", "RuntimeError"] and lr == er
+    lazyinit.materialize(lx, "cpu")
+    assert_tensor_equal("x", ex, lx)
+
+
+# --------------------------------------------------------------------------
+# 25. Module.to_empty: the old buffer objects
+# --------------------------------------------------------------------------
+
+def test_to_empty_leaves_old_buffer_objects_their_values():
+    """fuzz seeds 249, 439 (249 shrunk): Module.to_empty replaces buffers
+    by new tensors; names bound to the old ones keep their values eagerly.
+    lazyinit turned every lazy tensor of the module empty in place, buffers
+    too, so the old objects held uninitialized memory."""
+    def build(**kw):
+        torch.manual_seed(2)
+        m = nn.BatchNorm1d(3, **kw)
+        old = (m.running_mean, m.running_var, m.num_batches_tracked)
+        m.to_empty(device="cpu")
+        m.reset_parameters()
+        return m, old
+
+    em, eold = build()
+    lm, lold = build(device="lazy")
+    for name, e, l in zip(("running_mean", "running_var", "num_batches_tracked"), eold, lold):
+        lazyinit.materialize(l, "cpu")
+        assert_tensor_equal(name, e, l)
+    for (name, e), l in zip(em.state_dict().items(), lm.state_dict().values()):
+        assert_tensor_equal(name, e, l)
+
+
+def test_to_empty_leaves_views_of_a_parameter_their_values():
+    """fuzz seed 2341 (shrunk): ``param.data = empty`` gives the parameter a
+    new storage; a view of the old one keeps its values eagerly. lazyinit
+    turned the parameter's lazy storage empty in place, under the view too."""
+    def build(**kw):
+        torch.manual_seed(3)
+        m = nn.Conv1d(6, 6, 1, dtype=torch.bfloat16, **kw)
+        ids = [id(p) for p in m.parameters()]
+        view = m.bias.transpose(0, 0)
+        m.to_empty(device="cpu")
+        m.reset_parameters()
+        assert [id(p) for p in m.parameters()] == ids
+        return m, view
+
+    em, ev = build()
+    expected_rng = torch.get_rng_state()
+    lm, lv = build(device="lazy")
+    lazyinit.materialize(lv, "cpu")
+    assert_tensor_equal("view", ev.detach(), lv.detach())
+    for (name, e), l in zip(em.state_dict().items(), lm.state_dict().values()):
+        assert_tensor_equal(name, e, l)
+    assert_rng_equal(expected_rng, torch.get_rng_state())
+
+# --------------------------------------------------------------------------
+# 28. catching up the default generator moved an explicit one
+# --------------------------------------------------------------------------
+
+def test_catching_up_the_default_generator_leaves_explicit_ones():
+    """fuzz seed 2410 (shrunk): inside the context, ``w.cpu()`` catches the
+    default generator up; ``randint_like(a)`` (default generator) ran into
+    scratch and replayed its input ``a``, drawn from ``g``, onto ``g`` itself:
+    ``g.get_state()`` ended elsewhere than eagerly."""
+    def build(lazy: bool):
+        torch.manual_seed(0)
+        ctx = lazyinit.LazyInitContext() if lazy else None
+        if ctx is not None:
+            ctx.__enter__()
+        g = torch.Generator().manual_seed(3)
+        m = nn.Linear(2, 4, bias=False)
+        a = torch.randn((), generator=g)
+        b = torch.randint(0, 15, (), generator=g, device="cpu")
+        d = torch.randint_like(a, 5)
+        m.weight.cpu()
+        if ctx is not None:
+            ctx.__exit__(None, None, None)
+            for t in (a, d):
+                lazyinit.materialize(t, "cpu")
+        return g, (m.weight, a, b, d)
+
+    eg, e = build(False)
+    expected_rng = torch.get_rng_state()
+    lg, l = build(True)
+    for name, et, lt in zip(("weight", "a", "b", "d"), e, l):
+        assert_tensor_equal(name, et.detach(), lt.detach())
+    assert torch.equal(eg.get_state(), lg.get_state()), "explicit generator state differs"
+    assert_rng_equal(expected_rng, torch.get_rng_state())
+
+# --------------------------------------------------------------------------
+# 29. the draws of rand(size, out=t) counted with the default dtype
+# --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("fn", ["rand", "randn"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16])
+@pytest.mark.parametrize("n", [7, 20])
+def test_random_factory_out_draws_are_counted_in_the_out_dtype(fn, dtype, n):
+    """fuzz seed 3773 (shrunk): ``torch.rand((1, 7), out=v)`` with a float64
+    ``v``; materializing a later random tensor first skipped the draws as if
+    the values were float32 (one draw each, not two), so ``randperm`` got
+    other values."""
+    def build(**kw):
+        torch.manual_seed(2)
+        v = torch.zeros((1, n), dtype=dtype, **kw)
+        with torch.no_grad():
+            getattr(torch, fn)((1, n), out=v)
+        p = torch.randperm(23, **kw)
+        return v, p
+
+    ev, ep = build()
+    expected_rng = torch.get_rng_state()
+    lv, lp = build(device="lazy")
+    lazyinit.materialize(lp, "cpu")
+    lazyinit.materialize(lv, "cpu")
+    assert_tensor_equal("randperm", ep, lp)
+    assert_tensor_equal("out", ev, lv)
+    assert_rng_equal(expected_rng, torch.get_rng_state())
+
+# --------------------------------------------------------------------------
+# 30. open on torch < 2.9 (finding 10's cause): a view of a parameter whose
+#     data was swapped
+# --------------------------------------------------------------------------
+
+@_autograd_view_fn_bug
+def test_view_of_a_parameter_after_its_data_was_swapped():
+    """fuzz seed 3337 (shrunk): a view of a lazy parameter, the parameter
+    written in place, then ``p.data = other``: autograd regenerates the
+    view's grad_fn by calling its view function on the base, which now has
+    other's shape ("shape '[3]' is invalid for input of size 28"). Eagerly
+    the CPU view regenerates through as_strided."""
+    def build(**kw):
+        p = nn.Parameter(torch.zeros(3, **kw))
+        view = p.reshape(3)
+        with torch.no_grad():
+            p.copy_(torch.ones(3))
+        p.data = torch.zeros(7, 4, dtype=torch.float64)
+        return view.reshape(3, 1)
+
+    e = build()
+    lz = build(device="lazy")
+    assert_tensor_equal("view", e.detach(), lz.detach())
+
+# --------------------------------------------------------------------------
+# 31. as_strided beyond the storage (torch 2.x)
+# --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("args", [((7,), (1,), 2), ((2,), (1,), 4), ((2, 2), (3, 1), 2)])
+def test_as_strided_beyond_the_storage_raises_at_the_call(args):
+    """fuzz seed 900043 on torch 2.14 (shrunk): a view beyond its storage
+    raises when a CPU tensor's storage is set; torch 2.x's Meta kernel for
+    as_strided does not check, so the lazy view was made silently."""
+    def build(**kw):
+        x = torch.zeros(5, **kw)
+        return _raised(lambda: x.as_strided(*args))
+
+    eager = build()
+    assert eager == "RuntimeError"
+    assert build(device="lazy") == eager
+
+# --------------------------------------------------------------------------
+# 32. in-place arithmetic whose result type does not cast to self (torch 2.x)
+# --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("call", ["x.mul_(1.5)", "x.add_(0.5)", "x.div_(2)",
+                                  "x.sub_(torch.ones(3))", "x.mul_(2)", "x.add_(torch.tensor(3))"])
+def test_in_place_arithmetic_checks_the_result_type_at_the_call(call):
+    """fuzz seeds 901343, 901413 on torch 2.14 (shrunk): ``int64.mul_(1.5)``
+    raises "result type Float can't be cast to the desired output type Long"
+    eagerly; torch 2.14's Meta kernel of mul_ does not check, so the call
+    was recorded and failed at materialization."""
+    def build(**kw):
+        x = torch.arange(3, **kw)
+        r = _raised(lambda: eval(call, globals(), {"x": x}))
+        return x, r
+
+    ex, er = build()
+    lx, lr = build(device="lazy")
+    assert lr == er
+    lazyinit.materialize(lx, "cpu")
+    assert_tensor_equal("x", ex, lx)
+
+# --------------------------------------------------------------------------
+# 33. open on torch 2.x: strides of an empty broadcast result
+# --------------------------------------------------------------------------
+
+@pytest.mark.xfail(int(torch.__version__.split(".")[0]) >= 2, strict=True,
+                   reason="finding 33 (docs/fuzzing.md): torch 2.x lays out this empty "
+                          "result otherwise than the stand-in run predicts")
+def test_empty_broadcast_result_with_a_transposed_operand_has_eager_strides():
+    """fuzz seed 902832 on torch 2.14 (shrunk): ``b + v`` of a transposed
+    (1, 1) ``b`` and a (17, 0) view ``v`` with strides (1, 3) has strides
+    (1, 17) eagerly, (1, 1) lazily. torch 1.13 agrees with eager."""
+    def build(**kw):
+        v = torch.arange(17, dtype=torch.float64, **kw).unsqueeze(-1)[:, 1:1:3]
+        b = torch.ones(1, 1, dtype=torch.float64, **kw).t()
+        return b + v
+
+    e = build()
+    lz = build(device="lazy")
+    lazyinit.materialize(lz, "cpu")
+    assert_tensor_equal("sum", e, lz)
+
+# --------------------------------------------------------------------------
+# 34. a pending reader of an early result written after materializing
+# --------------------------------------------------------------------------
+
+def test_reader_of_an_early_result_keeps_its_values_after_a_later_write():
+    """fuzz seed 11105 (shrunk by hand): ``v = torch.poisson(...)`` (no Meta
+    kernel: computed early), ``y = 1 + v[8:]`` pending, ``v`` materialized,
+    then written in place as a real tensor; ``y`` materialized afterwards
+    read the written values: the materialized tensor was the early value
+    itself, which the reader's frozen tape also holds. With ``zeros``
+    instead of ``poisson`` (a recorded op) the reader kept eager's values."""
+    def build(**kw):
+        torch.manual_seed(1)
+        v = torch.poisson(torch.rand(9, **kw))
+        y = torch.ones(2, **kw) + v.narrow(0, 8, 1)
+        if kw:
+            lazyinit.materialize(v, "cpu")
+        nn.init.ones_(v.view(3, 1, 3))
+        if kw:
+            lazyinit.materialize(y, "cpu")
+        return y
+
+    assert_tensor_equal("y", build(), build(device="lazy"))
+
+# --------------------------------------------------------------------------
+# 26. open: checks only the CPU kernel makes, on lazy values or dtypes
+# --------------------------------------------------------------------------
+
+@pytest.mark.xfail(strict=True, reason="finding 26 (docs/fuzzing.md): raised at replay, "
+                   "naming the recorded call, not at the call")
+@pytest.mark.parametrize("call", ["x.index_fill_(0, torch.tensor([0, 5], **kw), 1.0)",
+                                  "x.index_fill_(0, torch.tensor([0.0], **kw), 1.0)",
+                                  "x.__setitem__(([0, 3],), 1.0)",
+                                  "nn.functional.embedding(torch.tensor([4], **kw), x.view(3, 1))",
+                                  "torch.bernoulli(x + 1.5)"])
+def test_kernel_checks_on_lazy_tensors_raise_at_the_call(call):
+    """fuzz seeds 5, 8, 21, 30, 116-118, 442: index values out of range, an
+    index of the wrong dtype, probabilities out of range, where the values
+    (or the check) live in the CPU kernel only."""
+    def build(**kw):
+        x = torch.zeros(3, **kw)
+        return _raised(lambda: eval(call, globals(), {"x": x, "kw": kw}))
+
+    eager = build()
+    assert eager != "no error"
+    assert build(device="lazy") == eager
+
+
+# --------------------------------------------------------------------------
+# 27. open: in-place writes partially overlapping their input
+# --------------------------------------------------------------------------
+
+@pytest.mark.xfail(strict=True, reason="finding 27 (docs/fuzzing.md): raised at replay, "
+                   "not at the call")
+@pytest.mark.parametrize("call", ["x[1:].copy_(x[:-1])", "x[:-1].add_(x[1:])",
+                                  "torch.mul(x[:-1], 2, out=x[1:])"])
+def test_partially_overlapping_in_place_write_raises_at_the_call(call):
+    """fuzz seeds 19, 100, 126: eager refuses an in-place write whose input
+    partially overlaps the written elements; the Meta stand-ins of one lazy
+    storage are separate tensors, so nothing sees the overlap."""
+    def build(**kw):
+        x = torch.arange(5.0, **kw)
+        return _raised(lambda: eval(call, globals(), {"x": x}))
+
+    eager = build()
+    assert eager == "RuntimeError"
+    assert build(device="lazy") == eager

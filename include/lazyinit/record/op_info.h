@@ -37,6 +37,13 @@ struct OpInfo {
   // recorder checks them itself (plain_fill_is_valid in recorder.cpp).
   enum class PlainFill { kNone, kNormal, kUniform };
   PlainFill plain_fill = PlainFill::kNone;
+  // aten::copy_ (Tensor self, Tensor src, bool non_blocking): its Meta
+  // kernel does not check that src broadcasts to self; the recorder does.
+  bool is_copy = false;
+  // aten::add_ / sub_ / mul_ / div_: the result type of self and other must
+  // cast to self's dtype. torch 2.14's Meta kernel of mul_ does not check
+  // (int64.mul_(1.5) passes); the recorder does.
+  bool in_place_arithmetic = false;
   // Whether a replay of it may raise on values the recorder cannot see
   // (indices out of range, singular matrices): recorded nodes then keep
   // their source location. False for fills, factories and views.
