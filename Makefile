@@ -92,8 +92,8 @@ test-heap: build
 	LD_PRELOAD=$(HEAP_CHECK_LIB) MALLOC_CHECK_=3 MALLOC_PERTURB_=165 \
 	  $(VPY) -m pytest tests/python -q -p no:cacheprovider $$xdist
 
-# One leg: every test on PYTHON's torch, then the Python suite under heap checks.
-test-host: test-cpp test-python test-heap
+# One leg: every test on PYTHON's torch.
+test-host: test-cpp test-python
 
 # The torch-2.x leg, in the Debian-unstable root.
 test-torch2:
@@ -108,7 +108,8 @@ lint: deps
 	$(PYTHON) -m flake8 --select=F python tests benchmarks examples && echo "flake8: clean"
 	python3 tests/lint/subsystem_deps.py --check >/dev/null && echo "subsystem dependencies: as in docs/architecture.md"
 
-test: test-host
+# The heap-checked run is made on the host's torch (once per `make test`).
+test: test-host test-heap
 ifeq ($(TORCH2_LEG),1)
 test: lint test-torch2
 endif

@@ -15,9 +15,7 @@ class LazyGuardImpl final : public c10::impl::DeviceGuardImplInterface {
   c10::Device exchangeDevice(c10::Device) const override {
     return c10::Device(lazy_device_type(), 0);
   }
-  c10::Device getDevice() const override {
-    return c10::Device(lazy_device_type(), 0);
-  }
+  c10::Device getDevice() const override { return c10::Device(lazy_device_type(), 0); }
   void setDevice(c10::Device) const override {}
   void uncheckedSetDevice(c10::Device) const noexcept override {}
   c10::Stream getStream(c10::Device) const noexcept override {

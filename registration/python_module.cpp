@@ -1,14 +1,14 @@
 // lazyinit._C: the Python binding. Wiring only; the logic is in src/.
-#include <lazyinit/record/capture.h>
 #include <lazyinit/core/device.h>
 #include <lazyinit/core/graph.h>
 #include <lazyinit/core/lazy_tensor_impl.h>
-#include <lazyinit/replay/flat_materialize.h>
-#include <lazyinit/shard/philox_region.h>
+#include <lazyinit/record/capture.h>
 #include <lazyinit/registration.h>
+#include <lazyinit/replay/flat_materialize.h>
 #include <lazyinit/replay/replay.h>
-#include <lazyinit/rng/mt19937_jump.h>
 #include <lazyinit/rng/chain.h>
+#include <lazyinit/rng/mt19937_jump.h>
+#include <lazyinit/shard/philox_region.h>
 #include <lazyinit/shard/shard_replay.h>
 
 #include <ATen/CPUGeneratorImpl.h>
@@ -161,14 +161,13 @@ py::object attr_of(const py::object& obj, const py::object& name) {
 // generator frame per module and level. `only_lazy`: lazy tensors alone.
 template <typename Visit>
 void visit_module_tensors(const py::object& root, bool only_lazy, Visit&& visit) {
-  static const py::object kModules = py::reinterpret_steal<py::object>(
-      PyUnicode_InternFromString("_modules"));
-  static const py::object kParameters = py::reinterpret_steal<py::object>(
-      PyUnicode_InternFromString("_parameters"));
-  static const py::object kBuffers = py::reinterpret_steal<py::object>(
-      PyUnicode_InternFromString("_buffers"));
-  static const py::object kDot = py::reinterpret_steal<py::object>(
-      PyUnicode_InternFromString("."));
+  static const py::object kModules =
+      py::reinterpret_steal<py::object>(PyUnicode_InternFromString("_modules"));
+  static const py::object kParameters =
+      py::reinterpret_steal<py::object>(PyUnicode_InternFromString("_parameters"));
+  static const py::object kBuffers =
+      py::reinterpret_steal<py::object>(PyUnicode_InternFromString("_buffers"));
+  static const py::object kDot = py::reinterpret_steal<py::object>(PyUnicode_InternFromString("."));
   struct Module {
     py::object dotted;  // "name." ("" at the root)
     py::object module;
@@ -186,9 +185,8 @@ void visit_module_tensors(const py::object& root, bool only_lazy, Visit&& visit)
     }
     // `name.` ("" at the root), made once per module: each name below it
     // is then one concatenation.
-    py::object dotted = PyUnicode_GET_LENGTH(entry.first.ptr()) == 0
-        ? entry.first
-        : concat(entry.first, kDot);
+    py::object dotted =
+        PyUnicode_GET_LENGTH(entry.first.ptr()) == 0 ? entry.first : concat(entry.first, kDot);
     children.clear();
     for_each_item(attr_of(entry.second, kModules), [&](py::handle key, py::handle child) {
       if (!child.is_none()) {
@@ -209,9 +207,8 @@ void visit_module_tensors(const py::object& root, bool only_lazy, Visit&& visit)
         if (value.is_none() || !seen_tensors.insert(value.ptr()).second) {
           return;
         }
-        if (only_lazy &&
-            (!THPVariable_Check(value.ptr()) ||
-             tensor_state(THPVariable_Unpack(value.ptr())) != 1)) {
+        if (only_lazy && (!THPVariable_Check(value.ptr()) ||
+                          tensor_state(THPVariable_Unpack(value.ptr())) != 1)) {
           return;
         }
         visit(concat(entry.dotted, key), value, is_param);
@@ -261,7 +258,7 @@ std::string python_location() {
         path.rfind("<frozen", 0) != 0) {
       const char* name = PyUnicode_AsUTF8(code->co_name);
       out = path + ":" + std::to_string(PyFrame_GetLineNumber(frame)) + " in " +
-          (name != nullptr ? name : "?");
+            (name != nullptr ? name : "?");
     }
     Py_DECREF(code);
     PyFrameObject* back = PyFrame_GetBack(frame);  // new reference
@@ -281,8 +278,9 @@ PYBIND11_MODULE(_C, m) {
   set_blocking_lock_hook(&wait_without_gil);
   set_location_hook(&python_location);
   m.doc() = "lazyinit's C++ core: the lazy device backend.";
-  m.def("_register", &register_backend,
-        "Registers the lazy backend with the dispatcher (idempotent).");
+  m.def(
+      "_register", &register_backend,
+      "Registers the lazy backend with the dispatcher (idempotent).");
   m.def("_lazy_device_type", [] {
     return std::string(c10::DeviceTypeName(lazy_device_type(), /*lower_case=*/true));
   });
@@ -294,9 +292,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("_tensor_state", &tensor_state);
   m.def("_module_tensors", &module_tensors, py::arg("module"), py::arg("only_lazy") = false);
   m.def("_was_early", &was_early);
-  m.def("_home_device", [](const at::Tensor& t) {
-    return pending_storage(t).home_device.str();
-  });
+  m.def("_home_device", [](const at::Tensor& t) { return pending_storage(t).home_device.str(); });
   m.def(
       "_materialize",
       [](const at::Tensor& t, c10::optional<std::string> device, bool settle) {
@@ -379,8 +375,8 @@ PYBIND11_MODULE(_C, m) {
       return int64_t{0};
     }
     const auto& impls = impl->lazy_storage()->impls;
-    return static_cast<int64_t>(std::count_if(
-        impls.begin(), impls.end(), [](const auto& w) { return !w.expired(); }));
+    return static_cast<int64_t>(
+        std::count_if(impls.begin(), impls.end(), [](const auto& w) { return !w.expired(); }));
   });
   m.def("_register_immutable_source", &register_immutable_source);
   m.def("_register_mapped_source", &register_mapped_source);
@@ -405,21 +401,24 @@ PYBIND11_MODULE(_C, m) {
     std::vector<std::string> names;
     if (auto* impl = get_pending_impl(t)) {
       for (const auto& entry : impl->lazy_storage()->tape) {
-        names.push_back(entry.node->is_constant() ? std::string("<constant>")
-                                                  : entry.node->op->schema().name());
+        names.push_back(
+            entry.node->is_constant() ? std::string("<constant>")
+                                      : entry.node->op->schema().name());
       }
     }
     return names;
   });
-  m.def("_check_target_device", [](const std::string& device, const std::string& what) {
-    check_target_device(c10::Device(device), what.c_str());
-  }, py::arg("device"), py::arg("what") = "");
+  m.def(
+      "_check_target_device",
+      [](const std::string& device, const std::string& what) {
+        check_target_device(c10::Device(device), what.c_str());
+      },
+      py::arg("device"), py::arg("what") = "");
   m.def("_initial_seed", &rng_initial_seed);
   m.def(
       "_philox_region_fill",
       [](const std::vector<std::pair<int64_t, at::Tensor>>& pieces, const std::string& kind,
-         uint64_t seed, uint64_t offset, int64_t numel, int64_t grid_limit, double a,
-         double b) {
+         uint64_t seed, uint64_t offset, int64_t numel, int64_t grid_limit, double a, double b) {
         py::gil_scoped_release no_gil;
         TORCH_CHECK(kind == "normal" || kind == "uniform", "kind: 'normal' or 'uniform'");
         std::vector<PhiloxPiece> list;
@@ -447,10 +446,9 @@ PYBIND11_MODULE(_C, m) {
       },
       py::arg("tensor"), py::arg("placements"), py::arg("device"), py::arg("dest") = py::none());
   m.def(
-      "_materialize_shards",
-      [](const std::vector<at::Tensor>& tensors,
-         const std::vector<std::vector<std::array<int64_t, 4>>>& placements,
-         const std::string& device) {
+      "_materialize_shards", [](const std::vector<at::Tensor>& tensors,
+                                const std::vector<std::vector<std::array<int64_t, 4>>>& placements,
+                                const std::string& device) {
         std::vector<std::vector<Placement>> lists;
         for (const auto& p : placements) {
           lists.push_back(placements_from(p));
@@ -461,18 +459,18 @@ PYBIND11_MODULE(_C, m) {
   m.def(
       "_materialize_module_shards",
       [](const py::object& module, const py::object& placement_fn, const py::function& encode,
-         const std::optional<std::pair<std::vector<std::array<int64_t, 4>>,
-                                       std::vector<std::array<int64_t, 4>>>>& by_kind,
+         const std::optional<std::pair<
+             std::vector<std::array<int64_t, 4>>, std::vector<std::array<int64_t, 4>>>>& by_kind,
          const std::string& device) {
         std::vector<py::object> names;
         std::vector<py::object> values;
         std::vector<bool> is_param;
-        visit_module_tensors(module, /*only_lazy=*/false,
-                             [&](py::object name, py::handle value, bool param) {
-          names.push_back(std::move(name));
-          values.push_back(py::reinterpret_borrow<py::object>(value));
-          is_param.push_back(param);
-        });
+        visit_module_tensors(
+            module, /*only_lazy=*/false, [&](py::object name, py::handle value, bool param) {
+              names.push_back(std::move(name));
+              values.push_back(py::reinterpret_borrow<py::object>(value));
+              is_param.push_back(param);
+            });
         // lazyinit.ByKind: placements by kind, decided here without a Python
         // call a tensor. A 0-dim tensor has nothing to split: replicated.
         std::vector<Placement> parameters;
@@ -487,8 +485,9 @@ PYBIND11_MODULE(_C, m) {
         std::unordered_map<PyObject*, size_t> index;
         std::vector<std::pair<py::object, std::vector<Placement>>> encoded;
         auto placement_of = [&](size_t i) -> const std::vector<Placement>& {
-          TORCH_CHECK(THPVariable_Check(values[i].ptr()), "lazyinit: ",
-                      py::str(names[i]).cast<std::string>(), " is neither None nor a tensor");
+          TORCH_CHECK(
+              THPVariable_Check(values[i].ptr()),
+              "lazyinit: ", py::str(names[i]).cast<std::string>(), " is neither None nor a tensor");
           if (by_kind) {
             if (THPVariable_Unpack(values[i].ptr()).dim() == 0) {
               return replicate;
@@ -571,22 +570,25 @@ PYBIND11_MODULE(_C, m) {
     py::gil_scoped_release no_gil;
     std::lock_guard<std::mutex> lock(gen.mutex());
     at::mt19937 engine = impl->engine();
-    mt19937_discard(engine,
-                    n,
-                    how == "step"   ? Mt19937Skip::kStep
-                    : how == "jump" ? Mt19937Skip::kJump
-                                    : Mt19937Skip::kAuto);
+    mt19937_discard(
+        engine, n,
+        how == "step"   ? Mt19937Skip::kStep
+        : how == "jump" ? Mt19937Skip::kJump
+                        : Mt19937Skip::kAuto);
     impl->set_engine(engine);
   });
   m.def("_mt19937_jump_twists", &mt19937_jump_twists);
   m.def("_set_mt19937_jump_twists", &set_mt19937_jump_twists);
-  m.def("_rng_catch_up", [](c10::optional<at::Generator> gen) {
-    if (gen.has_value() && !gen->device().is_cpu()) {
-      return;  // lazy draws are counted on CPU generators only
-    }
-    py::gil_scoped_release no_gil;
-    rng_catch_up_default(gen);
-  }, py::arg("generator") = py::none());
+  m.def(
+      "_rng_catch_up",
+      [](c10::optional<at::Generator> gen) {
+        if (gen.has_value() && !gen->device().is_cpu()) {
+          return;  // lazy draws are counted on CPU generators only
+        }
+        py::gil_scoped_release no_gil;
+        rng_catch_up_default(gen);
+      },
+      py::arg("generator") = py::none());
   // Replaces a method of a (static) extension type, for the wrappers of
   // torch.Generator's state readers (_patches.py). Such types take no
   // attribute assignment from Python; their dict can be updated from C.

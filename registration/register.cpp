@@ -15,9 +15,9 @@
 #include <lazyinit/replay/replay.h>
 #include <lazyinit/rng/chain.h>
 
+#include <ATen/CPUGeneratorImpl.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/core/dispatch/Dispatcher.h>
-#include <ATen/CPUGeneratorImpl.h>
 #include <ATen/ops/dropout.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/equal.h>
@@ -36,23 +36,17 @@ namespace {
 // Ops whose recording would give wrong values; they fail with a message.
 const std::set<std::string>& unsupported_ops() {
   static const std::set<std::string> names = {
-      "set_",           // rebinds storage: not a value of the tape
+      "set_",  // rebinds storage: not a value of the tape
       "_cudnn_rnn_flatten_weight",
   };
   return names;
 }
 
-void recorder_kernel(
-    const c10::OperatorHandle& op,
-    c10::DispatchKeySet,
-    torch::jit::Stack* stack) {
+void recorder_kernel(const c10::OperatorHandle& op, c10::DispatchKeySet, torch::jit::Stack* stack) {
   record_op(op, stack);
 }
 
-void unsupported_kernel(
-    const c10::OperatorHandle& op,
-    c10::DispatchKeySet,
-    torch::jit::Stack*) {
+void unsupported_kernel(const c10::OperatorHandle& op, c10::DispatchKeySet, torch::jit::Stack*) {
   TORCH_CHECK(
       false, "lazyinit: ", op.schema().operator_name(),
       " cannot be recorded on lazy tensors. Materialize the tensors it "
@@ -64,10 +58,7 @@ void unsupported_kernel(
 // Module.to() keeps every Parameter object and tie) and to() then sees a
 // tensor already there; otherwise the usual composite implementation runs
 // (returning self, or recording _to_copy).
-void to_kernel(
-    const c10::OperatorHandle& op,
-    c10::DispatchKeySet,
-    torch::jit::Stack* stack) {
+void to_kernel(const c10::OperatorHandle& op, c10::DispatchKeySet, torch::jit::Stack* stack) {
   const auto& schema = op.schema();
   const size_t num_args = schema.arguments().size();
   auto args = torch::jit::last(*stack, num_args);
@@ -81,8 +72,7 @@ void to_kernel(
   } else if (overload == "other") {
     target = args[1].toTensor().device();
   }
-  if (target.has_value() && !is_lazy_device(*target) &&
-      get_pending_impl(self) != nullptr) {
+  if (target.has_value() && !is_lazy_device(*target) && get_pending_impl(self) != nullptr) {
     auto lock = lock_graph();  // Tensor.to() holds the GIL
     // The generator is not caught up here: a real random op that follows
     // (torchaudio's `w.copy_(w.cpu().normal_().to(w.device))`) catches it
@@ -126,10 +116,7 @@ at::MemoryFormat dropout_mask_format() {
 // targets the CPU: run the CPU path, _dropout (ATen/native/Dropout.cpp), op
 // by op; each op is recorded, and autograd (which falls through to this
 // kernel) sees them as it would see the composite.
-void dropout_kernel(
-    const c10::OperatorHandle& op,
-    c10::DispatchKeySet,
-    torch::jit::Stack* stack) {
+void dropout_kernel(const c10::OperatorHandle& op, c10::DispatchKeySet, torch::jit::Stack* stack) {
   auto args = torch::jit::last(*stack, 3);
   const at::Tensor input = args[0].toTensor();
   const double p = args[1].toDouble();
@@ -159,13 +146,11 @@ void check_lazy_key_free() {
 
 bool is_composite_explicit(const c10::OperatorHandle& op) {
   return op.hasKernelForDispatchKey(c10::DispatchKey::CompositeExplicitAutograd) ||
-      op.hasKernelForDispatchKey(
-             c10::DispatchKey::CompositeExplicitAutogradNonFunctional);
+         op.hasKernelForDispatchKey(c10::DispatchKey::CompositeExplicitAutogradNonFunctional);
 }
 
 std::string qualified(const c10::OperatorName& name) {
-  return name.overload_name.empty() ? name.name
-                                    : name.name + "." + name.overload_name;
+  return name.overload_name.empty() ? name.name : name.name + "." + name.overload_name;
 }
 
 // Tensor.to and dropout are CompositeImplicitAutograd ops given a kernel of
@@ -198,13 +183,9 @@ void register_kernels(torch::Library& lib, torch::Library& fallback, c10::Dispat
     const std::string bare = name.name.substr(6);
     std::string local = qualified(c10::OperatorName(bare, name.overload_name));
     if (unsupported_ops().count(bare)) {
-      lib.impl(
-          local.c_str(),
-          torch::CppFunction::makeFromBoxedFunction<&unsupported_kernel>());
+      lib.impl(local.c_str(), torch::CppFunction::makeFromBoxedFunction<&unsupported_kernel>());
     } else if (is_composite_explicit(*op)) {
-      lib.impl(
-          local.c_str(),
-          torch::CppFunction::makeFromBoxedFunction<&recorder_kernel>());
+      lib.impl(local.c_str(), torch::CppFunction::makeFromBoxedFunction<&recorder_kernel>());
     }
   }
   fallback.fallback(torch::CppFunction::makeFromBoxedFunction<&recorder_kernel>());
@@ -226,10 +207,8 @@ void register_backend() {
     // collide with out-of-tree PrivateUse1 backends.
     const c10::DispatchKey key = lazy_dispatch_key();
     check_lazy_key_free();
-    lib = std::make_unique<torch::Library>(
-        torch::Library::IMPL, "aten", key, __FILE__, __LINE__);
-    fallback = std::make_unique<torch::Library>(
-        torch::Library::IMPL, "_", key, __FILE__, __LINE__);
+    lib = std::make_unique<torch::Library>(torch::Library::IMPL, "aten", key, __FILE__, __LINE__);
+    fallback = std::make_unique<torch::Library>(torch::Library::IMPL, "_", key, __FILE__, __LINE__);
     register_kernels(*lib, *fallback, key);
     autograd = std::make_unique<torch::Library>(
         torch::Library::IMPL, "aten", c10::DispatchKey::AutogradLazy, __FILE__, __LINE__);

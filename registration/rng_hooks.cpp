@@ -36,9 +36,7 @@ c10::optional<c10::Device> optional_arg(const c10::IValue& v) {
 }
 
 void random_factory_backend_select(
-    const c10::OperatorHandle& op,
-    c10::DispatchKeySet ks,
-    torch::jit::Stack* stack) {
+    const c10::OperatorHandle& op, c10::DispatchKeySet ks, torch::jit::Stack* stack) {
   const auto& schema = op.schema();
   const auto& arguments = schema.arguments();
   auto args = torch::jit::last(*stack, arguments.size());
@@ -80,9 +78,7 @@ void random_factory_backend_select(
 // caught up first: eager construction would have drawn the pending lazy
 // ops' numbers before this call. Lazy tensors pass through (they record).
 void random_op_backend_select(
-    const c10::OperatorHandle& op,
-    c10::DispatchKeySet ks,
-    torch::jit::Stack* stack) {
+    const c10::OperatorHandle& op, c10::DispatchKeySet ks, torch::jit::Stack* stack) {
   if (rng_any_chain_recorded()) {
     const auto& arguments = op.schema().arguments();
     auto args = torch::jit::last(*stack, arguments.size());
@@ -99,8 +95,7 @@ void random_op_backend_select(
         real_cpu = real_cpu || t.device().is_cpu();
       }
     }
-    const bool cpu_generator =
-        generator.has_value() ? generator->device().is_cpu() : real_cpu;
+    const bool cpu_generator = generator.has_value() ? generator->device().is_cpu() : real_cpu;
     if (!lazy && cpu_generator) {
       rng_catch_up_default(generator);
     }
@@ -144,8 +139,7 @@ void register_rng_hooks() {
           torch::CppFunction::makeFromBoxedFunction<&random_factory_backend_select>());
     } else if (!is_composite_implicit(*op)) {
       lib->impl(
-          local.c_str(),
-          torch::CppFunction::makeFromBoxedFunction<&random_op_backend_select>());
+          local.c_str(), torch::CppFunction::makeFromBoxedFunction<&random_op_backend_select>());
     }
   }
 }

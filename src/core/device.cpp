@@ -3,7 +3,6 @@
 #include <c10/core/DispatchKeySet.h>
 #include <c10/util/Exception.h>
 
-
 namespace lazyinit {
 namespace {
 

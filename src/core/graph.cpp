@@ -116,14 +116,8 @@ std::unique_lock<std::recursive_mutex> lock_graph() {
   return lock;
 }
 
-LazyStorage::LazyStorage(
-    int64_t nbytes_,
-    caffe2::TypeMeta dtype_,
-    c10::Device home_device_)
-    : id(g_next_storage_id++),
-      nbytes(nbytes_),
-      dtype(dtype_),
-      home_device(home_device_) {}
+LazyStorage::LazyStorage(int64_t nbytes_, caffe2::TypeMeta dtype_, c10::Device home_device_)
+    : id(g_next_storage_id++), nbytes(nbytes_), dtype(dtype_), home_device(home_device_) {}
 
 LazyStorage::~LazyStorage() {
   // Random nodes that die unreplayed still drew numbers in eager mode: their
@@ -180,8 +174,8 @@ void LazyStorage::freeze_for_readers() {
   frozen->early = early;
   for (auto& reader : readers) {
     for (auto& slot : reader->tensors) {
-      if (slot.ref.kind == TensorRef::Kind::kLazy &&
-          slot.ref.storage.get() == this && slot.ref.version == version) {
+      if (slot.ref.kind == TensorRef::Kind::kLazy && slot.ref.storage.get() == this &&
+          slot.ref.version == version) {
         slot.ref.storage = frozen;
       }
     }

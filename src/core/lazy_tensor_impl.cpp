@@ -16,11 +16,8 @@ c10::DispatchKeySet lazy_key_set() {
 }  // namespace
 
 LazyTensorImpl::LazyTensorImpl(
-    LazyStoragePtr storage,
-    const Geometry& geometry,
-    caffe2::TypeMeta dtype)
-    : c10::TensorImpl(lazy_key_set(), dtype, lazy_device()),
-      lazy_storage_(std::move(storage)) {
+    LazyStoragePtr storage, const Geometry& geometry, caffe2::TypeMeta dtype)
+    : c10::TensorImpl(lazy_key_set(), dtype, lazy_device()), lazy_storage_(std::move(storage)) {
   // Code that reaches for data (data_ptr, storage) must fail loudly rather
   // than read garbage: there is none until materialization.
   set_storage_access_should_throw();
@@ -58,9 +55,8 @@ void LazyTensorImpl::become(const at::Tensor& real, bool early, int64_t replays)
   // Keep autograd keys: replay may have run where they were off.
   const auto autograd_keys = c10::autograd_dispatch_keyset_with_ADInplaceOrView;
   if (old_keys.has_any(autograd_keys)) {
-    key_set_ = key_set_ |
-        c10::getAutogradRelatedKeySetFromBackend(key_set_.highestBackendKey()) |
-        c10::DispatchKeySet(c10::DispatchKey::ADInplaceOrView);
+    key_set_ = key_set_ | c10::getAutogradRelatedKeySetFromBackend(key_set_.highestBackendKey()) |
+               c10::DispatchKeySet(c10::DispatchKey::ADInplaceOrView);
   }
   refresh_numel();
   refresh_contiguous();
@@ -77,16 +73,13 @@ void LazyTensorImpl::rebind(LazyStoragePtr storage, const Geometry& geometry) {
 
 template <typename VariableVersion>
 c10::intrusive_ptr<c10::TensorImpl> LazyTensorImpl::detach_impl(
-    VariableVersion&& version_counter,
-    bool allow_tensor_metadata_change) const {
+    VariableVersion&& version_counter, bool allow_tensor_metadata_change) const {
   if (!is_pending()) {
     // Real by now: detach like any dense tensor.
     return c10::TensorImpl::shallow_copy_and_detach(
-        std::forward<VariableVersion>(version_counter),
-        allow_tensor_metadata_change);
+        std::forward<VariableVersion>(version_counter), allow_tensor_metadata_change);
   }
-  auto impl = c10::make_intrusive<LazyTensorImpl>(
-      lazy_storage_, geometry(), dtype());
+  auto impl = c10::make_intrusive<LazyTensorImpl>(lazy_storage_, geometry(), dtype());
   impl->set_version_counter(std::forward<VariableVersion>(version_counter));
   impl->set_allow_tensor_metadata_change(allow_tensor_metadata_change);
   impl->was_early_ = was_early_;
@@ -95,19 +88,16 @@ c10::intrusive_ptr<c10::TensorImpl> LazyTensorImpl::detach_impl(
 }
 
 c10::intrusive_ptr<c10::TensorImpl> LazyTensorImpl::shallow_copy_and_detach(
-    const c10::VariableVersion& version_counter,
-    bool allow_tensor_metadata_change) const {
+    const c10::VariableVersion& version_counter, bool allow_tensor_metadata_change) const {
   return detach_impl(version_counter, allow_tensor_metadata_change);
 }
 
 c10::intrusive_ptr<c10::TensorImpl> LazyTensorImpl::shallow_copy_and_detach(
-    c10::VariableVersion&& version_counter,
-    bool allow_tensor_metadata_change) const {
+    c10::VariableVersion&& version_counter, bool allow_tensor_metadata_change) const {
   return detach_impl(std::move(version_counter), allow_tensor_metadata_change);
 }
 
-void LazyTensorImpl::shallow_copy_from(
-    const c10::intrusive_ptr<c10::TensorImpl>& impl) {
+void LazyTensorImpl::shallow_copy_from(const c10::intrusive_ptr<c10::TensorImpl>& impl) {
   if (impl.get() == this) {
     return;  // `param.data = param`, as Module._apply does after .to()
   }
@@ -153,11 +143,9 @@ LazyTensorImpl* get_pending_impl(const at::Tensor& t) {
 }
 
 at::Tensor make_lazy_tensor(
-    LazyStoragePtr storage,
-    const Geometry& geometry,
-    c10::optional<caffe2::TypeMeta> dtype) {
-  auto impl = c10::make_intrusive<LazyTensorImpl>(
-      storage, geometry, dtype.value_or(storage->dtype));
+    LazyStoragePtr storage, const Geometry& geometry, c10::optional<caffe2::TypeMeta> dtype) {
+  auto impl =
+      c10::make_intrusive<LazyTensorImpl>(storage, geometry, dtype.value_or(storage->dtype));
   storage->add_impl(impl.get());
   return at::Tensor(std::move(impl));
 }

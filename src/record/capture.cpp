@@ -122,8 +122,9 @@ void advise(const at::Tensor& t, int advice) {
   }
   const auto base = reinterpret_cast<uintptr_t>(t.storage().data());
   const auto item = static_cast<uintptr_t>(t.element_size());
-  advise(base + static_cast<uintptr_t>(t.storage_offset()) * item,
-         base + static_cast<uintptr_t>(reach(t)) * item, advice);
+  advise(
+      base + static_cast<uintptr_t>(t.storage_offset()) * item,
+      base + static_cast<uintptr_t>(reach(t)) * item, advice);
 }
 
 bool mapped(const at::Tensor& t) {
@@ -204,8 +205,9 @@ CapturedSource capture_source(const at::Tensor& t) {
 }
 
 CaptureStats capture_stats() {
-  return {g_copies.load(), g_bytes.load(), g_zero_copy.load(), g_mapped_reads.load(),
-          g_mapped_read_bytes.load()};
+  return {
+      g_copies.load(), g_bytes.load(), g_zero_copy.load(), g_mapped_reads.load(),
+      g_mapped_read_bytes.load()};
 }
 
 }  // namespace lazyinit

@@ -2,10 +2,10 @@
 
 #include <lazyinit/core/device.h>
 #include <lazyinit/core/lazy_tensor_impl.h>
+#include <lazyinit/core/tensor_args.h>
 #include <lazyinit/record/op_info.h>
 #include <lazyinit/replay/replay.h>
 #include <lazyinit/rng/chain.h>
-#include <lazyinit/core/tensor_args.h>
 
 #include <ATen/ops/as_strided.h>
 #include <c10/util/Exception.h>
@@ -20,8 +20,7 @@ namespace {
 // A new lazy storage whose value is the real tensor `t`.
 at::Tensor wrap_constant(const at::Tensor& t) {
   const int64_t nbytes = static_cast<int64_t>(t.storage().nbytes());
-  auto storage =
-      c10::make_intrusive<LazyStorage>(nbytes, t.dtype(), default_device());
+  auto storage = c10::make_intrusive<LazyStorage>(nbytes, t.dtype(), default_device());
   const int64_t numel = nbytes / static_cast<int64_t>(t.dtype().itemsize());
   auto flat = at::as_strided(t, {numel}, {1}, 0);
   auto node = std::make_shared<Node>();
@@ -46,10 +45,7 @@ bool has_real_device_arg(const OpInfo& info, const std::vector<c10::IValue>& arg
 
 }  // namespace
 
-void run_early(
-    const c10::OperatorHandle& op,
-    torch::jit::Stack* stack,
-    const std::string& reason) {
+void run_early(const c10::OperatorHandle& op, torch::jit::Stack* stack, const std::string& reason) {
   auto lock = lock_graph();
   const auto& info = op_info(op);
   const size_t num_args = op.schema().arguments().size();
@@ -84,8 +80,7 @@ void run_early(
   for_each_tensor(args, [&](size_t i, int64_t e, const at::Tensor& t) {
     if (auto* impl = get_pending_impl(t)) {
       set_tensor(
-          real, i, e,
-          view_of(values[impl->lazy_storage().get()], impl->dtype(), impl->geometry()));
+          real, i, e, view_of(values[impl->lazy_storage().get()], impl->dtype(), impl->geometry()));
     }
   });
   for (size_t i : info.device_args) {
@@ -152,8 +147,7 @@ void run_early(
   std::vector<c10::IValue> outputs;
   for (size_t r = 0; r < real.size(); ++r) {
     const auto& v = real[r];
-    if (r < info.returns.size() &&
-        info.returns[r].kind == OpInfo::ReturnKind::kMutated) {
+    if (r < info.returns.size() && info.returns[r].kind == OpInfo::ReturnKind::kMutated) {
       outputs.push_back(args[info.returns[r].arg]);  // in-place: same object
     } else if (v.isTensor()) {
       outputs.emplace_back(wrap(v.toTensor()));

@@ -1,8 +1,8 @@
 #include <lazyinit/record/layout.h>
 
 #include <lazyinit/core/lazy_tensor_impl.h>
-#include <lazyinit/rng/chain.h>
 #include <lazyinit/core/tensor_args.h>
+#include <lazyinit/rng/chain.h>
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/core/Tensor.h>
@@ -71,9 +71,8 @@ bool stand_in_strides(
   const size_t n = sizes.size();
   std::vector<size_t> order(n);
   std::iota(order.begin(), order.end(), 0);
-  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
-    return strides[a] < strides[b];
-  });
+  std::stable_sort(
+      order.begin(), order.end(), [&](size_t a, size_t b) { return strides[a] < strides[b]; });
   std::vector<std::pair<int64_t, int64_t>> anchors = {{0, 0}, {1, 1}};  // (real, stand-in)
   out.assign(n, 0);
   for (size_t d : order) {
@@ -173,8 +172,7 @@ bool map_back(
   // The result took an input's strides (empty_like of a dense input).
   for (const auto& in : inputs) {
     if (cpu.sizes() == c10::IntArrayRef(in.sizes) &&
-        cpu.strides() == c10::IntArrayRef(in.strides) &&
-        real == c10::IntArrayRef(in.real_sizes)) {
+        cpu.strides() == c10::IntArrayRef(in.strides) && real == c10::IntArrayRef(in.real_sizes)) {
       strides = in.real_strides;
       return true;
     }
@@ -293,13 +291,9 @@ void shrink_factory_sizes(const c10::OperatorHandle& op, std::vector<c10::IValue
 }
 
 c10::optional<StandInCall> make_stand_in_call(
-    const c10::OperatorHandle& op,
-    const OpInfo& info,
-    const std::vector<c10::IValue>& args) {
+    const c10::OperatorHandle& op, const OpInfo& info, const std::vector<c10::IValue>& args) {
   SizeMap size_map;
-  for_each_tensor(args, [&](size_t, int64_t, const at::Tensor& t) {
-    size_map.add(t.sizes());
-  });
+  for_each_tensor(args, [&](size_t, int64_t, const at::Tensor& t) { size_map.add(t.sizes()); });
   size_map.finish();
 
   StandInCall call;
@@ -362,7 +356,7 @@ bool is_value_independent(const c10::Error& e) {
     return true;
   }
   return std::string(e.what_without_backtrace()).find(" not implemented for '") !=
-      std::string::npos;
+         std::string::npos;
 }
 
 // Runs the CPU kernel on the stand-ins. An error eager would raise too is
@@ -371,9 +365,7 @@ bool is_value_independent(const c10::Error& e) {
 // so every error they raise on a stand-in is eager's: torch 2.x's Meta
 // decomposition of uniform_ does not check from <= to.
 bool run_stand_in_call(
-    const c10::OperatorHandle& op,
-    const OpInfo& info,
-    std::vector<c10::IValue>& stack) {
+    const c10::OperatorHandle& op, const OpInfo& info, std::vector<c10::IValue>& stack) {
   c10::optional<GenState> saved;
   at::Generator default_gen = at::detail::getDefaultCPUGenerator();
   if (info.random) {
@@ -407,9 +399,7 @@ bool run_stand_in_call(
 // Replaces the strides (and dtype) of fresh and resized results in
 // `meta_stack` with those of the CPU run, mapped back to the real sizes.
 void take_cpu_layouts(
-    const OpInfo& info,
-    const StandInCall& call,
-    std::vector<c10::IValue>& meta_stack) {
+    const OpInfo& info, const StandInCall& call, std::vector<c10::IValue>& meta_stack) {
   const auto& cpu = call.stack;
   if (cpu.size() != meta_stack.size()) {
     return;
@@ -456,8 +446,8 @@ void check_on_cpu(
   // Layouts: Meta and CPU kernels agree where every input has exactly the
   // strides of a contiguous tensor of its sizes; an in-place op keeps the
   // written tensor's layout.
-  const bool layout = (info.written_args.empty() || resizes_written(info, args, meta_stack)) &&
-      needs_check(args);
+  const bool layout =
+      (info.written_args.empty() || resizes_written(info, args, meta_stack)) && needs_check(args);
   auto call = make_stand_in_call(op, info, args);
   if (!call) {
     return;

@@ -18,8 +18,19 @@ namespace {
 constexpr size_t kMaxEntries = 4096;
 
 enum Tag : int64_t {
-  kNone = 1, kInt, kDouble, kBool, kIntList, kDoubleList, kBoolList, kList,
-  kDevice, kGenerator, kUndefined, kLazy, kReal,
+  kNone = 1,
+  kInt,
+  kDouble,
+  kBool,
+  kIntList,
+  kDoubleList,
+  kBoolList,
+  kList,
+  kDevice,
+  kGenerator,
+  kUndefined,
+  kLazy,
+  kReal,
 };
 
 struct KeyHash {

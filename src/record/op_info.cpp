@@ -77,12 +77,9 @@ struct UnannotatedWrite {
 
 const std::vector<UnannotatedWrite>& unannotated_writes() {
   static const std::vector<UnannotatedWrite> table = {
-      {"aten::native_batch_norm", {3, 4}, 5},
-      {"aten::cudnn_batch_norm", {3, 4}, 5},
-      {"aten::miopen_batch_norm", {3, 4}, 5},
-      {"aten::batch_norm_update_stats", {1, 2}, -1},
-      {"aten::rrelu_with_noise", {1}, 4},
-      {"aten::rrelu_with_noise_", {1}, 4},
+      {"aten::native_batch_norm", {3, 4}, 5}, {"aten::cudnn_batch_norm", {3, 4}, 5},
+      {"aten::miopen_batch_norm", {3, 4}, 5}, {"aten::batch_norm_update_stats", {1, 2}, -1},
+      {"aten::rrelu_with_noise", {1}, 4},     {"aten::rrelu_with_noise_", {1}, 4},
   };
   return table;
 }
@@ -118,8 +115,7 @@ OpInfo analyze(const c10::OperatorHandle& op) {
         for (const auto& arg_set : alias_sets(args[i])) {
           if (arg_set == set) {
             r.arg = static_cast<int64_t>(i);
-            r.kind = is_write(args[i]) ? OpInfo::ReturnKind::kMutated
-                                       : OpInfo::ReturnKind::kView;
+            r.kind = is_write(args[i]) ? OpInfo::ReturnKind::kMutated : OpInfo::ReturnKind::kView;
           }
         }
       }
@@ -140,23 +136,48 @@ OpInfo analyze(const c10::OperatorHandle& op) {
   info.random = is_random_op(schema);
   {
     static const std::set<std::string> cannot_fail = {
-        "aten::empty", "aten::empty_strided", "aten::empty_like", "aten::zeros",
-        "aten::zeros_like", "aten::ones", "aten::ones_like", "aten::full", "aten::full_like",
-        "aten::new_empty", "aten::new_empty_strided", "aten::new_zeros", "aten::new_ones",
-        "aten::new_full", "aten::fill_", "aten::zero_", "aten::normal_", "aten::uniform_",
-        "aten::rand", "aten::randn", "aten::copy_", "aten::_to_copy", "aten::clone",
-        "aten::mul", "aten::mul_", "aten::add", "aten::add_", "aten::sub", "aten::sub_",
-        "aten::div", "aten::div_", "aten::arange", "aten::linspace",
+        "aten::empty",
+        "aten::empty_strided",
+        "aten::empty_like",
+        "aten::zeros",
+        "aten::zeros_like",
+        "aten::ones",
+        "aten::ones_like",
+        "aten::full",
+        "aten::full_like",
+        "aten::new_empty",
+        "aten::new_empty_strided",
+        "aten::new_zeros",
+        "aten::new_ones",
+        "aten::new_full",
+        "aten::fill_",
+        "aten::zero_",
+        "aten::normal_",
+        "aten::uniform_",
+        "aten::rand",
+        "aten::randn",
+        "aten::copy_",
+        "aten::_to_copy",
+        "aten::clone",
+        "aten::mul",
+        "aten::mul_",
+        "aten::add",
+        "aten::add_",
+        "aten::sub",
+        "aten::sub_",
+        "aten::div",
+        "aten::div_",
+        "aten::arange",
+        "aten::linspace",
     };
-    const bool is_view = std::any_of(info.returns.begin(), info.returns.end(),
-                                     [](const OpInfo::Return& r) {
-                                       return r.kind == OpInfo::ReturnKind::kView;
-                                     });
+    const bool is_view = std::any_of(
+        info.returns.begin(), info.returns.end(),
+        [](const OpInfo::Return& r) { return r.kind == OpInfo::ReturnKind::kView; });
     info.may_fail_on_values = !is_view && cannot_fail.count(schema.name()) == 0;
   }
   info.is_copy = schema.name() == "aten::copy_" && schema.overload_name().empty();
   info.in_place_arithmetic = schema.name() == "aten::add_" || schema.name() == "aten::sub_" ||
-      schema.name() == "aten::mul_" || schema.name() == "aten::div_";
+                             schema.name() == "aten::mul_" || schema.name() == "aten::div_";
   if (schema.overload_name().empty()) {
     if (schema.name() == "aten::normal_") {
       info.plain_fill = OpInfo::PlainFill::kNormal;
@@ -175,8 +196,8 @@ std::vector<size_t> written_args_of(const OpInfo& info, const std::vector<c10::I
     return written;
   }
   const int64_t cond = info.unannotated_write_if;
-  if (cond >= 0 && !(cond < static_cast<int64_t>(args.size()) && args[cond].isBool() &&
-                     args[cond].toBool())) {
+  if (cond >= 0 &&
+      !(cond < static_cast<int64_t>(args.size()) && args[cond].isBool() && args[cond].toBool())) {
     return written;
   }
   for (size_t i : info.unannotated_writes) {

@@ -5,22 +5,22 @@
 // outputs start new storages. Ops that cannot be recorded run early.
 #include <lazyinit/record/recorder.h>
 
-#include <lazyinit/record/capture.h>
 #include <lazyinit/core/device.h>
+#include <lazyinit/core/lazy_tensor_impl.h>
+#include <lazyinit/core/tensor_args.h>
+#include <lazyinit/record/capture.h>
 #include <lazyinit/record/early.h>
 #include <lazyinit/record/layout.h>
-#include <lazyinit/core/lazy_tensor_impl.h>
 #include <lazyinit/record/meta_cache.h>
 #include <lazyinit/record/op_info.h>
 #include <lazyinit/rng/chain.h>
-#include <lazyinit/core/tensor_args.h>
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/ExpandUtils.h>
 #include <ATen/ops/as_strided.h>
-#include <ATen/ops/result_type.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_strided.h>
+#include <ATen/ops/result_type.h>
 #include <c10/core/DefaultDtype.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Exception.h>
@@ -40,15 +40,12 @@ at::Tensor meta_for_lazy(const LazyTensorImpl& impl) {
   const auto& storage = *impl.lazy_storage();
   auto options = at::TensorOptions().dtype(storage.dtype).device(at::kMeta);
   const int64_t itemsize = static_cast<int64_t>(impl.dtype().itemsize());
-  if (impl.storage_offset() == 0 &&
-      impl.geometry().extent() * itemsize == storage.nbytes) {
+  if (impl.storage_offset() == 0 && impl.geometry().extent() * itemsize == storage.nbytes) {
     // The view covers its storage exactly (the common case): one op.
-    return at::empty_strided(
-        impl.sizes(), impl.strides(), options.dtype(impl.dtype()));
+    return at::empty_strided(impl.sizes(), impl.strides(), options.dtype(impl.dtype()));
   }
   auto base = typed_view(at::empty({storage.numel()}, options), impl.dtype());
-  return at::as_strided(
-      base, impl.sizes(), impl.strides(), impl.storage_offset());
+  return at::as_strided(base, impl.sizes(), impl.strides(), impl.storage_offset());
 }
 
 at::Tensor meta_for_real(const at::Tensor& t) {
@@ -57,8 +54,7 @@ at::Tensor meta_for_real(const at::Tensor& t) {
   if (t.dim() == 0 && t.device().is_cpu()) {
     return t;
   }
-  return at::empty_strided(
-      t.sizes(), t.strides(), t.options().device(at::kMeta));
+  return at::empty_strided(t.sizes(), t.strides(), t.options().device(at::kMeta));
 }
 
 // True for errors a Meta kernel raises because it needs values.
@@ -71,8 +67,7 @@ bool is_meta_limitation(const c10::Error& e) {
 }
 
 int64_t tensor_version(const at::Tensor& t) {
-  return t.is_inference() ? -1
-                          : static_cast<int64_t>(t._version());
+  return t.is_inference() ? -1 : static_cast<int64_t>(t._version());
 }
 
 struct Inputs {
@@ -171,8 +166,7 @@ bool infer_on_meta(
   copy_tensor_lists(meta_stack);
   for_each_tensor(args, [&](size_t i, int64_t e, const at::Tensor& t) {
     auto* impl = get_pending_impl(t);
-    set_tensor(
-        meta_stack, i, e, impl ? meta_for_lazy(*impl) : meta_for_real(t));
+    set_tensor(meta_stack, i, e, impl ? meta_for_lazy(*impl) : meta_for_real(t));
   });
   for (size_t i : info.device_args) {
     if (meta_stack[i].isDevice()) {
@@ -204,17 +198,15 @@ bool infer_on_meta(
 // error comes at this call. An empty tensor draws nothing, and the scratch
 // generator is not the caller's.
 void check_random_arguments_on_cpu(
-    const c10::OperatorHandle& op,
-    const OpInfo& info,
-    const std::vector<c10::IValue>& args) {
+    const c10::OperatorHandle& op, const OpInfo& info, const std::vector<c10::IValue>& args) {
   if (info.generator_arg < 0 || info.written_args.empty()) {
     return;
   }
   bool only_written = true;
   for_each_tensor(args, [&](size_t i, int64_t, const at::Tensor&) {
-    only_written = only_written &&
-        std::find(info.written_args.begin(), info.written_args.end(), i) !=
-            info.written_args.end();
+    only_written =
+        only_written &&
+        std::find(info.written_args.begin(), info.written_args.end(), i) != info.written_args.end();
   });
   if (!only_written) {
     return;
@@ -224,8 +216,7 @@ void check_random_arguments_on_cpu(
   for_each_tensor(args, [&](size_t i, int64_t e, const at::Tensor& t) {
     set_tensor(stack, i, e, at::empty({0}, t.options().device(at::kCPU)));
   });
-  stack[static_cast<size_t>(info.generator_arg)] =
-      c10::IValue(at::detail::createCPUGenerator());
+  stack[static_cast<size_t>(info.generator_arg)] = c10::IValue(at::detail::createCPUGenerator());
   op.redispatchBoxed(c10::DispatchKeySet(c10::DispatchKey::CPU), &stack);
 }
 
@@ -238,8 +229,8 @@ void check_copy_shapes(const OpInfo& info, const std::vector<c10::IValue>& args)
   const auto self_sizes = args[0].toTensor().sizes();
   const auto shape = at::infer_size_dimvector(self_sizes, args[1].toTensor().sizes());
   TORCH_CHECK(
-      shape == self_sizes, "output with shape ", self_sizes,
-      " doesn't match the broadcast shape ", shape);
+      shape == self_sizes, "output with shape ", self_sizes, " doesn't match the broadcast shape ",
+      shape);
 }
 
 // `self.mul_(other)` & co.: the result type must cast to self's dtype
@@ -334,8 +325,7 @@ NodePtr make_node(
       slot.ref.real = source.tensor;
       slot.ref.copied = source.copied;
       slot.ref.version = tensor_version(source.tensor);
-      slot.ref.real_data =
-          source.tensor.has_storage() ? source.tensor.storage().data() : nullptr;
+      slot.ref.real_data = source.tensor.has_storage() ? source.tensor.storage().data() : nullptr;
     }
     set_tensor(node->args, i, e, at::Tensor());
     node->tensors.push_back(std::move(slot));
@@ -356,9 +346,7 @@ NodePtr make_node(
 // float32, unlike the CPU kernels. Resolve dtype=None for them from their
 // scalars the way the CPU kernels do, before the Meta kernel runs.
 void resolve_scalar_factory_dtype(
-    const c10::OperatorHandle& op,
-    const OpInfo& info,
-    std::vector<c10::IValue>& args) {
+    const c10::OperatorHandle& op, const OpInfo& info, std::vector<c10::IValue>& args) {
   if (info.has_tensor_args || info.dtype_arg < 0 || !args[info.dtype_arg].isNone()) {
     return;
   }
@@ -369,10 +357,10 @@ void resolve_scalar_factory_dtype(
     for (size_t i = 0; i < arguments.size(); ++i) {
       if (arguments[i].name() == "fill_value" && args[i].isScalar()) {
         const auto v = args[i].toScalar();
-        dtype = v.isBoolean() ? at::kBool
-            : v.isIntegral(/*includeBool=*/false) ? at::kLong
-            : v.isComplex() ? c10::toComplexType(c10::get_default_dtype_as_scalartype())
-                            : c10::get_default_dtype_as_scalartype();
+        dtype = v.isBoolean()                         ? at::kBool
+                : v.isIntegral(/*includeBool=*/false) ? at::kLong
+                : v.isComplex() ? c10::toComplexType(c10::get_default_dtype_as_scalartype())
+                                : c10::get_default_dtype_as_scalartype();
       }
     }
   } else if (name == "aten::arange") {
@@ -393,12 +381,9 @@ void resolve_scalar_factory_dtype(
 // Factories resolve dtype=None from global defaults at run time; pin the
 // dtype seen now so a later torch.set_default_dtype cannot change replay.
 void pin_factory_dtype(
-    Node& node,
-    const OpInfo& info,
-    const std::vector<c10::IValue>& meta_returns) {
-  if (info.has_tensor_args || info.dtype_arg < 0 ||
-      !node.args[info.dtype_arg].isNone() || meta_returns.empty() ||
-      !meta_returns[0].isTensor()) {
+    Node& node, const OpInfo& info, const std::vector<c10::IValue>& meta_returns) {
+  if (info.has_tensor_args || info.dtype_arg < 0 || !node.args[info.dtype_arg].isNone() ||
+      meta_returns.empty() || !meta_returns[0].isTensor()) {
     return;
   }
   node.args[info.dtype_arg] =
@@ -406,14 +391,9 @@ void pin_factory_dtype(
 }
 
 at::Tensor new_storage_output(
-    const NodePtr& node,
-    const at::Tensor& meta_out,
-    int64_t output,
-    int64_t element) {
+    const NodePtr& node, const at::Tensor& meta_out, int64_t output, int64_t element) {
   auto storage = c10::make_intrusive<LazyStorage>(
-      static_cast<int64_t>(meta_out.storage().nbytes()),
-      meta_out.dtype(),
-      default_device());
+      static_cast<int64_t>(meta_out.storage().nbytes()), meta_out.dtype(), default_device());
   storage->creation_geometry = Geometry::of(meta_out);
   storage->tape.push_back(LazyStorage::Entry{node, output, element});
   storage->version = 0;
@@ -423,15 +403,14 @@ at::Tensor new_storage_output(
 // A view must lie inside its storage. CPU tensors check it when their
 // storage is set (as_strided beyond the end raises); torch 2.x's Meta
 // kernel for as_strided does not, so the recorder does, with eager's words.
-void check_view_in_bounds(
-    const Geometry& g, caffe2::TypeMeta dtype, const LazyStorage& storage) {
+void check_view_in_bounds(const Geometry& g, caffe2::TypeMeta dtype, const LazyStorage& storage) {
   const int64_t itemsize = static_cast<int64_t>(dtype.itemsize());
   const int64_t needed = g.extent() * itemsize;
   TORCH_CHECK(
-      needed <= storage.nbytes, "setStorage: sizes ", c10::IntArrayRef(g.sizes),
-      ", strides ", c10::IntArrayRef(g.strides), ", storage offset ", g.offset,
-      ", and itemsize ", itemsize, " requiring a storage size of ", needed,
-      " are out of bounds for storage of size ", storage.nbytes);
+      needed <= storage.nbytes, "setStorage: sizes ", c10::IntArrayRef(g.sizes), ", strides ",
+      c10::IntArrayRef(g.strides), ", storage offset ", g.offset, ", and itemsize ", itemsize,
+      " requiring a storage size of ", needed, " are out of bounds for storage of size ",
+      storage.nbytes);
 }
 
 // The outputs of a recorded call, built from the Meta kernel's outputs.
@@ -453,9 +432,9 @@ std::vector<c10::IValue> make_outputs(
         return meta_out;
       }
       if (ret.kind == OpInfo::ReturnKind::kView) {
-        auto* base = get_pending_impl(args[ret.arg].isTensor()
-                                          ? args[ret.arg].toTensor()
-                                          : args[ret.arg].toList().get(0).toTensor());
+        auto* base = get_pending_impl(
+            args[ret.arg].isTensor() ? args[ret.arg].toTensor()
+                                     : args[ret.arg].toList().get(0).toTensor());
         TORCH_INTERNAL_ASSERT(base != nullptr);
         const Geometry g = Geometry::of(meta_out);
         check_view_in_bounds(g, meta_out.dtype(), *base->lazy_storage());
@@ -495,8 +474,7 @@ void follow_written_geometry(
       continue;
     }
     auto& storage = *impl->lazy_storage();
-    const int64_t needed =
-        g.extent() * static_cast<int64_t>(impl->dtype().itemsize());
+    const int64_t needed = g.extent() * static_cast<int64_t>(impl->dtype().itemsize());
     storage.nbytes = std::max(storage.nbytes, needed);
     impl->set_geometry(g);
   }
@@ -515,8 +493,8 @@ void record_op(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
       impl->lazy_storage()->check_usable();
     } else {
       TORCH_CHECK(
-          !t.is_meta(),
-          "lazyinit: ", op.schema().operator_name(), " got a tensor on the "
+          !t.is_meta(), "lazyinit: ", op.schema().operator_name(),
+          " got a tensor on the "
           "meta device together with lazy tensors; meta tensors have no values "
           "to replay. Create it on the lazy device (or a real one) instead.");
     }

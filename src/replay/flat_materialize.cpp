@@ -91,8 +91,8 @@ int64_t flat_slice_bytes(int64_t nbytes) {
   return (nbytes + kAlignment - 1) / kAlignment * kAlignment;
 }
 
-at::Tensor flat_slice(const at::Tensor& buffer, int64_t offset, int64_t numel,
-                      caffe2::TypeMeta dtype) {
+at::Tensor flat_slice(
+    const at::Tensor& buffer, int64_t offset, int64_t numel, caffe2::TypeMeta dtype) {
   const int64_t nbytes = numel * static_cast<int64_t>(dtype.itemsize());
   auto owner = std::make_unique<SliceOwner>(SliceOwner{buffer.storage()});
   void* data = static_cast<char*>(buffer.data_ptr()) + offset;
@@ -102,17 +102,18 @@ at::Tensor flat_slice(const at::Tensor& buffer, int64_t offset, int64_t numel,
       /*resizable=*/false);
   // A plain dense tensor over the storage, built without dispatching
   // (empty + set_ cost two dispatcher calls a tensor).
-  const auto key = c10::computeDispatchKey(
-      c10::typeMetaToScalarType(dtype), c10::kStrided, buffer.device());
-  at::Tensor out = at::detail::make_tensor<c10::TensorImpl>(
-      std::move(storage), c10::DispatchKeySet(key), dtype);
+  const auto key =
+      c10::computeDispatchKey(c10::typeMetaToScalarType(dtype), c10::kStrided, buffer.device());
+  at::Tensor out =
+      at::detail::make_tensor<c10::TensorImpl>(std::move(storage), c10::DispatchKeySet(key), dtype);
   out.unsafeGetTensorImpl()->set_sizes_contiguous({numel});
   return out;
 }
 
 at::Tensor contiguous_alias(const at::Tensor& t, c10::IntArrayRef shape) {
-  TORCH_INTERNAL_ASSERT(t.is_contiguous() && c10::multiply_integers(shape) == t.numel() &&
-                        t.layout() == c10::kStrided && !t.requires_grad());
+  TORCH_INTERNAL_ASSERT(
+      t.is_contiguous() && c10::multiply_integers(shape) == t.numel() &&
+      t.layout() == c10::kStrided && !t.requires_grad());
   const auto key = c10::computeDispatchKey(t.scalar_type(), c10::kStrided, t.device());
   at::Tensor out = at::detail::make_tensor<c10::TensorImpl>(
       c10::Storage(t.storage()), c10::DispatchKeySet(key), t.dtype());

@@ -1,12 +1,12 @@
 #include <lazyinit/replay/replay.h>
 #include <lazyinit/shard/shard_replay.h>
 
-#include <lazyinit/record/capture.h>
 #include <lazyinit/core/device.h>
 #include <lazyinit/core/lazy_tensor_impl.h>
-#include <lazyinit/rng/philox.h>
-#include <lazyinit/rng/chain.h>
 #include <lazyinit/core/tensor_args.h>
+#include <lazyinit/record/capture.h>
+#include <lazyinit/rng/chain.h>
+#include <lazyinit/rng/philox.h>
 
 #include <ATen/core/grad_mode.h>
 #include <ATen/ops/as_strided.h>
@@ -106,8 +106,8 @@ bool creation_covers_storage(const LazyStorage& storage) {
   int64_t begin = 0;
   int64_t numel = 0;
   return entry.element < 0 && entry.output == 0 &&
-      contiguous_range(storage.creation_geometry, &begin, &numel) && begin == 0 &&
-      numel == storage.numel();
+         contiguous_range(storage.creation_geometry, &begin, &numel) && begin == 0 &&
+         numel == storage.numel();
 }
 
 void check_target_device(c10::Device device, const char* what) {
@@ -119,15 +119,17 @@ void check_target_device(c10::Device device, const char* what) {
     return;
   }
   TORCH_CHECK(
-      c10::impl::hasDeviceGuardImpl(device.type()),
-      "lazyinit: cannot materialize ", what, "onto '", device.str(), "': this build of "
-      "torch has no ", c10::DeviceTypeName(device.type()), " support. Use "
+      c10::impl::hasDeviceGuardImpl(device.type()), "lazyinit: cannot materialize ", what, "onto '",
+      device.str(),
+      "': this build of "
+      "torch has no ",
+      c10::DeviceTypeName(device.type()),
+      " support. Use "
       "device=\"cpu\" or a torch built with it.");
   const auto count = c10::impl::getDeviceGuardImpl(device.type())->deviceCount();
   TORCH_CHECK(
-      count > 0 && (!device.has_index() || device.index() < count),
-      "lazyinit: cannot materialize ", what, "onto '", device.str(), "': ", count,
-      " device(s) of that type are available.");
+      count > 0 && (!device.has_index() || device.index() < count), "lazyinit: cannot materialize ",
+      what, "onto '", device.str(), "': ", count, " device(s) of that type are available.");
 }
 
 namespace {
@@ -135,8 +137,8 @@ namespace {
 // Ops that write every element of their first argument without reading it.
 bool is_overwriting_op(const Node& node) {
   static const std::set<std::string> names = {
-      "aten::normal_", "aten::uniform_", "aten::random_", "aten::fill_",
-      "aten::zero_", "aten::copy_", "aten::exponential_", "aten::cauchy_",
+      "aten::normal_",     "aten::uniform_",   "aten::random_",      "aten::fill_",
+      "aten::zero_",       "aten::copy_",      "aten::exponential_", "aten::cauchy_",
       "aten::log_normal_", "aten::geometric_", "aten::bernoulli_",
   };
   return names.count(node.op->schema().name()) > 0;
@@ -202,7 +204,8 @@ bool reads_mapping_only(const LazyStorage& storage, int64_t version) {
       return false;
     }
     for (const auto& slot : node.tensors) {
-      mapped = mapped || (slot.ref.kind == TensorRef::Kind::kReal && is_mapped_source(slot.ref.real));
+      mapped =
+          mapped || (slot.ref.kind == TensorRef::Kind::kReal && is_mapped_source(slot.ref.real));
     }
   }
   return mapped;
@@ -231,8 +234,7 @@ at::Tensor scratch_tensor(int64_t numel, caffe2::TypeMeta dtype, c10::Device dev
 c10::Device Replayer::normalize(c10::Device device) {
   // "cuda" means the current CUDA device: name it, so generator positions
   // are kept per device.
-  if (device.is_cuda() && !device.has_index() &&
-      c10::impl::hasDeviceGuardImpl(device.type())) {
+  if (device.is_cuda() && !device.has_index() && c10::impl::hasDeviceGuardImpl(device.type())) {
     return c10::Device(
         device.type(), c10::impl::getDeviceGuardImpl(device.type())->getDevice().index());
   }
@@ -264,10 +266,7 @@ at::Tensor Replayer::resolve(const TensorRef& ref, const at::Tensor& self_base) 
   TORCH_INTERNAL_ASSERT(false, "unknown TensorRef kind");
 }
 
-std::vector<c10::IValue> Replayer::prepare(
-    Node& node,
-    const at::Tensor& self_base,
-    bool scratch) {
+std::vector<c10::IValue> Replayer::prepare(Node& node, const at::Tensor& self_base, bool scratch) {
   std::vector<c10::IValue> stack = node.args;
   copy_tensor_lists(stack);
   at::Tensor base = self_base;
@@ -342,15 +341,14 @@ at::Tensor Replayer::run_creation(LazyStorage& storage) {
   invoke(node, outputs);
   TORCH_INTERNAL_ASSERT(entry.output < static_cast<int64_t>(outputs.size()));
   const auto& out_value = outputs[entry.output];
-  at::Tensor out = entry.element < 0
-      ? out_value.toTensor()
-      : out_value.toTensorList().get(entry.element);
+  at::Tensor out =
+      entry.element < 0 ? out_value.toTensor() : out_value.toTensorList().get(entry.element);
   // A kernel may return memory of an input although its schema promises a
   // new tensor (_unsafe_view, as matmul of 3-D tensors ends with): the
   // buffer is then another storage's value (its cache, a constant, a real
   // tensor), and this storage's later writes must not reach it.
-  const bool aliases_input = out.has_storage() &&
-      std::any_of(inputs.begin(), inputs.end(), [&](const at::Tensor& in) {
+  const bool aliases_input =
+      out.has_storage() && std::any_of(inputs.begin(), inputs.end(), [&](const at::Tensor& in) {
         return in.has_storage() && in.storage().is_alias_of(out.storage());
       });
   const auto& g = storage.creation_geometry;
@@ -426,15 +424,15 @@ at::Tensor Replayer::value(
     }
     bool dead_prefix = true;
     for (int64_t j = base.defined() ? start + 1 : 0; j < k && dead_prefix; ++j) {
-      dead_prefix = storage.tape[j].node->is_constant() ||
-          can_skip(*storage.tape[j].node, *this);
+      dead_prefix = storage.tape[j].node->is_constant() || can_skip(*storage.tape[j].node, *this);
     }
     if (dead_prefix) {
       start = k - 1;
       fresh = true;
       base = dest.defined()
-          ? dest
-          : at::empty({storage.numel()}, at::TensorOptions().dtype(storage.dtype).device(device_));
+                 ? dest
+                 : at::empty(
+                       {storage.numel()}, at::TensorOptions().dtype(storage.dtype).device(device_));
     }
     break;
   }
@@ -447,8 +445,9 @@ at::Tensor Replayer::value(
     }
   } else if (dest.defined() && is_empty_factory(*storage.tape.front().node)) {
     base = dest;
-  } else if (const auto value =
-                 dest.defined() ? constant_creation(storage) : c10::optional<c10::Scalar>()) {
+  } else if (
+      const auto value =
+          dest.defined() ? constant_creation(storage) : c10::optional<c10::Scalar>()) {
     // ones / zeros / full: one fill of dest (queued where nothing runs
     // after it), not a new tensor copied into dest.
     base = dest;
@@ -512,8 +511,8 @@ void materialize_storage(LazyStorage& storage, c10::Device device, const at::Ten
     if (impl == nullptr || impl->lazy_storage().get() != &storage) {
       continue;
     }
-    impl->become(view_of(base, impl->dtype(), impl->geometry()), storage.early,
-                 storage.replay_count);
+    impl->become(
+        view_of(base, impl->dtype(), impl->geometry()), storage.early, storage.replay_count);
   }
   storage.impls.clear();
   storage.state = StorageState::kMaterialized;
@@ -527,8 +526,8 @@ void materialize_storage_empty(LazyStorage& storage, c10::Device device) {
     return;
   }
   check_target_device(device);
-  at::Tensor base = at::empty(
-      {storage.numel()}, at::TensorOptions().dtype(storage.dtype).device(device));
+  at::Tensor base =
+      at::empty({storage.numel()}, at::TensorOptions().dtype(storage.dtype).device(device));
   // Readers not replayed yet keep the recorded values (frozen tape); eager
   // drew the numbers of this storage's random ops all the same.
   storage.freeze_for_readers();
@@ -561,10 +560,7 @@ at::Tensor early_value(LazyStorage& storage) {
   return value;
 }
 
-void materialize_tensor(
-    const at::Tensor& t,
-    c10::optional<c10::Device> device,
-    bool settle) {
+void materialize_tensor(const at::Tensor& t, c10::optional<c10::Device> device, bool settle) {
   std::lock_guard<std::recursive_mutex> lock(graph_mutex());
   auto* impl = get_pending_impl(t);
   if (impl == nullptr) {

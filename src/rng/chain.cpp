@@ -1,7 +1,7 @@
 #include <lazyinit/rng/chain.h>
 
-#include <lazyinit/rng/philox.h>
 #include <lazyinit/replay/replay.h>
+#include <lazyinit/rng/philox.h>
 #include <lazyinit/shard/shard_replay.h>
 
 #include <ATen/CPUGeneratorImpl.h>
@@ -37,11 +37,10 @@ thread_local GeneratorStateGuard* g_innermost_guard = nullptr;
 // Random ops whose schema has no Generator argument.
 const std::set<std::string>& random_op_names() {
   static const std::set<std::string> names = {
-      "aten::rand", "aten::randn", "aten::randint", "aten::randperm",
-      "aten::rand_like", "aten::randn_like", "aten::randint_like",
-      "aten::native_dropout", "aten::dropout", "aten::dropout_",
-      "aten::feature_dropout", "aten::alpha_dropout", "aten::rrelu",
-      "aten::rrelu_", "aten::bernoulli", "aten::multinomial",
+      "aten::rand",      "aten::randn",      "aten::randint",         "aten::randperm",
+      "aten::rand_like", "aten::randn_like", "aten::randint_like",    "aten::native_dropout",
+      "aten::dropout",   "aten::dropout_",   "aten::feature_dropout", "aten::alpha_dropout",
+      "aten::rrelu",     "aten::rrelu_",     "aten::bernoulli",       "aten::multinomial",
   };
   return names;
 }
@@ -204,9 +203,8 @@ void GenState::apply(at::Generator& gen) const {
 bool GenState::operator==(const GenState& other) const {
   const auto a = engine.data();
   const auto b = other.engine.data();
-  return a.seed_ == b.seed_ && a.left_ == b.left_ && a.seeded_ == b.seeded_ &&
-      a.next_ == b.next_ && a.state_ == b.state_ && next_float == other.next_float &&
-      next_double == other.next_double;
+  return a.seed_ == b.seed_ && a.left_ == b.left_ && a.seeded_ == b.seeded_ && a.next_ == b.next_ &&
+         a.state_ == b.state_ && next_float == other.next_float && next_double == other.next_double;
 }
 
 RngChain::RngChain(at::Generator gen) : generator(std::move(gen)) {}
@@ -283,8 +281,7 @@ void rng_record(const NodePtr& node, const c10::optional<at::Generator>& explici
   g_any_chain_recorded.store(true, std::memory_order_relaxed);
   at::Generator gen = generator_for(explicit_gen);
   TORCH_CHECK(
-      gen.device().is_cpu(),
-      "lazyinit: recording random ops that draw from a ", gen.device().str(),
+      gen.device().is_cpu(), "lazyinit: recording random ops that draw from a ", gen.device().str(),
       " generator is not supported yet; use the default generator or a CPU "
       "torch.Generator.");
   auto& chain = current_chains()[gen.unsafeGetGeneratorImpl()];
@@ -299,7 +296,8 @@ void rng_record(const NodePtr& node, const c10::optional<at::Generator>& explici
         at::detail::getDefaultCPUGenerator().unsafeGetGeneratorImpl()) {
       // Recording's marker still in the seed field: no reseed since the
       // previous chain, only CPU draws, which eager's CUDA stream ignores.
-      const bool continued = previous && !previous->applied &&
+      const bool continued =
+          previous && !previous->applied &&
           state.engine.data().seed_ == previous->tagged_state.engine.data().seed_;
       const uint64_t seed = continued ? previous->cuda.seed : state.engine.seed();
       philox_chain_started(*chain, previous, continued, seed);

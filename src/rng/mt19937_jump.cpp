@@ -96,7 +96,7 @@ struct Modulus {
     int shift;  // (e - d) mod 64
     int exponent;
   };
-  Gf2Poly p;  // kWords words
+  Gf2Poly p;                // kWords words
   std::vector<Term> terms;  // those of r(x)
 
   explicit Modulus(const Gf2Poly& poly) : p(poly) {
@@ -109,8 +109,9 @@ struct Modulus {
         deg_r = e;
       }
     }
-    TORCH_INTERNAL_ASSERT(kMt19937Degree - deg_r >= 64 * kBand,
-                          "mt19937 jump: p(x) has a term too close to its degree (", deg_r, ")");
+    TORCH_INTERNAL_ASSERT(
+        kMt19937Degree - deg_r >= 64 * kBand,
+        "mt19937 jump: p(x) has a term too close to its degree (", deg_r, ")");
   }
 
   // a (kWideWords words, degree < 2d - 1) mod p, in its first kWords words.
@@ -178,8 +179,9 @@ Gf2Poly compute_charpoly() {
     }
   }
   Gf2Poly p = gf2_berlekamp_massey(bits);
-  TORCH_INTERNAL_ASSERT(gf2_degree(p) == kMt19937Degree,
-                        "mt19937 jump: linear complexity ", gf2_degree(p), ", expected 19937");
+  TORCH_INTERNAL_ASSERT(
+      gf2_degree(p) == kMt19937Degree, "mt19937 jump: linear complexity ", gf2_degree(p),
+      ", expected 19937");
   TORCH_INTERNAL_ASSERT(p[0] & 1, "mt19937 jump: p(0) = 0, T would not be invertible");
   p.resize(kWords);
   return p;
@@ -348,8 +350,9 @@ const Gf2Poly& mt19937_charpoly() {
 }
 
 Gf2Poly mt19937_square_mod(const Gf2Poly& a) {
-  TORCH_CHECK(static_cast<int>(a.size()) == kWords, "mt19937_square_mod: expected ", kWords,
-              " words, got ", a.size());
+  TORCH_CHECK(
+      static_cast<int>(a.size()) == kWords, "mt19937_square_mod: expected ", kWords, " words, got ",
+      a.size());
   const Modulus& m = modulus();
   std::vector<uint64_t> wide(kWideWords, 0);
   for (int i = 0; i < kWords; ++i) {
@@ -421,9 +424,9 @@ void mt19937_twist_ahead(Mt19937Words& state, int64_t twists) {
 void mt19937_discard(at::mt19937& engine, int64_t n, Mt19937Skip how) {
   TORCH_CHECK(n >= 0, "mt19937_discard: negative count ", n);
   at::mt19937_data_pod d = engine.data();
-  TORCH_CHECK(d.left_ >= 1 && d.left_ <= kN && d.next_ <= static_cast<uint32_t>(kN),
-              "mt19937_discard: engine state out of range (left_ ", d.left_, ", next_ ", d.next_,
-              ")");
+  TORCH_CHECK(
+      d.left_ >= 1 && d.left_ <= kN && d.next_ <= static_cast<uint32_t>(kN),
+      "mt19937_discard: engine state out of range (left_ ", d.left_, ", next_ ", d.next_, ")");
   // operator() is `if (--left_ == 0) next_state(); y = state_[next_++]`:
   // left_ - 1 draws come from the current block, then each draw that
   // brings left_ to 0 regenerates the block and restarts at next_ = 0.

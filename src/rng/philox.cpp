@@ -2,13 +2,13 @@
 #include <lazyinit/shard/philox_region.h>
 
 #include <lazyinit/core/compat.h>
+#include <lazyinit/core/tensor_args.h>
 #include <lazyinit/replay/replay.h>
 #include <lazyinit/rng/chain.h>
-#include <lazyinit/core/tensor_args.h>
 
 #include <ATen/Context.h>
-#include <ATen/detail/CUDAHooksInterface.h>
 #include <ATen/core/grad_mode.h>
+#include <ATen/detail/CUDAHooksInterface.h>
 #include <c10/core/impl/DeviceGuardImplInterface.h>
 #include <c10/util/Exception.h>
 
@@ -58,16 +58,15 @@ int cuda_device_count() {
       !c10::impl::hasDeviceGuardImpl(c10::DeviceType::CUDA)) {
     return 0;
   }
-  return static_cast<int>(
-      c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA)->deviceCount());
+  return static_cast<int>(c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA)->deviceCount());
 }
 
 // Ops that fill their (first, written) argument through PyTorch's
 // distribution_nullary_kernel, one value per element.
 bool is_distribution_fill(const c10::OperatorName& name) {
   static const std::set<std::string> names = {
-      "aten::normal_", "aten::uniform_", "aten::log_normal_", "aten::exponential_",
-      "aten::cauchy_", "aten::geometric_",
+      "aten::normal_",      "aten::uniform_", "aten::log_normal_",
+      "aten::exponential_", "aten::cauchy_",  "aten::geometric_",
   };
   if (names.count(name.name) > 0) {
     return name.overload_name.empty();
@@ -110,10 +109,7 @@ PhiloxStream& stream_of(RngChain& chain, int device) {
 // The state before node `index` of `chain` on `device`. With `replayer`
 // unset, only what is computable without drawing.
 c10::optional<PhiloxState> state_before(
-    RngChain& chain,
-    int device,
-    int64_t index,
-    Replayer* replayer) {
+    RngChain& chain, int device, int64_t index, Replayer* replayer) {
   PhiloxStream& stream = stream_of(chain, device);
   if (!stream.states[0]) {
     const PhiloxOrigin& origin = chain.cuda;
@@ -142,8 +138,8 @@ c10::optional<PhiloxState> state_before(
     c10::optional<uint64_t> inc;
     if (node) {
       inc = philox_increment(*node, device);
-    } else if (auto dead = chain.dead_draws.find(i); dead != chain.dead_draws.end() &&
-               dead->second.fill_numel >= 0) {
+    } else if (auto dead = chain.dead_draws.find(i);
+               dead != chain.dead_draws.end() && dead->second.fill_numel >= 0) {
       inc = increment_for(dead->second.fill_numel, dead->second.fill_dtype, device);
     }
     if (inc) {
@@ -238,10 +234,7 @@ c10::optional<uint64_t> philox_increment(const Node& node, int device) {
 }
 
 void philox_chain_started(
-    RngChain& chain,
-    const std::shared_ptr<RngChain>& previous,
-    bool continued,
-    uint64_t cpu_seed) {
+    RngChain& chain, const std::shared_ptr<RngChain>& previous, bool continued, uint64_t cpu_seed) {
   if (!compat::kGeneratorHasOffset) {
     return;
   }
@@ -268,15 +261,20 @@ namespace {
 
 // Records that `node` ran on `device` from `before` and left the generator
 // at `after` (checked against the position computed for it, if any).
-void record_run(RngChain& chain, const Node& node, int device, const PhiloxState& before,
-                const PhiloxState& after) {
+void record_run(
+    RngChain& chain,
+    const Node& node,
+    int device,
+    const PhiloxState& before,
+    const PhiloxState& after) {
   PhiloxStream& stream = stream_of(chain, device);
   auto& slot = stream.states[node.rng_index + 1];
   TORCH_CHECK(
-      !slot || *slot == after,
-      "lazyinit: internal error: ", node.op->schema().name(), " moved the CUDA "
-      "generator's offset from ", before.offset, " to ", after.offset,
-      ", but ", slot->offset, " was computed for it; values of later random "
+      !slot || *slot == after, "lazyinit: internal error: ", node.op->schema().name(),
+      " moved the CUDA "
+      "generator's offset from ",
+      before.offset, " to ", after.offset, ", but ", slot->offset,
+      " was computed for it; values of later random "
       "tensors would differ from eager. Please report this with your torch "
       "version and GPU.");
   slot = after;
@@ -308,7 +306,8 @@ namespace {
 void check_not_counted_on_cpu(const RngChain& chain, const Node& node) {
   TORCH_CHECK(
       philox_replayed(chain, node.rng_index) || chain.last_known(chain.size()) <= node.rng_index,
-      "lazyinit: ", node.op->schema().name(), " is materialized on CUDA after "
+      "lazyinit: ", node.op->schema().name(),
+      " is materialized on CUDA after "
       "random tensors recorded after it were materialized on the CPU (or the "
       "CPU generator was read), which counted it as drawn on the CPU. "
       "Materialize the random tensors of one construction on one device type, "
@@ -393,7 +392,12 @@ bool philox_settle(RngChain& chain) {
 
 #ifndef LAZYINIT_CUDA_KERNELS
 void philox_region_fill(
-    const std::vector<PhiloxPiece>&, PhiloxFill, const PhiloxState&, int64_t, int64_t, double,
+    const std::vector<PhiloxPiece>&,
+    PhiloxFill,
+    const PhiloxState&,
+    int64_t,
+    int64_t,
+    double,
     double) {
   TORCH_CHECK(
       false,

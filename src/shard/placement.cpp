@@ -29,8 +29,8 @@ Placement Placement::replicate() {
 
 Placement Placement::shard(int64_t dim, int64_t rank, int64_t world_size) {
   TORCH_CHECK(
-      world_size >= 1 && rank >= 0 && rank < world_size,
-      "lazyinit: Shard(dim=", dim, ", rank=", rank, ", world_size=", world_size,
+      world_size >= 1 && rank >= 0 && rank < world_size, "lazyinit: Shard(dim=", dim,
+      ", rank=", rank, ", world_size=", world_size,
       ") needs world_size >= 1 and 0 <= rank < world_size.");
   Placement p;
   p.kind = Kind::kShard;
@@ -42,8 +42,8 @@ Placement Placement::shard(int64_t dim, int64_t rank, int64_t world_size) {
 
 Placement Placement::flat_range(int64_t start, int64_t end) {
   TORCH_CHECK(
-      0 <= start && start <= end,
-      "lazyinit: FlatRange(", start, ", ", end, ") needs 0 <= start <= end.");
+      0 <= start && start <= end, "lazyinit: FlatRange(", start, ", ", end,
+      ") needs 0 <= start <= end.");
   Placement p;
   p.kind = Kind::kFlatRange;
   p.start = start;
@@ -57,7 +57,7 @@ std::string Placement::str() const {
       return "Replicate()";
     case Kind::kShard:
       return "Shard(dim=" + std::to_string(dim) + ", rank=" + std::to_string(rank) +
-          ", world_size=" + std::to_string(world_size) + ")";
+             ", world_size=" + std::to_string(world_size) + ")";
     case Kind::kFlatRange:
       return "FlatRange(" + std::to_string(start) + ", " + std::to_string(end) + ")";
   }
@@ -107,8 +107,9 @@ LocalPiece local_piece(c10::IntArrayRef sizes, const std::vector<Placement>& pla
         TORCH_CHECK(
             ndim > 0, "lazyinit: cannot apply ", p.str(), " to a 0-dim tensor; use Replicate().");
         TORCH_CHECK(
-            p.dim >= -ndim && p.dim < ndim, "lazyinit: ", p.str(), " is out of range for a piece of ",
-            ndim, " dim(s)", piece.flat ? " (a FlatRange leaves a 1-D piece)" : "", ".");
+            p.dim >= -ndim && p.dim < ndim, "lazyinit: ", p.str(),
+            " is out of range for a piece of ", ndim, " dim(s)",
+            piece.flat ? " (a FlatRange leaves a 1-D piece)" : "", ".");
         const int64_t dim = p.dim < 0 ? p.dim + ndim : p.dim;
         if (piece.flat) {
           auto b = chunk_bounds(piece.flat_end - piece.flat_start, p.rank, p.world_size);
@@ -207,8 +208,9 @@ std::vector<Span> storage_spans(const Geometry& g, const LocalPiece& piece, bool
       rows_ok = false;  // overlapping or decreasing: not a plain layout
     } else if (back.rows == 1 && s.rows == 1 && s.begin == back.end) {
       back.end = s.end;
-    } else if (s.size() == back.size() && (back.rows == 1 || step == back.row_step) &&
-               (s.rows == 1 || s.row_step == step)) {
+    } else if (
+        s.size() == back.size() && (back.rows == 1 || step == back.row_step) &&
+        (s.rows == 1 || s.row_step == step)) {
       back.row_step = step;
       back.rows += s.rows;
     } else {

@@ -69,7 +69,6 @@ at::Tensor contiguous_copy(const at::Tensor& piece, c10::Device device) {
   return out;
 }
 
-
 thread_local int g_deferral_scopes = 0;
 thread_local bool g_window_open = false;
 void (*g_deferred_flush)(bool) = nullptr;
@@ -133,7 +132,7 @@ void register_constant_fill_queuer(ConstantFillQueuer queuer) {
 
 bool queue_constant_fill(const at::Tensor& out, const c10::Scalar& value) {
   return g_constant_fill_queuer != nullptr && fills_may_defer() &&
-      g_constant_fill_queuer(out, value);
+         g_constant_fill_queuer(out, value);
 }
 
 void register_region_fill(const std::string& op, c10::DeviceType device, RegionFill fill) {
@@ -201,10 +200,7 @@ bool contiguous_range(const Geometry& g, int64_t* begin, int64_t* numel) {
 namespace {
 
 at::Tensor compute_shard(
-    const at::Tensor& t,
-    const LocalPiece& piece,
-    c10::Device device,
-    const at::Tensor& dest) {
+    const at::Tensor& t, const LocalPiece& piece, c10::Device device, const at::Tensor& dest) {
   auto* impl = get_pending_impl(t);
   if (impl == nullptr) {
     return contiguous_copy(piece.slice(t), device);
@@ -230,8 +226,9 @@ at::Tensor compute_shard(
     at::Tensor buffer;
     // In order, the buffer is the result: its last write may be queued (the
     // caller flushes before reading it). Out of order it is copied below.
-    if (replay_spans(*storage, storage->version, std::move(spans), device, &buffer, &why,
-                     in_order ? dest : at::Tensor(), /*may_defer=*/in_order)) {
+    if (replay_spans(
+            *storage, storage->version, std::move(spans), device, &buffer, &why,
+            in_order ? dest : at::Tensor(), /*may_defer=*/in_order)) {
       ++(whole ? counters().whole : counters().pushed_down);
       if (in_order) {
         return contiguous_alias(buffer, piece.shape());
@@ -294,10 +291,7 @@ at::Tensor compute_shard(
 // `piece` of `t` into `dest` (its size) if defined. The caller holds the
 // graph lock and a GeneratorStateGuard.
 at::Tensor shard_into(
-    const at::Tensor& t,
-    const LocalPiece& piece,
-    c10::Device device,
-    const at::Tensor& dest) {
+    const at::Tensor& t, const LocalPiece& piece, c10::Device device, const at::Tensor& dest) {
   at::Tensor out = compute_shard(t, piece, device, dest);
   if (!dest.defined() || piece.numel() == 0 || out.data_ptr() == dest.data_ptr()) {
     return out;  // computed in dest, already shaped
@@ -325,8 +319,7 @@ std::vector<at::Tensor> materialize_shards(
     const std::vector<at::Tensor>& tensors,
     const std::vector<std::vector<Placement>>& placements,
     c10::Device device) {
-  TORCH_CHECK(tensors.size() == placements.size(),
-              "lazyinit: one placement per tensor expected");
+  TORCH_CHECK(tensors.size() == placements.size(), "lazyinit: one placement per tensor expected");
   check_target_device(device, "a shard ");
   std::lock_guard<std::recursive_mutex> lock(graph_mutex());
   // Byte offsets of each piece in its dtype's buffer.
@@ -350,7 +343,7 @@ std::vector<at::Tensor> materialize_shards(
   std::vector<at::Tensor> out;
   out.reserve(tensors.size());
   GeneratorStateGuard generators;  // one for all: restoring costs a copy
-  DeferredFillScope deferred;       // fills launched batched
+  DeferredFillScope deferred;      // fills launched batched
   for (size_t i = 0; i < tensors.size(); ++i) {
     at::Tensor dest;
     if (offsets[i] >= 0) {

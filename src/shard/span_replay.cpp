@@ -2,11 +2,11 @@
 // of its elements only. See include/lazyinit/shard/shard_replay.h.
 #include <lazyinit/shard/shard_replay.h>
 
+#include <lazyinit/core/tensor_args.h>
 #include <lazyinit/record/capture.h>
-#include <lazyinit/shard/mapped_reads.h>
 #include <lazyinit/replay/replay.h>
 #include <lazyinit/rng/chain.h>
-#include <lazyinit/core/tensor_args.h>
+#include <lazyinit/shard/mapped_reads.h>
 
 #include <ATen/core/grad_mode.h>
 #include <ATen/ops/empty.h>
@@ -35,11 +35,11 @@ constexpr int64_t kDerivedChunk = int64_t{1} << 20;
 // depends on where a range starts. erfinv_ has only a scalar kernel on CPU.
 const std::set<std::string>& local_ops() {
   static const std::set<std::string> names = {
-      "aten::fill_", "aten::zero_", "aten::copy_", "aten::mul_", "aten::div_",
-      "aten::add_", "aten::sub_", "aten::clamp_", "aten::clamp_min_",
-      "aten::clamp_max_", "aten::erfinv_", "aten::neg_", "aten::abs_",
-      "aten::sqrt_", "aten::reciprocal_", "aten::relu_", "aten::sign_",
-      "aten::floor_", "aten::ceil_", "aten::trunc_", "aten::masked_fill_",
+      "aten::fill_",        "aten::zero_", "aten::copy_",  "aten::mul_",       "aten::div_",
+      "aten::add_",         "aten::sub_",  "aten::clamp_", "aten::clamp_min_", "aten::clamp_max_",
+      "aten::erfinv_",      "aten::neg_",  "aten::abs_",   "aten::sqrt_",      "aten::reciprocal_",
+      "aten::relu_",        "aten::sign_", "aten::floor_", "aten::ceil_",      "aten::trunc_",
+      "aten::masked_fill_",
   };
   return names;
 }
@@ -48,8 +48,8 @@ const std::set<std::string>& local_ops() {
 // their first argument without reading it.
 const std::set<std::string>& overwriting_ops() {
   static const std::set<std::string> names = {
-      "aten::normal_", "aten::uniform_", "aten::random_", "aten::fill_",
-      "aten::zero_", "aten::copy_", "aten::exponential_", "aten::cauchy_",
+      "aten::normal_",     "aten::uniform_",   "aten::random_",      "aten::fill_",
+      "aten::zero_",       "aten::copy_",      "aten::exponential_", "aten::cauchy_",
       "aten::log_normal_", "aten::geometric_", "aten::bernoulli_",
   };
   return names;
@@ -72,7 +72,7 @@ bool overwrites_storage(const LazyStorage& storage, const Node& node) {
   int64_t begin = 0;
   int64_t numel = 0;
   return contiguous_range(node.tensors[node.self_slot].ref.geometry, &begin, &numel) &&
-      begin == 0 && numel == storage.numel();
+         begin == 0 && numel == storage.numel();
 }
 
 // a + alpha * b: the vectorized kernel fuses it (fmadd), the scalar tail
@@ -92,11 +92,10 @@ std::string bad_alpha(const Node& node) {
 // of the same shape (the same position-independence rule as local_ops).
 const std::set<std::string>& derived_ops() {
   static const std::set<std::string> names = {
-      "aten::_to_copy", "aten::clone", "aten::mul", "aten::div", "aten::add",
-      "aten::sub", "aten::neg", "aten::abs", "aten::clamp", "aten::clamp_min",
-      "aten::clamp_max", "aten::erfinv", "aten::sqrt", "aten::reciprocal",
-      "aten::relu", "aten::sign", "aten::floor", "aten::ceil", "aten::trunc",
-      "aten::masked_fill",
+      "aten::_to_copy",  "aten::clone",  "aten::mul",  "aten::div",        "aten::add",
+      "aten::sub",       "aten::neg",    "aten::abs",  "aten::clamp",      "aten::clamp_min",
+      "aten::clamp_max", "aten::erfinv", "aten::sqrt", "aten::reciprocal", "aten::relu",
+      "aten::sign",      "aten::floor",  "aten::ceil", "aten::trunc",      "aten::masked_fill",
   };
   return names;
 }
@@ -164,8 +163,8 @@ at::Tensor on_target(const at::Tensor& t, c10::Device device) {
 // piece needs are cut out first and only those moved to the target (a
 // checkpoint's tensor on the CPU, read for a CUDA piece, is not copied
 // whole to the GPU).
-at::Tensor piece_on_target(const at::Tensor& flat, int64_t begin, int64_t size,
-                           c10::Device device) {
+at::Tensor piece_on_target(
+    const at::Tensor& flat, int64_t begin, int64_t size, c10::Device device) {
   return on_target(flat.narrow(0, begin, size), device);
 }
 
@@ -196,8 +195,12 @@ at::Tensor rows_of(const at::Tensor& flat, const Span& span) {
 // the tape is not element-local; nothing is changed then.
 class SpanReplay {
  public:
-  SpanReplay(LazyStorage& storage, int64_t version, std::vector<Span> spans, c10::Device device,
-             bool may_defer = false)
+  SpanReplay(
+      LazyStorage& storage,
+      int64_t version,
+      std::vector<Span> spans,
+      c10::Device device,
+      bool may_defer = false)
       : storage_(storage),
         version_(version),
         spans_(std::move(spans)),
@@ -217,8 +220,8 @@ class SpanReplay {
       total += s.numel();
     }
     buffer_ = dest.defined() && dest.numel() == total && dest.dtype() == storage_.dtype
-        ? dest
-        : at::empty({total}, at::TensorOptions().dtype(storage_.dtype).device(device_));
+                  ? dest
+                  : at::empty({total}, at::TensorOptions().dtype(storage_.dtype).device(device_));
     if (spans_.size() == 1) {
       parts_.push_back(buffer_);  // the common case: no narrow() to pay for
     } else {
@@ -314,18 +317,17 @@ class SpanReplay {
   // whose output is the whole storage in order.
   bool plan_random_creation(Node& creation, std::string* why) {
     const std::string& name = op_name(creation);
-    if (find_region_fill(name, device_.type()) == nullptr ||
-        !creation_covers_storage(storage_)) {
+    if (find_region_fill(name, device_.type()) == nullptr || !creation_covers_storage(storage_)) {
       *why = "created by " + name + ", which has no region generator for " +
-          c10::DeviceTypeName(device_.type());
+             c10::DeviceTypeName(device_.type());
       return false;
     }
     random_creation_ = &creation;
     return true;
   }
 
-  bool fill_random(Node& node, int64_t numel, std::vector<RegionRequest>& requests,
-                   std::string* why) {
+  bool fill_random(
+      Node& node, int64_t numel, std::vector<RegionRequest>& requests, std::string* why) {
     const RegionFill* fill = find_region_fill(op_name(node), device_.type());
     count_random_run();
     if (!(*fill)(node, numel, requests)) {
@@ -534,8 +536,9 @@ class SpanReplay {
         const int64_t lo = std::max(run.begin, begin);
         const int64_t hi = std::min(run.end, begin + numel);
         if (lo < hi) {
-          requests.push_back({lo - begin, hi - begin,
-                              parts_[i].narrow(0, r * run.size() + lo - run.begin, hi - lo)});
+          requests.push_back(
+              {lo - begin, hi - begin,
+               parts_[i].narrow(0, r * run.size() + lo - run.begin, hi - lo)});
         }
       }
     }
@@ -569,7 +572,8 @@ class SpanReplay {
     }
     // Element-wise with scalar operands over every part whole: one call on
     // the whole buffer instead of one a span (a Shard(1) has one a row).
-    const bool whole_buffer = !per_request && requests.size() == parts_.size() &&
+    const bool whole_buffer =
+        !per_request && requests.size() == parts_.size() &&
         std::all_of(requests.begin(), requests.end(), [&](const RegionRequest& r) {
           return r.out.numel() == parts_[&r - requests.data()].numel();
         });
@@ -625,8 +629,8 @@ class SpanReplay {
   int64_t version_;
   std::vector<Span> spans_;
   c10::Device device_;
-  bool may_defer_;  // the tape's last write may be queued (DeferralWindow)
-  Node* derived_ = nullptr;  // element-wise creation op, if the start is one
+  bool may_defer_;                   // the tape's last write may be queued (DeferralWindow)
+  Node* derived_ = nullptr;          // element-wise creation op, if the start is one
   Node* random_creation_ = nullptr;  // random factory, if the start is one
   // Its lazy inputs: which tensor slot, and where the output's element 0
   // sits in the input's storage.
@@ -636,7 +640,7 @@ class SpanReplay {
   };
   std::vector<DerivedInput> inputs_;
   int64_t start_ = 0;
-  at::Tensor source_;                         // value at start_ (flat), if any
+  at::Tensor source_;                               // value at start_ (flat), if any
   c10::optional<c10::optional<c10::Scalar>> fill_;  // creation fill, if any
   at::Tensor buffer_;
   std::vector<at::Tensor> parts_;
@@ -645,8 +649,8 @@ class SpanReplay {
 }  // namespace
 
 void split_rows(std::vector<RegionRequest>& requests) {
-  const bool any_rows = std::any_of(requests.begin(), requests.end(),
-                                    [](const RegionRequest& r) { return r.rows > 1; });
+  const bool any_rows = std::any_of(
+      requests.begin(), requests.end(), [](const RegionRequest& r) { return r.rows > 1; });
   if (!any_rows) {
     return;
   }
@@ -654,8 +658,9 @@ void split_rows(std::vector<RegionRequest>& requests) {
   for (auto& r : requests) {
     const int64_t len = r.end - r.begin;
     for (int64_t k = 0; k < r.rows; ++k) {
-      runs.push_back({r.begin + k * r.row_step, r.end + k * r.row_step,
-                      r.rows == 1 ? r.out : r.out.narrow(0, k * len, len)});
+      runs.push_back(
+          {r.begin + k * r.row_step, r.end + k * r.row_step,
+           r.rows == 1 ? r.out : r.out.narrow(0, k * len, len)});
     }
   }
   requests = std::move(runs);

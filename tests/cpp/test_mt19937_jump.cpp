@@ -83,10 +83,9 @@ std::vector<std::pair<std::string, at::mt19937>> starts(std::mt19937_64& rng) {
 TEST(Mt19937Jump, MatchesDrawsAtBoundaries) {
   std::mt19937_64 rng(test_seed());
   const int64_t n_ = at::MERSENNE_STATE_N;
-  std::vector<int64_t> counts = {0,          1,          2,          n_ - 2,      n_ - 1,
-                                 n_,         n_ + 1,     2 * n_ - 1, 2 * n_,      2 * n_ + 1,
-                                 3 * n_,     10 * n_ - 1, 10 * n_,   10 * n_ + 1, 1000 * n_,
-                                 1000 * n_ + 313};
+  std::vector<int64_t> counts = {
+      0,      1,          2,      n_ - 2,      n_ - 1,  n_,          n_ + 1,    2 * n_ - 1,
+      2 * n_, 2 * n_ + 1, 3 * n_, 10 * n_ - 1, 10 * n_, 10 * n_ + 1, 1000 * n_, 1000 * n_ + 313};
   for (int i = 0; i < 4; ++i) {
     counts.push_back(static_cast<int64_t>(rng() % 3000000));
   }
@@ -97,9 +96,10 @@ TEST(Mt19937Jump, MatchesDrawsAtBoundaries) {
       for (auto how : {Mt19937Skip::kJump, Mt19937Skip::kStep, Mt19937Skip::kAuto}) {
         at::mt19937 skipped = start.second;
         mt19937_discard(skipped, n, how);
-        expect_same(drawn, skipped,
-                    start.first + ", n " + std::to_string(n) + ", method " +
-                        std::to_string(static_cast<int>(how)));
+        expect_same(
+            drawn, skipped,
+            start.first + ", n " + std::to_string(n) + ", method " +
+                std::to_string(static_cast<int>(how)));
       }
     }
   }
@@ -212,9 +212,8 @@ TEST(Mt19937Jump, PowerMatchesRepeatedShift) {
   const int words = static_cast<int>(p.size());
   Gf2Poly a(words, 0);
   a[0] = 1;
-  const std::vector<int64_t> checks = {0,         1,         63,        64,        d - 1,
-                                       d,         d + 1,     2 * d - 2, 2 * d - 1, 2 * d,
-                                       3 * d + 5, 65536,     98765};
+  const std::vector<int64_t> checks = {0,         1,         63,    64,        d - 1, d,    d + 1,
+                                       2 * d - 2, 2 * d - 1, 2 * d, 3 * d + 5, 65536, 98765};
   int64_t done = 0;
   for (int64_t n : checks) {
     for (; done < n; ++done) {

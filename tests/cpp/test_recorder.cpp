@@ -3,8 +3,8 @@
 
 #include "test_util.h"
 
-#include <lazyinit/record/capture.h>
 #include <lazyinit/core/lazy_tensor_impl.h>
+#include <lazyinit/record/capture.h>
 #include <lazyinit/record/meta_cache.h>
 
 #include <c10/core/DefaultDtype.h>
@@ -33,8 +33,9 @@ TEST(Recorder, RepeatedCallsReuseTheirMetadata) {
   at::Tensor again = at::cat({a, a}, 1);
   EXPECT_EQ(meta_cache_stats().hits, hits + 1);
   EXPECT_EQ(again.sizes(), at::IntArrayRef({6, 8}));
-  EXPECT_FALSE(get_pending_impl(again)->lazy_storage().get() ==
-               get_pending_impl(first)->lazy_storage().get());
+  EXPECT_FALSE(
+      get_pending_impl(again)->lazy_storage().get() ==
+      get_pending_impl(first)->lazy_storage().get());
   // Another dim, a transposed input, another dtype: other outputs.
   EXPECT_EQ(at::cat({a, a}, 0).sizes(), at::IntArrayRef({12, 4}));
   at::Tensor t = a.t();

@@ -42,8 +42,7 @@ TEST(Placement, ChunkBoundsMatchTorchChunk) {
 
 TEST(Placement, NestedShardsAndFlatRange) {
   at::Tensor full = at::arange(10 * 6).reshape({10, 6});
-  auto piece = local_piece(
-      full.sizes(), {Placement::shard(0, 1, 2), Placement::shard(1, 2, 4)});
+  auto piece = local_piece(full.sizes(), {Placement::shard(0, 1, 2), Placement::shard(1, 2, 4)});
   EXPECT_TRUE(at::equal(piece.slice(full), full.chunk(2, 0)[1].chunk(4, 1)[2]));
   auto flat = local_piece(full.sizes(), {Placement::shard(1, 0, 2), Placement::flat_range(4, 11)});
   EXPECT_TRUE(at::equal(flat.slice(full), full.chunk(2, 1)[0].reshape(-1).slice(0, 4, 11)));
@@ -276,20 +275,21 @@ TEST(ShardReplay, ARegionGeneratorThatDeclinesFallsBackExactly) {
   int calls = 0;
   {
     RegionFillOverride decline(
-        "aten::normal_", c10::DeviceType::CPU,
-        [&](Node&, int64_t, std::vector<RegionRequest>&) {
+        "aten::normal_", c10::DeviceType::CPU, [&](Node&, int64_t, std::vector<RegionRequest>&) {
           ++calls;
           return false;
         });
     std::vector<Placement> p{Placement::shard(0, 1, 3)};
     EXPECT_TRUE(at::equal(
-        materialize_shard(lazy, p, c10::Device(c10::kCPU)), local_piece(eager.sizes(), p).slice(eager)));
+        materialize_shard(lazy, p, c10::Device(c10::kCPU)),
+        local_piece(eager.sizes(), p).slice(eager)));
   }
   EXPECT_EQ(calls, 1);
   EXPECT_EQ(shard_stats().fallbacks, 1);
   std::vector<Placement> p{Placement::shard(0, 2, 3)};
   EXPECT_TRUE(at::equal(
-      materialize_shard(lazy, p, c10::Device(c10::kCPU)), local_piece(eager.sizes(), p).slice(eager)));
+      materialize_shard(lazy, p, c10::Device(c10::kCPU)),
+      local_piece(eager.sizes(), p).slice(eager)));
   EXPECT_EQ(shard_stats().fallbacks, 1);  // the CPU generator is back
   EXPECT_EQ(shard_stats().pushed_down, 1);
 }

@@ -9,8 +9,12 @@ namespace lazyinit {
 
 // DeviceType::Lazy and its dispatch key, on every supported torch
 // (docs/architecture.md, "Which key", says why not PrivateUse1).
-constexpr c10::DeviceType lazy_device_type() { return c10::DeviceType::Lazy; }
-constexpr c10::DispatchKey lazy_dispatch_key() { return c10::DispatchKey::Lazy; }
+constexpr c10::DeviceType lazy_device_type() {
+  return c10::DeviceType::Lazy;
+}
+constexpr c10::DispatchKey lazy_dispatch_key() {
+  return c10::DispatchKey::Lazy;
+}
 c10::Device lazy_device();
 bool is_lazy_device(const c10::Device& device);
 

@@ -30,8 +30,7 @@ struct Geometry {
 
   static Geometry of(const at::Tensor& t);
   bool operator==(const Geometry& other) const {
-    return sizes == other.sizes && strides == other.strides &&
-        offset == other.offset;
+    return sizes == other.sizes && strides == other.strides && offset == other.offset;
   }
   bool operator!=(const Geometry& other) const { return !(*this == other); }
   // Number of storage elements this view reaches (0 for empty views).
@@ -55,16 +54,13 @@ struct LazyStorage : c10::intrusive_ptr_target {
     int64_t element = -1;
   };
 
-  LazyStorage(
-      int64_t nbytes,
-      caffe2::TypeMeta dtype,
-      c10::Device home_device);
+  LazyStorage(int64_t nbytes, caffe2::TypeMeta dtype, c10::Device home_device);
   ~LazyStorage() override;
 
   int64_t id;
   int64_t nbytes;
   caffe2::TypeMeta dtype;
-  c10::Device home_device;  // where materialize() puts it by default
+  c10::Device home_device;     // where materialize() puts it by default
   Geometry creation_geometry;  // geometry of the creating op's output
 
   std::vector<Entry> tape;
@@ -86,9 +82,7 @@ struct LazyStorage : c10::intrusive_ptr_target {
   // Nodes of other storages that read the current version.
   std::vector<std::weak_ptr<Node>> current_readers;
 
-  int64_t numel() const {
-    return nbytes / static_cast<int64_t>(dtype.itemsize());
-  }
+  int64_t numel() const { return nbytes / static_cast<int64_t>(dtype.itemsize()); }
   void add_impl(LazyTensorImpl* impl);
   void append(NodePtr node);
   // Before the storage changes, readers of its current value are re-pointed
@@ -105,13 +99,13 @@ struct TensorRef {
     kReal,  // a real tensor captured while recording
   };
   Kind kind = Kind::kReal;
-  LazyStoragePtr storage;  // kLazy
-  int64_t version = 0;     // kLazy: storage version; kReal: tensor version
-  Geometry geometry;       // kSelf / kLazy
-  caffe2::TypeMeta dtype;  // kSelf / kLazy: dtype of the view (view(dtype))
-  at::Tensor real;         // kReal: a copy made at record time (capture.h)
+  LazyStoragePtr storage;           // kLazy
+  int64_t version = 0;              // kLazy: storage version; kReal: tensor version
+  Geometry geometry;                // kSelf / kLazy
+  caffe2::TypeMeta dtype;           // kSelf / kLazy: dtype of the view (view(dtype))
+  at::Tensor real;                  // kReal: a copy made at record time (capture.h)
   const void* real_data = nullptr;  // kReal: its storage when recorded
-  bool copied = false;     // kReal: `real` is lazyinit's copy of the source
+  bool copied = false;              // kReal: `real` is lazyinit's copy of the source
 };
 
 // Position of a tensor argument inside the boxed argument list.

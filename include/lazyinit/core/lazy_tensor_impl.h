@@ -11,10 +11,7 @@ namespace lazyinit {
 
 class LazyTensorImpl : public c10::TensorImpl {
  public:
-  LazyTensorImpl(
-      LazyStoragePtr storage,
-      const Geometry& geometry,
-      caffe2::TypeMeta dtype);
+  LazyTensorImpl(LazyStoragePtr storage, const Geometry& geometry, caffe2::TypeMeta dtype);
 
   // The storage while lazy; null once materialized.
   const LazyStoragePtr& lazy_storage() const { return lazy_storage_; }
@@ -36,8 +33,7 @@ class LazyTensorImpl : public c10::TensorImpl {
       const c10::VariableVersion& version_counter,
       bool allow_tensor_metadata_change) const override;
   c10::intrusive_ptr<c10::TensorImpl> shallow_copy_and_detach(
-      c10::VariableVersion&& version_counter,
-      bool allow_tensor_metadata_change) const override;
+      c10::VariableVersion&& version_counter, bool allow_tensor_metadata_change) const override;
   void shallow_copy_from(const c10::intrusive_ptr<c10::TensorImpl>& impl) override;
   // Storages hold weak references to their impls, and c10 deletes an
   // object only once its weak count drops too: release the storage as soon
@@ -45,13 +41,10 @@ class LazyTensorImpl : public c10::TensorImpl {
   void release_resources() override;
 
  private:
-  const char* tensorimpl_type_name() const override {
-    return "lazyinit::LazyTensorImpl";
-  }
+  const char* tensorimpl_type_name() const override { return "lazyinit::LazyTensorImpl"; }
   template <typename VariableVersion>
   c10::intrusive_ptr<c10::TensorImpl> detach_impl(
-      VariableVersion&& version_counter,
-      bool allow_tensor_metadata_change) const;
+      VariableVersion&& version_counter, bool allow_tensor_metadata_change) const;
 
   LazyStoragePtr lazy_storage_;
   bool was_early_ = false;

@@ -47,10 +47,7 @@ inline void copy_tensor_lists(std::vector<c10::IValue>& args) {
 }
 
 inline void set_tensor(
-    std::vector<c10::IValue>& args,
-    size_t arg,
-    int64_t element,
-    const at::Tensor& t) {
+    std::vector<c10::IValue>& args, size_t arg, int64_t element, const at::Tensor& t) {
   if (element < 0) {
     args[arg] = c10::IValue(t);
   } else {

@@ -53,9 +53,9 @@ constexpr int64_t kMappedChunkBytes = int64_t{16} << 20;
 struct CaptureStats {
   int64_t copies = 0;
   int64_t bytes = 0;
-  int64_t zero_copy = 0;  // captures of immutable sources
-  int64_t mapped_reads = 0;        // prefetch_source calls on mapped sources
-  int64_t mapped_read_bytes = 0;   // bytes they asked for (page-rounded)
+  int64_t zero_copy = 0;          // captures of immutable sources
+  int64_t mapped_reads = 0;       // prefetch_source calls on mapped sources
+  int64_t mapped_read_bytes = 0;  // bytes they asked for (page-rounded)
 };
 CaptureStats capture_stats();
 

@@ -12,9 +12,6 @@
 
 namespace lazyinit {
 
-void run_early(
-    const c10::OperatorHandle& op,
-    torch::jit::Stack* stack,
-    const std::string& reason);
+void run_early(const c10::OperatorHandle& op, torch::jit::Stack* stack, const std::string& reason);
 
 }  // namespace lazyinit

@@ -26,12 +26,12 @@ struct OpInfo {
   std::vector<size_t> unannotated_writes;
   int64_t unannotated_write_if = -1;
   std::vector<Return> returns;
-  std::vector<size_t> device_args;   // Device / Device? arguments
-  int64_t dtype_arg = -1;            // ScalarType? dtype of factories
-  int64_t generator_arg = -1;        // Generator? argument
+  std::vector<size_t> device_args;  // Device / Device? arguments
+  int64_t dtype_arg = -1;           // ScalarType? dtype of factories
+  int64_t generator_arg = -1;       // Generator? argument
   bool random = false;
   bool has_tensor_args = false;
-  bool returns_non_tensor = false;   // e.g. item(): needs values
+  bool returns_non_tensor = false;  // e.g. item(): needs values
   // aten::normal_ / aten::uniform_ (Tensor, float, float, Generator?):
   // their Meta kernels only check the two floats and return self, so the
   // recorder checks them itself (plain_fill_is_valid in recorder.cpp).

@@ -45,8 +45,8 @@ int64_t flat_slice_bytes(int64_t nbytes);
 // A flat tensor of `numel` elements of `dtype` over bytes [offset, ...) of
 // the byte tensor `buffer`, in a c10::Storage of its own that keeps
 // `buffer` alive (not resizable).
-at::Tensor flat_slice(const at::Tensor& buffer, int64_t offset, int64_t numel,
-                      caffe2::TypeMeta dtype);
+at::Tensor flat_slice(
+    const at::Tensor& buffer, int64_t offset, int64_t numel, caffe2::TypeMeta dtype);
 
 // Contiguous `t` as a new tensor of `shape` (same number of elements) over
 // the same storage, made without dispatching: view() costs a dispatcher

@@ -52,8 +52,8 @@ class Replayer {
   // device), the value is computed in it, and it is returned.
   // `may_defer`: the storage's last write may be queued (shard_replay.h,
   // DeferredFillScope): only for a value nobody reads before the flush.
-  at::Tensor value(LazyStorage& storage, int64_t version, const at::Tensor& dest = {},
-                   bool may_defer = false);
+  at::Tensor value(
+      LazyStorage& storage, int64_t version, const at::Tensor& dest = {}, bool may_defer = false);
   // A real tensor for a node argument.
   at::Tensor resolve(const TensorRef& ref, const at::Tensor& self_base);
   // The node's boxed arguments with tensors resolved (scratch: written
@@ -95,10 +95,7 @@ at::Tensor early_value(LazyStorage& storage);
 // tensors that are not pending. `settle`: settle the generators afterwards
 // (a whole module passes false for each tensor and calls
 // finish_materialization() once: settling walks every random node).
-void materialize_tensor(
-    const at::Tensor& t,
-    c10::optional<c10::Device> device,
-    bool settle = true);
+void materialize_tensor(const at::Tensor& t, c10::optional<c10::Device> device, bool settle = true);
 // Frees the buffer kept for draw-only replays.
 void release_scratch();
 // Settles generators once a batch of materializations is done.

@@ -48,7 +48,7 @@ constexpr int64_t kPhiloxBlockThreads = 256;
 
 inline int64_t philox_launch_threads(int64_t numel, int64_t grid_limit) {
   return kPhiloxBlockThreads *
-      std::min<int64_t>(grid_limit, (numel + kPhiloxBlockThreads - 1) / kPhiloxBlockThreads);
+         std::min<int64_t>(grid_limit, (numel + kPhiloxBlockThreads - 1) / kPhiloxBlockThreads);
 }
 
 // Whether a piece of `n` elements of a tensor drawn by `threads` threads is
@@ -68,14 +68,14 @@ inline int64_t philox_unroll(c10::ScalarType dtype) {
 // Positions of one chain's nodes in one CUDA device's Philox stream.
 struct PhiloxStream {
   std::vector<c10::optional<PhiloxState>> states;  // before node k; [n]: after all
-  std::vector<bool> replayed;                       // node k ran for real here
+  std::vector<bool> replayed;                      // node k ran for real here
 };
 
 // Where a chain's CUDA stream starts: the end of the previous chain when no
 // reseed came in between, else the generators as they were at its start.
 struct PhiloxOrigin {
   std::shared_ptr<RngChain> previous;
-  uint64_t seed = 0;  // for devices whose generator did not exist yet
+  uint64_t seed = 0;                           // for devices whose generator did not exist yet
   std::unordered_map<int, PhiloxState> start;  // devices already initialized
   std::unordered_map<int, PhiloxStream> streams;
   int device = -1;     // the device nodes were replayed on
@@ -86,10 +86,7 @@ struct PhiloxOrigin {
 // `previous` is the chain it replaces; `continued` says that no reseed came
 // in between (recording's marker was still in the generator).
 void philox_chain_started(
-    RngChain& chain,
-    const std::shared_ptr<RngChain>& previous,
-    bool continued,
-    uint64_t cpu_seed);
+    RngChain& chain, const std::shared_ptr<RngChain>& previous, bool continued, uint64_t cpu_seed);
 
 // Runs a random node on a CUDA replayer with the device's generator where
 // eager construction would have it, and records where it leaves it.

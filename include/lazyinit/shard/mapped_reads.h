@@ -38,8 +38,10 @@ class MappedReads {
   // operands' flat index), prefetching range k + 1 first and releasing k
   // after.
   template <typename Run>
-  void each(const std::vector<at::Tensor>& flat, const std::vector<std::pair<int64_t, int64_t>>& ranges,
-            const Run& run) const {
+  void each(
+      const std::vector<at::Tensor>& flat,
+      const std::vector<std::pair<int64_t, int64_t>>& ranges,
+      const Run& run) const {
     auto touch = [&](size_t k, bool fetch) {
       if (k >= ranges.size()) {
         return;

@@ -14,8 +14,8 @@
 #include <c10/core/Device.h>
 
 #include <lazyinit/core/graph.h>
-#include <lazyinit/shard/placement.h>
 #include <lazyinit/rng/chain.h>
+#include <lazyinit/shard/placement.h>
 
 #include <functional>
 #include <string>
@@ -125,14 +125,14 @@ GenState cpu_state_before(Node& node);
 
 // Process-wide counters (lazyinit.shard_stats()).
 struct ShardStats {
-  int64_t shards = 0;           // materialize_shard calls on lazy tensors
-  int64_t pushed_down = 0;      // of those, replayed over the spans only
-  int64_t fallbacks = 0;        // of those, whole storage replayed + sliced
-  int64_t whole = 0;            // of those, pieces covering their whole storage
-                                // (Replicate): replayed whole, not a fallback
-  int64_t rng_scratch_runs = 0; // random nodes run whole into scratch to
-                                // learn the generator state after them
-  int64_t draws_skipped = 0;    // mt19937 outputs discarded to reach a position
+  int64_t shards = 0;                         // materialize_shard calls on lazy tensors
+  int64_t pushed_down = 0;                    // of those, replayed over the spans only
+  int64_t fallbacks = 0;                      // of those, whole storage replayed + sliced
+  int64_t whole = 0;                          // of those, pieces covering their whole storage
+                                              // (Replicate): replayed whole, not a fallback
+  int64_t rng_scratch_runs = 0;               // random nodes run whole into scratch to
+                                              // learn the generator state after them
+  int64_t draws_skipped = 0;                  // mt19937 outputs discarded to reach a position
   std::vector<std::string> fallback_reasons;  // the latest few, newest last
 };
 ShardStats shard_stats();

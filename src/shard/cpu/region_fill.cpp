@@ -23,8 +23,8 @@
 // (AVX2 or not) is the kernel's; only the position mapping is emulated.
 #include <lazyinit/shard/shard_replay.h>
 
-#include <lazyinit/rng/mt19937_jump.h>
 #include <lazyinit/core/tensor_args.h>
+#include <lazyinit/rng/mt19937_jump.h>
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/core/grad_mode.h>
@@ -153,8 +153,8 @@ NormalTail probe_normal_tail(at::ScalarType dtype) {
 NormalTail normal_tail(caffe2::TypeMeta dtype) {
   // Probed once per process, for the four dtypes the kernel takes.
   static const std::array<NormalTail, 4> layouts = {
-      probe_normal_tail(at::kFloat), probe_normal_tail(at::kDouble),
-      probe_normal_tail(at::kHalf), probe_normal_tail(at::kBFloat16)};
+      probe_normal_tail(at::kFloat), probe_normal_tail(at::kDouble), probe_normal_tail(at::kHalf),
+      probe_normal_tail(at::kBFloat16)};
   switch (dtype.toScalarType()) {
     case at::kFloat:
       return layouts[0];
@@ -297,8 +297,8 @@ int64_t normal_draws(const Node& node) {
 }
 
 // One draw (or two) per element, wherever the range sits: numel is unused.
-bool fill_uniform_with(Kernel kernel, const GenState& start, int64_t /*numel*/,
-                       std::vector<RegionRequest>& requests) {
+bool fill_uniform_with(
+    Kernel kernel, const GenState& start, int64_t /*numel*/, std::vector<RegionRequest>& requests) {
   split_rows(requests);
   const int64_t per = draws_per_uniform(requests.front().out.dtype());
   if (per < 0) {
@@ -315,8 +315,8 @@ bool fill_uniform_with(Kernel kernel, const GenState& start, int64_t /*numel*/,
   return true;
 }
 
-bool fill_normal_with(Kernel kernel, const GenState& start, int64_t n,
-                      std::vector<RegionRequest>& requests) {
+bool fill_normal_with(
+    Kernel kernel, const GenState& start, int64_t n, std::vector<RegionRequest>& requests) {
   split_rows(requests);
   const int64_t per = draws_per_uniform(requests.front().out.dtype());
   if (per < 0) {

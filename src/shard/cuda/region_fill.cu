@@ -54,8 +54,8 @@ __device__ __forceinline__ uint4 philox_block(uint64_t seed, uint32_t thread, ui
 // What the first curand4 returns after curand_init(seed, thread, 4 * n +
 // rem). PyTorch's offsets are multiples of 4 (rem 0); others straddle two
 // blocks.
-__device__ __forceinline__ uint4 philox_draw(uint64_t seed, uint32_t thread, uint64_t n,
-                                             uint32_t rem) {
+__device__ __forceinline__ uint4
+philox_draw(uint64_t seed, uint32_t thread, uint64_t n, uint32_t rem) {
   const uint4 a = philox_block(seed, thread, n);
   if (rem == 0) {
     return a;
@@ -126,16 +126,16 @@ struct BatchJob {
   char* out;
   uint64_t seed;
   uint64_t block0;  // offset / 4: the Philox block of iteration 0
-  double a;  // normal: mean, uniform: from (exact in their kernel types)
-  double b;  // normal: std, uniform: to
-  double c;  // uniform: to - from in opmath
-  uint32_t rem;         // offset % 4
-  uint32_t items;       // pair mode: S threads; element mode: the elements
-  uint32_t begin;       // elements [begin, end) of the node's tensor
+  double a;         // normal: mean, uniform: from (exact in their kernel types)
+  double b;         // normal: std, uniform: to
+  double c;         // uniform: to - from in opmath
+  uint32_t rem;     // offset % 4
+  uint32_t items;   // pair mode: S threads; element mode: the elements
+  uint32_t begin;   // elements [begin, end) of the node's tensor
   uint32_t end;
-  uint32_t stride;      // S of the node's whole launch
-  int32_t first_iter;   // pair mode: begin / (unroll * stride)
-  int32_t last_iter;    // pair mode: (end - 1) / (unroll * stride)
+  uint32_t stride;       // S of the node's whole launch
+  int32_t first_iter;    // pair mode: begin / (unroll * stride)
+  int32_t last_iter;     // pair mode: (end - 1) / (unroll * stride)
   int32_t element_mode;  // one Philox call an element (short pieces)
   uint32_t row_len;      // element mode, rows: elements a row (0: one run)
   uint32_t row_gap;      // row_step - row_len
@@ -168,8 +168,8 @@ struct UniformOf {
     }
   };
   __device__ Bound operator()(const BatchJob& job) const {
-    return Bound{static_cast<scalar_t>(job.a), static_cast<scalar_t>(job.b),
-                 static_cast<opmath_t>(job.c)};
+    return Bound{
+        static_cast<scalar_t>(job.a), static_cast<scalar_t>(job.b), static_cast<opmath_t>(job.c)};
   }
 };
 
@@ -186,16 +186,16 @@ __device__ __forceinline__ void run_item(
   scalar_t* out = reinterpret_cast<scalar_t*>(job.out);
   const uint32_t s = job.stride;
   if (job.element_mode) {
-    const uint32_t li =
-        job.begin + item + (job.row_len > 0 ? item / job.row_len * job.row_gap : 0);
+    const uint32_t li = job.begin + item + (job.row_len > 0 ? item / job.row_len * job.row_gap : 0);
     const uint32_t q = li / s;
     const uint32_t lane = q % kUnroll;
-    const auto v = dist.pair(philox_draw(job.seed, li - q * s, job.block0 + q / kUnroll, job.rem),
-                             static_cast<int>(lane / 2));
+    const auto v = dist.pair(
+        philox_draw(job.seed, li - q * s, job.block0 + q / kUnroll, job.rem),
+        static_cast<int>(lane / 2));
     out[item] = value_of(static_cast<acc_t>(lane % 2 == 0 ? v.x : v.y));
     return;
   }
-  const uint32_t thread = item;  // < s
+  const uint32_t thread = item;       // < s
   const uint32_t step = kUnroll * s;  // elements an iteration
   const uint32_t begin = job.begin;
   const uint32_t end = job.end;
@@ -260,7 +260,7 @@ __global__ void batch_kernel(
 
 struct FillJob {
   char* out;
-  uint64_t bits;  // the value, as the first sizeof(scalar_t) bytes
+  uint64_t bits;   // the value, as the first sizeof(scalar_t) bytes
   uint32_t items;  // elements
 };
 
@@ -294,19 +294,27 @@ void launch_in_batches(const std::vector<const Item*>& items, Describe describe,
     for (size_t i = 0; i < count; ++i) {
       most = std::max(most, describe(*items[first + i], table.jobs[i]));
     }
-    const dim3 grid(static_cast<unsigned>(std::max<int64_t>(
-                        1, std::min<int64_t>((most + kThreads - 1) / kThreads, kMaxJobBlocks))),
-                    static_cast<unsigned>(count));
+    const dim3 grid(
+        static_cast<unsigned>(std::max<int64_t>(
+            1, std::min<int64_t>((most + kThreads - 1) / kThreads, kMaxJobBlocks))),
+        static_cast<unsigned>(count));
     launch(table, grid);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 }
 
 // Launches `jobs` (one device and dtype). `describe` sets a job's a, b, c.
-template <typename scalar_t, typename acc_t, int kUnroll, typename dist_t, typename transform_t,
-          typename describe_t>
+template <
+    typename scalar_t,
+    typename acc_t,
+    int kUnroll,
+    typename dist_t,
+    typename transform_t,
+    typename describe_t>
 void launch_batch(
-    const std::vector<const PhiloxJob*>& jobs, dist_t dist, transform_t transform,
+    const std::vector<const PhiloxJob*>& jobs,
+    dist_t dist,
+    transform_t transform,
     describe_t describe) {
   const auto stream = at::cuda::getCurrentCUDAStream();
   launch_in_batches<BatchJob>(
@@ -332,8 +340,8 @@ void launch_batch(
         return static_cast<int64_t>(d.items);
       },
       [&](const JobTable<BatchJob>& table, dim3 grid) {
-        batch_kernel<scalar_t, acc_t, kUnroll><<<grid, kThreads, 0, stream>>>(
-            table, dist, transform);
+        batch_kernel<scalar_t, acc_t, kUnroll>
+            <<<grid, kThreads, 0, stream>>>(table, dist, transform);
       });
 }
 
@@ -401,40 +409,46 @@ std::map<std::pair<int, at::ScalarType>, std::vector<const Job*>> by_device_and_
 
 void constant_batch_fill(const std::vector<ConstantJob>& jobs) {
   const auto groups = by_device_and_dtype(jobs, [](const ConstantJob& job) {
-    TORCH_CHECK(job.out.is_cuda() && job.out.is_contiguous() && job.out.dim() == 1,
-                "lazyinit: constant_batch_fill writes contiguous 1-D CUDA tensors");
-    TORCH_CHECK(job.out.numel() <= std::numeric_limits<int32_t>::max(),
-                "lazyinit: constant_batch_fill writes tensors below 2^31 elements");
+    TORCH_CHECK(
+        job.out.is_cuda() && job.out.is_contiguous() && job.out.dim() == 1,
+        "lazyinit: constant_batch_fill writes contiguous 1-D CUDA tensors");
+    TORCH_CHECK(
+        job.out.numel() <= std::numeric_limits<int32_t>::max(),
+        "lazyinit: constant_batch_fill writes tensors below 2^31 elements");
   });
   for (const auto& group : groups) {
     c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(group.first.first));
-    AT_DISPATCH_ALL_TYPES_AND3(at::kHalf, at::kBFloat16, at::kBool, group.first.second,
-                               "constant_batch_fill",
-                               [&] { launch_fills<scalar_t>(group.second); });
+    AT_DISPATCH_ALL_TYPES_AND3(
+        at::kHalf, at::kBFloat16, at::kBool, group.first.second, "constant_batch_fill",
+        [&] { launch_fills<scalar_t>(group.second); });
   }
 }
 
 void philox_batch_fill(const std::vector<PhiloxJob>& jobs, PhiloxFill kind) {
   const auto groups = by_device_and_dtype(jobs, [](const PhiloxJob& job) {
     const at::Tensor& out = job.out;
-    TORCH_CHECK(out.is_cuda() && out.is_contiguous() && out.dim() == 1,
-                "lazyinit: philox_batch_fill writes contiguous 1-D CUDA tensors");
-    TORCH_CHECK(job.rows >= 1 && out.numel() % job.rows == 0,
-                "lazyinit: a job's output must hold whole rows");
+    TORCH_CHECK(
+        out.is_cuda() && out.is_contiguous() && out.dim() == 1,
+        "lazyinit: philox_batch_fill writes contiguous 1-D CUDA tensors");
+    TORCH_CHECK(
+        job.rows >= 1 && out.numel() % job.rows == 0,
+        "lazyinit: a job's output must hold whole rows");
     const int64_t row_len = out.numel() / job.rows;
     TORCH_CHECK(job.rows == 1 || job.row_step >= row_len, "lazyinit: rows overlap");
-    TORCH_CHECK(job.begin >= 0 && job.begin + (job.rows - 1) * job.row_step + row_len <= job.numel,
-                "lazyinit: region out of range");
-    TORCH_CHECK(job.numel <= std::numeric_limits<int32_t>::max(),
-                "lazyinit: philox_batch_fill covers tensors below 2^31 elements (PyTorch "
-                "splits larger ones)");
+    TORCH_CHECK(
+        job.begin >= 0 && job.begin + (job.rows - 1) * job.row_step + row_len <= job.numel,
+        "lazyinit: region out of range");
+    TORCH_CHECK(
+        job.numel <= std::numeric_limits<int32_t>::max(),
+        "lazyinit: philox_batch_fill covers tensors below 2^31 elements (PyTorch "
+        "splits larger ones)");
     TORCH_CHECK(job.grid_limit > 0, "lazyinit: philox_batch_fill needs the device's grid limit");
   });
   for (const auto& group : groups) {
     c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(group.first.first));
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, group.first.second,
-                                    "philox_batch_fill",
-                                    [&] { launch_philox<scalar_t>(group.second, kind); });
+    AT_DISPATCH_FLOATING_TYPES_AND2(
+        at::kHalf, at::kBFloat16, group.first.second, "philox_batch_fill",
+        [&] { launch_philox<scalar_t>(group.second, kind); });
   }
 }
 

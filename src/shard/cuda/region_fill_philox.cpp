@@ -93,8 +93,16 @@ void enqueue(PhiloxFill kind, PhiloxJob job) {
 // as whole fills; larger fills are bandwidth-bound kernels of their own.
 bool queue_constant(const at::Tensor& out, const c10::Scalar& value) {
   switch (out.scalar_type()) {  // constant_batch_fill's dtypes
-    case at::kFloat: case at::kDouble: case at::kHalf: case at::kBFloat16: case at::kBool:
-    case at::kByte: case at::kChar: case at::kShort: case at::kInt: case at::kLong:
+    case at::kFloat:
+    case at::kDouble:
+    case at::kHalf:
+    case at::kBFloat16:
+    case at::kBool:
+    case at::kByte:
+    case at::kChar:
+    case at::kShort:
+    case at::kInt:
+    case at::kLong:
       break;
     default:
       return false;
@@ -165,8 +173,8 @@ bool fill_with_philox(
 bool queue_whole(Node& node, const at::Tensor& out) {
   const auto& name = node.op->schema().operator_name();
   if (!name.overload_name.empty() || node.self_slot < 0 || !out.is_cuda() ||
-      !out.device().has_index() || !out.is_contiguous() || out.dim() != 1 ||
-      node.args.size() < 3 || !node.args[1].isDouble() || !node.args[2].isDouble()) {
+      !out.device().has_index() || !out.is_contiguous() || out.dim() != 1 || node.args.size() < 3 ||
+      !node.args[1].isDouble() || !node.args[2].isDouble()) {
     return false;
   }
   PhiloxFill kind;
@@ -181,8 +189,8 @@ bool queue_whole(Node& node, const at::Tensor& out) {
   const TensorRef& self = node.tensors[node.self_slot].ref;
   int64_t begin = 0;
   int64_t numel = 0;
-  if (!contiguous_range(self.geometry, &begin, &numel) || begin != 0 ||
-      numel != out.numel() || self.dtype != out.dtype() || !is_floating(out.scalar_type()) ||
+  if (!contiguous_range(self.geometry, &begin, &numel) || begin != 0 || numel != out.numel() ||
+      self.dtype != out.dtype() || !is_floating(out.scalar_type()) ||
       numel > std::numeric_limits<int32_t>::max()) {  // PyTorch splits those
     return false;
   }
@@ -195,8 +203,9 @@ bool queue_whole(Node& node, const at::Tensor& out) {
   if (!start) {
     return false;
   }
-  enqueue(kind, PhiloxJob{0, out, *start, numel, grid, node.args[1].toDouble(),
-                          node.args[2].toDouble()});
+  enqueue(
+      kind,
+      PhiloxJob{0, out, *start, numel, grid, node.args[1].toDouble(), node.args[2].toDouble()});
   return true;
 }
 
@@ -241,8 +250,7 @@ std::vector<PhiloxPiece> merge_rows(
     if (head.rows == 1 && philox_short_piece(len, unroll, threads) && end < pieces.size()) {
       const int64_t step = pieces[end].begin - head.begin;
       while (end < pieces.size() && step >= len && pieces[end].rows == 1 &&
-             pieces[end].begin - pieces[end - 1].begin == step &&
-             pieces[end].out.numel() == len &&
+             pieces[end].begin - pieces[end - 1].begin == step && pieces[end].out.numel() == len &&
              pieces[end].out.scalar_type() == head.out.scalar_type() &&
              pieces[end].out.storage().is_alias_of(head.out.storage()) &&
              pieces[end].out.storage_offset() == pieces[end - 1].out.storage_offset() + len) {
@@ -253,8 +261,9 @@ std::vector<PhiloxPiece> merge_rows(
     if (rows == 1) {
       out.push_back(head);
     } else {
-      out.push_back(PhiloxPiece{head.begin, head.out.as_strided({rows * len}, {1}), rows,
-                                pieces[i + 1].begin - head.begin});
+      out.push_back(PhiloxPiece{
+          head.begin, head.out.as_strided({rows * len}, {1}), rows,
+          pieces[i + 1].begin - head.begin});
     }
     i = end;
   }
@@ -290,9 +299,9 @@ std::vector<PhiloxJob> philox_jobs(
     }
     // Long rows: PyTorch's four elements a Philox call, a job a row.
     for (int64_t r = 0; r < piece.rows; ++r) {
-      jobs.push_back(PhiloxJob{piece.begin + r * piece.row_step,
-                               piece.out.narrow(0, r * len, len), start, numel, grid_limit,
-                               a, b});
+      jobs.push_back(PhiloxJob{
+          piece.begin + r * piece.row_step, piece.out.narrow(0, r * len, len), start, numel,
+          grid_limit, a, b});
     }
   }
   return jobs;
@@ -307,14 +316,16 @@ void philox_region_fill(
     double a,
     double b) {
   for (const auto& piece : pieces) {
-    TORCH_CHECK(piece.out.is_cuda() && piece.out.is_contiguous() && piece.out.dim() == 1 &&
-                    piece.out.device() == pieces.front().out.device() &&
-                    piece.out.scalar_type() == pieces.front().out.scalar_type(),
-                "lazyinit: philox_region_fill writes contiguous 1-D CUDA tensors of one "
-                "device and dtype");
-    TORCH_CHECK(piece.rows >= 1 && piece.out.numel() % piece.rows == 0 &&
-                    (piece.rows == 1 || piece.row_step >= piece.out.numel() / piece.rows),
-                "lazyinit: a piece of rows holds whole, non-overlapping rows");
+    TORCH_CHECK(
+        piece.out.is_cuda() && piece.out.is_contiguous() && piece.out.dim() == 1 &&
+            piece.out.device() == pieces.front().out.device() &&
+            piece.out.scalar_type() == pieces.front().out.scalar_type(),
+        "lazyinit: philox_region_fill writes contiguous 1-D CUDA tensors of one "
+        "device and dtype");
+    TORCH_CHECK(
+        piece.rows >= 1 && piece.out.numel() % piece.rows == 0 &&
+            (piece.rows == 1 || piece.row_step >= piece.out.numel() / piece.rows),
+        "lazyinit: a piece of rows holds whole, non-overlapping rows");
   }
   philox_batch_fill(philox_jobs(pieces, start, numel, grid_limit, a, b), kind);
 }

@@ -120,7 +120,7 @@ class SourceOps(GeneratorBase):
         b = self.pick(cands)
         if a is None or b is None or a == b:
             return False
-        ta, tb = self.t(a), self.t(b)
+        ta = self.t(a)
         ga, gb = self.group[a], self.group[b]
         if AUTOGRAD_VIEW_FN and ta.requires_grad and ga.lazy and any(
                 self.group[k] is ga and self.t(k) is not ta for k in cands):
