@@ -277,6 +277,11 @@ def test_exit_from_another_thread_raises():
 
 
 def test_fork_while_another_thread_records():
+    """lazyinit's own locks are safe across fork() while another thread
+    records and replays. The work runs once before the thread starts: a
+    thread inside the first call of a torch op (its function-local static
+    being initialized) when the process forks hangs the child at that op's
+    first call there, eagerly as well (seen with `torch.empty`)."""
     if not hasattr(os, "fork"):
         pytest.skip("no fork here")
     script = textwrap.dedent("""
@@ -285,6 +290,8 @@ def test_fork_while_another_thread_records():
         def work():
             while not stop:
                 lazyinit.materialize(nn.Linear(64, 64, device="lazy"))
+        lazyinit.materialize(nn.Linear(64, 64, device="lazy"))
+        lazyinit.materialize(torch.empty(4, device="lazy").normal_())
         t = threading.Thread(target=work); t.start()
         for i in range(8):
             pid = os.fork()
