@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import pytest
 import torch
@@ -1084,6 +1085,33 @@ def test_empty_broadcast_result_with_a_transposed_operand_has_eager_strides():
     lz = build(device="lazy")
     lazyinit.materialize(lz, "cpu")
     assert_tensor_equal("sum", e, lz)
+
+# --------------------------------------------------------------------------
+# 35. an out= tensor resized to an empty result of a strided view (torch 2.x)
+# --------------------------------------------------------------------------
+
+@pytest.mark.xfail(int(torch.__version__.split(".")[0]) >= 2, strict=True,
+                   reason="finding 35 (docs/fuzzing.md): torch 2.x lays out this empty "
+                          "resized out= result otherwise than the stand-in run predicts")
+def test_out_resized_to_an_empty_result_of_a_strided_view_has_eager_strides():
+    """fuzz seed 131352292 on torch 2.14 (shrunk by the CI fuzz test): a 0-d
+    ``out`` resized by ``torch.mul(v2, 1.0, out=...)`` to the (7, 6, 0)
+    shape of a sliced view has strides (0, 1, 6) eagerly, (6, 1, 1) lazily.
+    Values and shapes agree (there are none)."""
+    def build(**kw):
+        torch.manual_seed(0)
+        v0 = torch.empty((7, 6, 0), dtype=torch.bfloat16, **kw).uniform_(-3.0, 2.0)
+        v5 = torch.ones((), dtype=torch.float16, **kw)
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "An output ... was resized"
+            torch.mul(v0[:, :, 0:0:3], 1.0, out=v5)
+        return v5
+
+    e = build()
+    lz = build(device="lazy")
+    lazyinit.materialize(lz, "cpu")
+    assert_tensor_equal("out", e, lz)
+
 
 # --------------------------------------------------------------------------
 # 34. a pending reader of an early result written after materializing

@@ -96,7 +96,11 @@ def compare_tensor(name: str, e: torch.Tensor, l: Any) -> List[str]:
     out = []
     if l.device != e.device:
         out.append(f"{name}: device {l.device} != eager {e.device}")
-    diff = [f for f, get in _FIELDS if get(l) != get(e)]
+    # Strides of a tensor without elements are not compared: no value reads
+    # them, and they are an open difference on torch 2.x (docs/fuzzing.md,
+    # findings 33 and 35, strict xfails in test_fuzz_regressions.py).
+    diff = [f for f, get in _FIELDS
+            if get(l) != get(e) and not (f == "stride" and e.numel() == 0)]
     if diff:
         out.append(f"{name}: metadata differs ({', '.join(diff)}): "
                    f"lazy [{describe(l)}] eager [{describe(e)}]")
