@@ -1114,6 +1114,35 @@ def test_out_resized_to_an_empty_result_of_a_strided_view_has_eager_strides():
 
 
 # --------------------------------------------------------------------------
+# 36. a view of a tensor that out= then resized to 0-d
+# --------------------------------------------------------------------------
+
+@pytest.mark.xfail(strict=True, reason="finding 36 (docs/fuzzing.md): open")
+def test_view_of_a_tensor_resized_to_zero_dims_by_out_keeps_eager_values():
+    """fuzz seed 585585560 on torch 1.13 (shrunk by the CI fuzz test):
+    ``v10 = v4.expand(3, -1, -1, -1)``, then ``torch.mul(scalar, 0.5,
+    out=v4)`` resizes ``v4`` to 0-d; eagerly ``v10`` still views the old
+    elements, and ``poisson(v10.abs())`` runs; lazily it raised "numel:
+    integer multiplication overflow"."""
+    def build(**kw):
+        torch.manual_seed(0)
+        v1 = torch.full((4, 7, 4), -1.0, **kw).squeeze()
+        v4 = v1.contiguous().detach().requires_grad_()
+        v6 = v1.max()
+        v10 = v4.expand(3, -1, -1, -1)
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.mul(v6, 0.5, out=v4)
+        return v4, torch.poisson(v10.abs())
+
+    eager = build()
+    lazy = build(device="lazy")
+    for i, (e, lz) in enumerate(zip(eager, lazy)):
+        lazyinit.materialize(lz, "cpu")
+        assert_tensor_equal(f"result {i}", e, lz)
+
+
+# --------------------------------------------------------------------------
 # 34. a pending reader of an early result written after materializing
 # --------------------------------------------------------------------------
 
