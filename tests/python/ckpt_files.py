@@ -18,6 +18,8 @@ from typing import Dict, Mapping, Optional
 
 import torch
 
+from dist_harness import reset_peak_rss, vm_kib  # noqa: F401 (reset_peak_rss re-exported)
+
 _NAMES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
           torch.float64: "F64", torch.int64: "I64", torch.int32: "I32", torch.int8: "I8",
           torch.uint8: "U8", torch.bool: "BOOL", torch.int16: "I16"}
@@ -94,21 +96,8 @@ def read_bytes() -> int:
 
 
 def rss_kib(field: str = "VmRSS") -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise KeyError(field)
-
-
-def reset_peak_rss() -> bool:
-    """Resets VmHWM to the current RSS; False where the kernel refuses."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
+    """A ``/proc/self/status`` figure in KiB (VmRSS, VmHWM, ...)."""
+    return vm_kib(field)
 
 
 def io_accounting_works(probe_file: str) -> bool:

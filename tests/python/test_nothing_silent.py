@@ -348,6 +348,18 @@ def test_cpu_work_touches_the_cuda_driver_only_as_eager_does():
     assert runs[1] == runs[0]
 
 
+def _assert_built_equal(build) -> None:
+    """``build()`` and ``build(device="lazy")`` from the same seed give equal
+    tensors once materialized."""
+    torch.manual_seed(0)
+    eager = build()
+    torch.manual_seed(0)
+    lazy = build(device="lazy")
+    for e, l in zip(eager, lazy):
+        lazyinit.materialize(l, "cpu")
+        assert torch.equal(e, l)
+
+
 def test_out_variants_with_several_outputs_are_exact():
     def build(**kw):
         x = torch.randn(4, 5, **kw)
@@ -361,13 +373,7 @@ def test_out_variants_with_several_outputs_are_exact():
         torch.cummax(x, 0, out=(v4, i4))
         return [v, i, v2, i2, v3, i3, v4, i4]
 
-    torch.manual_seed(0)
-    eager = build()
-    torch.manual_seed(0)
-    lazy = build(device="lazy")
-    for e, l in zip(eager, lazy):
-        lazyinit.materialize(l, "cpu")
-        assert torch.equal(e, l)
+    _assert_built_equal(build)
 
 
 def test_batch_norm_forward_during_construction_updates_running_stats():
@@ -382,13 +388,7 @@ def test_batch_norm_forward_during_construction_updates_running_stats():
         return [bn.running_mean, bn.running_var, inorm.running_mean, inorm.running_var,
                 rm, rv, y, z, w]
 
-    torch.manual_seed(0)
-    eager = build()
-    torch.manual_seed(0)
-    lazy = build(device="lazy")
-    for e, l in zip(eager, lazy):
-        lazyinit.materialize(l, "cpu")
-        assert torch.equal(e, l)
+    _assert_built_equal(build)
 
 
 def test_tensors_held_as_plain_attributes_materialize_with_the_module():
