@@ -477,6 +477,67 @@ void follow_written_geometry(
     const int64_t needed = g.extent() * static_cast<int64_t>(impl->dtype().itemsize());
     storage.nbytes = std::max(storage.nbytes, needed);
     impl->set_geometry(g);
+    impl->set_resized_by_write();
+  }
+}
+
+// Autograd re-creates a view's grad_fn after its base was written, by
+// calling the view op again on the base: on CPU it uses as_strided with
+// the view's own geometry, but devices without as_strided (Lazy among
+// them, c10::Device::supports_as_strided) get the view function re-run.
+// Where a write resized the base, that re-run can be invalid for the new
+// shape (expand(3, -1, -1, -1) of a now 0-d base) although eager's program
+// is valid. The re-run and a user's own call are the same dispatcher call,
+// so on such a base a failing view op returns placeholders that raise the
+// error at their first use instead: autograd keeps only their grad_fn, and
+// a user's invalid call still fails, at its first use.
+bool view_of_resized_base(const OpInfo& info, const std::vector<c10::IValue>& args) {
+  if (info.returns.empty()) {
+    return false;
+  }
+  for (const auto& ret : info.returns) {
+    if (ret.kind != OpInfo::ReturnKind::kView || !args[ret.arg].isTensor()) {
+      return false;
+    }
+    const auto* base = get_pending_impl(args[ret.arg].toTensor());
+    if (base == nullptr || !base->resized_by_write()) {
+      return false;
+    }
+  }
+  return true;
+}
+
+void push_deferred_error(
+    const c10::OperatorHandle& op,
+    const OpInfo& info,
+    const std::vector<c10::IValue>& args,
+    const c10::Error& error,
+    torch::jit::Stack* stack) {
+  const std::string reason = c10::str(
+      "lazyinit: ", op.schema().operator_name(), " failed on a lazy tensor that an out= ",
+      "argument or resize_ had resized: ", error.what_without_backtrace(),
+      "\nThis error surfaces here, not at that call, because autograd repeats view ",
+      "calls internally on such tensors and those repeats must not fail. Make the view ",
+      "from a tensor of the shape it expects.");
+  std::vector<c10::IValue> outputs;
+  const auto& returns = op.schema().returns();
+  for (size_t r = 0; r < info.returns.size(); ++r) {
+    const auto& base = args[info.returns[r].arg].toTensor();
+    if (returns[r].type()->kind() == c10::TypeKind::ListType) {
+      outputs.emplace_back(c10::List<at::Tensor>());  // split, unbind: no pieces
+      continue;
+    }
+    auto storage = c10::make_intrusive<LazyStorage>(0, base.dtype(), default_device());
+    storage->unusable_reason = reason;
+    Geometry g;
+    g.sizes = {0};
+    g.strides = {1};
+    storage->creation_geometry = g;
+    outputs.emplace_back(make_lazy_tensor(storage, g, base.dtype()));
+  }
+  torch::jit::drop(*stack, args.size());
+  for (auto& out : outputs) {
+    stack->push_back(std::move(out));
   }
 }
 
@@ -509,7 +570,17 @@ void record_op(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
   // Keep args[] as the caller's values; the meta stack holds stand-ins and,
   // after the call, the Meta kernel's outputs.
   std::vector<c10::IValue> meta_stack;
-  if (!infer_outputs(op, info, args, meta_stack)) {
+  bool inferred = false;
+  try {
+    inferred = infer_outputs(op, info, args, meta_stack);
+  } catch (const c10::Error& e) {
+    if (!view_of_resized_base(info, args)) {
+      throw;
+    }
+    push_deferred_error(op, info, args, e, stack);
+    return;
+  }
+  if (!inferred) {
     run_early(op, stack, "it has no Meta kernel or needs values");
     return;
   }

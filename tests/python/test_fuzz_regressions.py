@@ -1117,7 +1117,6 @@ def test_out_resized_to_an_empty_result_of_a_strided_view_has_eager_strides():
 # 36. a view of a tensor that out= then resized to 0-d
 # --------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="finding 36 (docs/fuzzing.md): open")
 def test_view_of_a_tensor_resized_to_zero_dims_by_out_keeps_eager_values():
     """fuzz seed 585585560 on torch 1.13 (shrunk by the CI fuzz test):
     ``v10 = v4.expand(3, -1, -1, -1)``, then ``torch.mul(scalar, 0.5,
@@ -1140,6 +1139,27 @@ def test_view_of_a_tensor_resized_to_zero_dims_by_out_keeps_eager_values():
     for i, (e, lz) in enumerate(zip(eager, lazy)):
         lazyinit.materialize(lz, "cpu")
         assert_tensor_equal(f"result {i}", e, lz)
+
+
+def test_invalid_view_of_a_tensor_resized_by_out_raises_at_first_use():
+    """The other side of finding 36's fix: a view call that is invalid for
+    the resized shape raises eagerly at the call; lazily the same dispatcher
+    call is also autograd's internal repeat, so it raises at first use, with
+    eager's message inside."""
+    def resized(**kw):
+        v4 = torch.zeros(4, 7, 4, **kw).requires_grad_()
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.mul(torch.ones((), **kw), 0.5, out=v4)
+        return v4
+
+    with pytest.raises(RuntimeError):
+        resized().expand(3, -1, -1, -1)
+    bad = resized(device="lazy").expand(3, -1, -1, -1)
+    with pytest.raises(RuntimeError, match="resized"):
+        lazyinit.materialize(bad, "cpu")
+    with pytest.raises(RuntimeError, match="resized"):
+        bad + 1
 
 
 # --------------------------------------------------------------------------

@@ -28,6 +28,10 @@ class LazyTensorImpl : public c10::TensorImpl {
   void rebind(LazyStoragePtr storage, const Geometry& geometry);
   // Updates the geometry after a recorded resize.
   void set_geometry(const Geometry& geometry);
+  // Whether a recorded write (an out= argument, resize_) changed the
+  // geometry this impl was created with.
+  bool resized_by_write() const { return resized_by_write_; }
+  void set_resized_by_write() { resized_by_write_ = true; }
 
   c10::intrusive_ptr<c10::TensorImpl> shallow_copy_and_detach(
       const c10::VariableVersion& version_counter,
@@ -48,6 +52,7 @@ class LazyTensorImpl : public c10::TensorImpl {
 
   LazyStoragePtr lazy_storage_;
   bool was_early_ = false;
+  bool resized_by_write_ = false;
   int64_t replays_ = 0;
 };
 
