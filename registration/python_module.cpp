@@ -391,6 +391,7 @@ PYBIND11_MODULE(_C, m) {
     d["zero_copy"] = s.zero_copy;
     d["mapped_reads"] = s.mapped_reads;
     d["mapped_read_bytes"] = s.mapped_read_bytes;
+    d["private_maps"] = s.private_maps;
     return d;
   });
   m.def("_random_runs", &random_runs);

@@ -218,7 +218,10 @@ def capture_stats() -> Dict[str, int]:
     """Process-wide counts of real tensors that recorded ops read: ``copies``
     (copied when recorded, so later writes to the source cannot change
     replay), ``bytes`` (their size) and ``zero_copy`` (registered immutable
-    sources, such as checkpoint mappings, kept without a copy)."""
+    sources, such as checkpoint mappings, kept without a copy); and reads of
+    checkpoint mappings: ``mapped_reads`` / ``mapped_read_bytes`` (chunks
+    requested from the file, page-rounded) and ``private_maps`` (tensors
+    materialized as a new private mapping of their file bytes)."""
     return dict(_C._capture_stats())
 
 

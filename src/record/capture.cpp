@@ -3,16 +3,23 @@
 #include <ATen/core/grad_mode.h>
 #include <ATen/ops/as_strided.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/from_blob.h>
 #include <c10/core/StorageImpl.h>
 #include <c10/util/intrusive_ptr.h>
 
+#include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
+#include <cinttypes>
+#include <cstdio>
 #include <iterator>
 #include <mutex>
+#include <string>
 #include <unordered_map>
 
 namespace lazyinit {
@@ -23,6 +30,7 @@ std::atomic<int64_t> g_bytes{0};
 std::atomic<int64_t> g_zero_copy{0};
 std::atomic<int64_t> g_mapped_reads{0};
 std::atomic<int64_t> g_mapped_read_bytes{0};
+std::atomic<int64_t> g_private_maps{0};
 
 struct Registered {
   c10::weak_intrusive_ptr<c10::StorageImpl> storage;
@@ -204,10 +212,98 @@ CapturedSource capture_source(const at::Tensor& t) {
   return {copy, true};
 }
 
+namespace {
+
+// The file region behind an address range of this process's mappings.
+struct FileRegion {
+  std::string path;
+  dev_t device = 0;
+  ino_t inode = 0;
+  int64_t offset = 0;  // of the range's first byte in the file
+};
+
+// From /proc/self/maps: the file mapping that holds [address, address +
+// length) whole, if any.
+bool file_region(uintptr_t address, size_t length, FileRegion* out) {
+  std::FILE* maps = std::fopen("/proc/self/maps", "re");
+  if (maps == nullptr) {
+    return false;
+  }
+  bool found = false;
+  char line[4096];
+  while (!found && std::fgets(line, sizeof(line), maps) != nullptr) {
+    uintptr_t start = 0, end = 0;
+    unsigned long long offset = 0;  // NOLINT(runtime/int): sscanf's type
+    unsigned major = 0, minor = 0;
+    unsigned long long inode = 0;  // NOLINT(runtime/int)
+    int path_at = 0;
+    if (std::sscanf(
+            line, "%" SCNxPTR "-%" SCNxPTR " %*4s %llx %x:%x %llu %n", &start, &end, &offset,
+            &major, &minor, &inode, &path_at) < 6 ||
+        address < start || address + length > end) {
+      continue;
+    }
+    std::string path(line + path_at);
+    while (!path.empty() && (path.back() == '\n' || path.back() == ' ')) {
+      path.pop_back();
+    }
+    if (inode == 0 || path.empty() || path[0] != '/') {
+      break;  // anonymous memory: no file to map again
+    }
+    out->path = path;
+    out->device = makedev(major, minor);
+    out->inode = static_cast<ino_t>(inode);
+    out->offset = static_cast<int64_t>(offset + (address - start));
+    found = true;
+  }
+  std::fclose(maps);
+  return found;
+}
+
+}  // namespace
+
+at::Tensor map_source_privately(const at::Tensor& view) {
+  if (view.numel() == 0 || !view.is_contiguous() || !is_mapped_source(view)) {
+    return at::Tensor();
+  }
+  const auto address = reinterpret_cast<uintptr_t>(view.data_ptr());
+  const size_t length = static_cast<size_t>(view.numel()) * view.element_size();
+  FileRegion region;
+  if (!file_region(address, length, &region)) {
+    return at::Tensor();
+  }
+  const int fd = ::open(region.path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    return at::Tensor();
+  }
+  struct stat st {};
+  // Replaced or moved since it was mapped: the path names other bytes.
+  const bool same_file = ::fstat(fd, &st) == 0 && st.st_dev == region.device &&
+                         st.st_ino == region.inode &&
+                         region.offset + static_cast<int64_t>(length) <= st.st_size;
+  static const int64_t page = sysconf(_SC_PAGESIZE);
+  const int64_t aligned = region.offset / page * page;
+  const size_t span = length + static_cast<size_t>(region.offset - aligned);
+  void* map = same_file ? ::mmap(nullptr, span, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, aligned)
+                        : MAP_FAILED;
+  ::close(fd);
+  if (map == MAP_FAILED) {
+    return at::Tensor();
+  }
+  ++g_private_maps;
+  char* data = static_cast<char*>(map) + (region.offset - aligned);
+  return at::from_blob(
+      data, {view.numel()}, [map, span](void*) { ::munmap(map, span); }, view.options());
+}
+
 CaptureStats capture_stats() {
   return {
-      g_copies.load(), g_bytes.load(), g_zero_copy.load(), g_mapped_reads.load(),
-      g_mapped_read_bytes.load()};
+      g_copies.load(),
+      g_bytes.load(),
+      g_zero_copy.load(),
+      g_mapped_reads.load(),
+      g_mapped_read_bytes.load(),
+      g_private_maps.load()};
 }
 
 }  // namespace lazyinit

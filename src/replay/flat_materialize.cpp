@@ -130,6 +130,7 @@ void materialize_flat(
   std::vector<Group> groups;
   std::map<std::pair<std::string, c10::ScalarType>, size_t> index;
   std::unordered_set<const LazyStorage*> seen;
+  std::vector<std::pair<LazyStoragePtr, c10::Device>> mapped;  // no slice: see below
   for (const auto& t : tensors) {
     auto* impl = get_pending_impl(t);
     if (impl == nullptr) {
@@ -142,6 +143,12 @@ void materialize_flat(
     }
     const c10::Device target = Replayer(device.value_or(storage->home_device)).device();
     check_target_device(target);
+    if (may_map_checkpoint_bytes(*storage, target)) {
+      // A copy of a checkpoint's bytes becomes a mapping of the file, read
+      // on first touch (as eager's mapped checkpoints are), not a slice.
+      mapped.emplace_back(std::move(storage), target);
+      continue;
+    }
     const auto key = std::make_pair(target.str(), c10::typeMetaToScalarType(storage->dtype));
     auto it = index.find(key);
     if (it == index.end()) {
@@ -152,6 +159,12 @@ void materialize_flat(
   }
   GeneratorStateGuard generators;
   DeferredFillScope deferred;  // CUDA random fills launched batched
+  for (const auto& entry : mapped) {
+    materialize_storage(*entry.first, entry.second);
+    if (progress) {
+      progress(entry.first->nbytes);
+    }
+  }
   for (const Group& group : groups) {
     const int64_t itemsize = static_cast<int64_t>(group.dtype.itemsize());
     std::vector<int64_t> sizes;

@@ -211,6 +211,42 @@ bool reads_mapping_only(const LazyStorage& storage, int64_t version) {
   return mapped;
 }
 
+// The source `node` copies where it is a plain copy of a contiguous view
+// of a checkpoint's mapping over the whole storage (the creating _to_copy
+// or clone of transformers' loads, or load_checkpoint's copy_ over an
+// init) with the source's dtype and layout; null where it is not.
+const at::Tensor* mapped_copy_source(const LazyStorage& storage, const Node& node) {
+  if (node.is_constant() || node.is_random()) {
+    return nullptr;
+  }
+  const std::string& name = node.op->schema().name();
+  const bool creates = node.self_slot < 0 && node.tensors.size() == 1 &&
+                       (name == "aten::_to_copy" || name == "aten::clone");
+  const bool copies = name == "aten::copy_" && node.self_slot == 0 && node.tensors.size() == 2;
+  if (!creates && !copies) {
+    return nullptr;
+  }
+  const TensorRef& src = node.tensors[creates ? 0 : 1].ref;
+  if (src.kind != TensorRef::Kind::kReal || !is_mapped_source(src.real)) {
+    return nullptr;
+  }
+  Geometry same_layout = Geometry::of(src.real);
+  same_layout.offset = 0;
+  const Geometry& written = creates ? storage.creation_geometry : node.tensors[0].ref.geometry;
+  if (src.real.dtype() != storage.dtype || src.real.numel() != storage.numel() ||
+      !src.real.is_contiguous() || written != same_layout) {
+    return nullptr;
+  }
+  return &src.real;
+}
+
+// Such a copy's value as a private mapping of the same file bytes, read on
+// first touch like eager's mapped checkpoints instead of copied here.
+at::Tensor mapped_copy_value(const LazyStorage& storage, const Node& node) {
+  const at::Tensor* source = mapped_copy_source(storage, node);
+  return source != nullptr ? map_source_privately(*source) : at::Tensor();
+}
+
 // One buffer reused for draw-only runs: allocating (and page-faulting) a
 // fresh one per node doubled the memory traffic of out-of-order replays.
 at::Tensor& scratch_bytes() {
@@ -363,6 +399,11 @@ at::Tensor Replayer::run_creation(LazyStorage& storage) {
   return flat;
 }
 
+bool may_map_checkpoint_bytes(const LazyStorage& storage, c10::Device device) {
+  return device.is_cpu() && storage.version >= 0 && storage.state == StorageState::kLazy &&
+         mapped_copy_source(storage, *storage.tape[storage.version].node) != nullptr;
+}
+
 at::Tensor Replayer::value(
     LazyStorage& storage, int64_t version, const at::Tensor& dest, bool may_defer) {
   storage.check_usable();
@@ -384,6 +425,15 @@ at::Tensor Replayer::value(
   // peak holds the value and one chunk of the file, not the source pages
   // of the whole tensor as well).
   if (!early_ && reads_mapping_only(storage, version)) {
+    if (!dest.defined() && device_.is_cpu() && version == 0) {
+      at::Tensor out = mapped_copy_value(storage, *storage.tape[0].node);
+      if (out.defined()) {
+        ++storage.replay_count;
+        storage.cached = out;
+        storage.cached_version = version;
+        return out;
+      }
+    }
     at::Tensor out;
     std::string why;
     const at::Tensor into = dest.defined() ? dest : at::Tensor();
@@ -429,10 +479,19 @@ at::Tensor Replayer::value(
     if (dead_prefix) {
       start = k - 1;
       fresh = true;
-      base = dest.defined()
-                 ? dest
-                 : at::empty(
-                       {storage.numel()}, at::TensorOptions().dtype(storage.dtype).device(device_));
+      // A constant or cached value found above is not written: replay
+      // starts over from this node, into a new buffer.
+      base = k == version && !dest.defined() && device_.is_cpu()
+                 ? mapped_copy_value(storage, *storage.tape[k].node)
+                 : at::Tensor();
+      if (base.defined()) {
+        start = k;  // the copy is done
+      } else {
+        base = dest.defined() ? dest
+                              : at::empty(
+                                    {storage.numel()},
+                                    at::TensorOptions().dtype(storage.dtype).device(device_));
+      }
     }
     break;
   }

@@ -242,6 +242,63 @@ def test_pieces_equal_eager_slices(tmp_path) -> None:
             assert torch.equal(one, _chunk(expected["lin.weight"], rank, world, dim=1))
 
 
+def _reread(path: str) -> Dict[str, torch.Tensor]:
+    """The file's tensors as they are on disk now (a fresh mapping)."""
+    from lazyinit._safetensors import SafetensorsFile
+    f = SafetensorsFile(path)
+    return {k: f.tensor(k).clone() for k in f.keys()}
+
+
+def test_whole_materialize_maps_the_file_and_keeps_writes(tmp_path) -> None:
+    """A parameter that is a plain copy of a checkpoint's bytes becomes a
+    private mapping of the file (read on first touch, as eager's mapped
+    checkpoints are). Writes to it stay in this process's copy of the page:
+    the file, another model over the same file, and pieces whose reads
+    drop the pages of the mapping they came from (the same one: these
+    tensors share pages) never see them, nor undo them."""
+    state = source_state()
+    path = str(tmp_path / "m.safetensors")
+    write_safetensors(path, state)
+    eager, _, _ = eager_loaded(state, 5)
+    lazy, _ = lazy_loaded(path, 5)
+    other, _ = lazy_loaded(path, 5)
+    before = lazyinit.capture_stats()["private_maps"]
+    lazyinit.materialize(lazy.lin, "cpu")
+    assert lazyinit.capture_stats()["private_maps"] == before + 2
+    assert_same_tensors(lazy.lin, eager.lin)
+    with torch.no_grad():
+        for p in lazy.lin.parameters():
+            p.add_(1)
+    for rank in range(3):
+        for m in (lazy.norm, lazy.out, other.lin):
+            lazyinit.materialize_module_shards(
+                m, lambda n, t: Shard(0, rank, 3) if t.dim() else Replicate())
+    for name, p in lazy.lin.named_parameters():
+        assert torch.equal(p, eager.lin.get_parameter(name) + 1), name
+    lazyinit.materialize(other, "cpu")
+    assert_same_tensors(other, eager)
+    lazyinit.materialize(lazy, "cpu")
+    assert_same_tensors(lazy.out, eager.out)
+    for k, v in _reread(path).items():
+        assert torch.equal(v, state[k]), k
+
+
+def test_replaced_file_is_read_through_the_old_mapping(tmp_path) -> None:
+    """The file at the checkpoint's path replaced after the lazy load: the
+    values are the loaded file's (its mapping), not the new file's."""
+    state = source_state()
+    path = str(tmp_path / "m.safetensors")
+    write_safetensors(path, state)
+    eager, _, _ = eager_loaded(state, 5)
+    lazy, _ = lazy_loaded(path, 5)
+    write_safetensors(str(tmp_path / "new.safetensors"), source_state(seed=77))
+    os.replace(str(tmp_path / "new.safetensors"), path)
+    before = lazyinit.capture_stats()["private_maps"]
+    lazyinit.materialize(lazy, "cpu")
+    assert lazyinit.capture_stats()["private_maps"] == before
+    assert_same_tensors(lazy, eager)
+
+
 # ---------------------------------------------------------------- errors
 def _untouched(path: str, match: str, **kw) -> None:
     """Loading ``path`` fails with ``match``; the lazy module is left as it

@@ -1163,6 +1163,33 @@ def test_invalid_view_of_a_tensor_resized_by_out_raises_at_first_use():
 
 
 # --------------------------------------------------------------------------
+# 37. a replay that starts over wrote into the constant it first found
+# --------------------------------------------------------------------------
+
+def test_replay_that_starts_over_leaves_an_early_value_unwritten():
+    """fuzz seed 2091845162 (shrunk by the CI fuzz test, on a change before
+    it was committed): ``v5 = poisson(...)`` is an early value (a constant
+    node); ``v1.copy_(v5)`` reads it; ``dirac_(v5)`` starts with ``zero_``,
+    which overwrites the whole storage; ``v5[v5 > 0]`` computes ``v5`` early.
+    That replay starts over at ``zero_`` and must not reuse the constant as
+    its buffer: ``v1`` then read dirac's values."""
+    def build(**kw):
+        torch.manual_seed(3)
+        v1 = torch.ones((3, 3, 5), dtype=torch.float64, **kw)
+        v5 = torch.poisson(v1.abs())
+        with torch.no_grad():
+            v1.copy_(v5)
+        nn.init.dirac_(v5)
+        return v1, v5, v5[v5 > 0]
+
+    eager = build()
+    lazy = build(device="lazy")
+    for i, (e, lz) in enumerate(zip(eager, lazy)):
+        lazyinit.materialize(lz, "cpu")
+        assert_tensor_equal(f"result {i}", e, lz)
+
+
+# --------------------------------------------------------------------------
 # 34. a pending reader of an early result written after materializing
 # --------------------------------------------------------------------------
 

@@ -45,6 +45,16 @@ bool is_mapped_source(const at::Tensor& t);
 void prefetch_source(const at::Tensor& t);
 void release_source(const at::Tensor& t);
 
+// A flat tensor with `view`'s values over a new private mapping of the same
+// file bytes (the pages stay in the page cache and are read on first
+// touch; a write copies the page, as eager's mapped checkpoints do), or an
+// undefined tensor where that cannot be done: `view` is not a contiguous
+// view of a registered mapped source, or the file that source maps is no
+// longer the one at its path. A mapping of its own, so that
+// release_source on the source's mapping never drops pages written
+// through it.
+at::Tensor map_source_privately(const at::Tensor& view);
+
 // Bytes of mapped sources a read handles at once: the resident mapped
 // pages of a read stay below this.
 constexpr int64_t kMappedChunkBytes = int64_t{16} << 20;
@@ -56,6 +66,7 @@ struct CaptureStats {
   int64_t zero_copy = 0;          // captures of immutable sources
   int64_t mapped_reads = 0;       // prefetch_source calls on mapped sources
   int64_t mapped_read_bytes = 0;  // bytes they asked for (page-rounded)
+  int64_t private_maps = 0;       // map_source_privately results
 };
 CaptureStats capture_stats();
 

@@ -82,6 +82,10 @@ void check_target_device(c10::Device device, const char* what = "");
 // Materializes every impl of `storage` in place on `device`, into `dest`
 // when given (see Replayer::value): its views then share dest's storage.
 void materialize_storage(LazyStorage& storage, c10::Device device, const at::Tensor& dest = {});
+// Whether `storage`'s value on `device` is likely a private mapping of a
+// checkpoint's bytes (a plain copy of a mapped source, replay.cpp): such
+// storages are left out of materialize_flat's buffers.
+bool may_map_checkpoint_bytes(const LazyStorage& storage, c10::Device device);
 // Turns every impl of `storage` into a real, uninitialized tensor on
 // `device` without replaying anything (Module.to_empty): values are
 // unspecified, as eager's to_empty leaves them; the draws of its random
