@@ -518,6 +518,9 @@ GeneratorStateGuard::~GeneratorStateGuard() {
 }
 
 void rng_catch_up_default(const c10::optional<at::Generator>& explicit_gen) {
+  if (g_replay_depth > 0) {
+    return;  // before the lock: a region fill's worker threads run here
+  }
   auto lock = lock_graph();
   Replayer replayer{c10::Device(c10::kCPU)};
   rng_catch_up(explicit_gen, replayer);

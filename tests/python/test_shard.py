@@ -210,10 +210,23 @@ def test_every_dtype_generator_and_placement_equals_eager(generator: str,
     assert torch.equal(state, eager_state)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
-def test_pieces_longer_than_a_generation_chunk(dtype: torch.dtype) -> None:
-    """Region generators work in chunks of 2**20 elements: pieces that cross
-    chunk boundaries, at odd offsets, with a normal_ tail."""
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16],
+                         ids=["float32", "float64", "bfloat16"])
+def test_pieces_longer_than_a_generation_chunk(dtype: torch.dtype, threads: int) -> None:
+    """Region generators work in chunks of 2**20 elements, and pieces of
+    2**20 elements or more on several threads, each from its own jump in
+    the stream: pieces that cross chunk boundaries, at odd offsets, with a
+    normal_ tail, split into rows (Shard(1))."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        _pieces_longer_than_a_generation_chunk(dtype)
+    finally:
+        torch.set_num_threads(old)
+
+
+def _pieces_longer_than_a_generation_chunk(dtype: torch.dtype) -> None:
     def build(dtype):
         n = torch.empty(3 * 2**20 + 7, dtype=dtype).normal_()
         return {"n": n, "u": torch.empty(2**20 + 3, 3, dtype=dtype).uniform_(),

@@ -27,13 +27,17 @@
 #include <lazyinit/rng/mt19937_jump.h>
 
 #include <ATen/CPUGeneratorImpl.h>
+#include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
 #include <ATen/core/grad_mode.h>
 #include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>
 
 #include <algorithm>
 #include <array>
+#include <exception>
 #include <functional>
+#include <thread>
 
 namespace lazyinit {
 namespace {
@@ -269,6 +273,121 @@ class StreamCursor {
   int64_t position_ = 0;
 };
 
+// Elements [begin, end) of the stream generated straight into `out`.
+struct Segment {
+  int64_t begin;
+  int64_t end;
+  at::Tensor out;
+};
+
+// Pieces at least this large, in segments at least this long on average,
+// are generated on several threads.
+constexpr int64_t kParallelMin = int64_t{1} << 20;
+constexpr int64_t kMinParallelSegment = int64_t{1} << 12;
+
+// Cuts [begin, end) (each element `per` draws) of `out`'s elements into
+// segments of whole Box-Muller blocks: kChunk-sized, or smaller so that
+// every thread gets several (balanced work for a piece of a few chunks).
+void cut_segments(
+    int64_t begin,
+    int64_t end,
+    const at::Tensor& out,
+    int64_t out_begin,
+    int64_t total,
+    std::vector<Segment>* segments) {
+  const int64_t threads = at::get_num_threads();
+  int64_t size = kChunk;
+  if (threads > 1 && total >= kParallelMin) {
+    size = std::min(kChunk, std::max(kBlock, total / (4 * threads) / kBlock * kBlock));
+  }
+  for (int64_t b = begin; b < end; b += size) {
+    const int64_t e = std::min(end, b + size);
+    segments->push_back({b, e, out.narrow(0, b - out_begin, e - b)});
+  }
+}
+
+// Generates `segments` (ascending; element i takes draws [i * per, (i + 1)
+// * per) of the stream from `start`). PyTorch's CPU kernels draw serially,
+// so one thread fills at eager's speed. With several threads, each takes a
+// run of consecutive segments and moves its own copy of the state to the
+// run's first element (the GF(2) jump-ahead for long skips, about 1 ms), so
+// a large piece fills up to that many times faster, with the same values.
+void run_segments(
+    const Kernel& kernel,
+    StreamCursor& cursor,
+    const GenState& start,
+    int64_t per,
+    const std::vector<Segment>& segments) {
+  int64_t total = 0;
+  for (const auto& s : segments) {
+    total += s.end - s.begin;
+  }
+  // Threads pay off for long segments only: a kernel call per short row
+  // (a Shard(1) piece of a narrow matrix) costs more than its values.
+  if (at::get_num_threads() <= 1 || total < kParallelMin || segments.size() < 2 ||
+      total / static_cast<int64_t>(segments.size()) < kMinParallelSegment) {
+    for (const auto& s : segments) {
+      cursor.seek(s.begin * per);
+      cursor.run(s.out, (s.end - s.begin) * per);
+    }
+    return;
+  }
+  // Skipped draws as the serial path counts them (shard_stats): the gaps.
+  int64_t skipped = segments.front().begin * per;
+  for (size_t i = 1; i < segments.size(); ++i) {
+    skipped += (segments[i].begin - segments[i - 1].end) * per;
+  }
+  count_skipped_draws(skipped);
+  // Threads of its own: at::parallel_for compiled into this library
+  // runs serially where torch's OpenMP is not this library's, and the pool
+  // torch ships its own OpenMP runtime with (pip wheels) is not reachable.
+  // Each thread takes a contiguous run of segments and the caller's
+  // thread-local state (grad mode, dispatch keys), as the serial path has.
+  // Workers must not take the graph's lock (the caller holds it).
+  const int64_t threads =
+      std::min<int64_t>(at::get_num_threads(), static_cast<int64_t>(segments.size()));
+  const at::ThreadLocalState caller_state;
+  auto work = [&](int64_t t) {
+    at::ThreadLocalStateGuard guard(caller_state);
+    // Private generators: nothing to catch up, and the caller holds the
+    // graph's lock that catching up would wait for.
+    CatchUpSuppressed private_generators;
+    const int64_t first = static_cast<int64_t>(segments.size()) * t / threads;
+    const int64_t last = static_cast<int64_t>(segments.size()) * (t + 1) / threads;
+    GenState state = start;
+    int64_t position = 0;
+    for (int64_t i = first; i < last; ++i) {
+      advance_engine(state.engine, segments[i].begin * per - position);
+      kernel(state, segments[i].out);
+      position = segments[i].end * per;
+    }
+  };
+  std::vector<std::thread> pool;
+  std::vector<std::exception_ptr> errors(static_cast<size_t>(threads));
+  for (int64_t t = 1; t < threads; ++t) {
+    pool.emplace_back([&, t] {
+      try {
+        work(t);
+      } catch (...) {
+        errors[static_cast<size_t>(t)] = std::current_exception();
+      }
+    });
+  }
+  try {
+    work(0);
+  } catch (...) {
+    errors[0] = std::current_exception();
+  }
+  for (auto& thread : pool) {
+    thread.join();
+  }
+  for (const auto& error : errors) {
+    if (error) {
+      std::rethrow_exception(error);
+    }
+  }
+}
+
 int64_t uniform_draws(const Node& node) {
   const TensorRef& self = self_ref(node);
   const int64_t per = draws_per_uniform(self.dtype);
@@ -304,14 +423,16 @@ bool fill_uniform_with(
   if (per < 0) {
     return false;
   }
-  StreamCursor cursor(start, std::move(kernel));
-  for (auto& r : requests) {
-    for (int64_t b = r.begin; b < r.end; b += kChunk) {
-      const int64_t e = std::min(r.end, b + kChunk);
-      cursor.seek(b * per);
-      cursor.run(r.out.narrow(0, b - r.begin, e - b), (e - b) * per);
-    }
+  int64_t total = 0;
+  for (const auto& r : requests) {
+    total += r.end - r.begin;
   }
+  std::vector<Segment> segments;
+  for (auto& r : requests) {
+    cut_segments(r.begin, r.end, r.out, r.begin, total, &segments);
+  }
+  StreamCursor cursor(start, kernel);
+  run_segments(kernel, cursor, start, per, segments);
   return true;
 }
 
@@ -323,7 +444,11 @@ bool fill_normal_with(
     return false;
   }
   const auto options = requests.front().out.options();
-  StreamCursor cursor(start, std::move(kernel));
+  StreamCursor cursor(start, kernel);
+  // Partial blocks at requests' ends have a cursor of their own: they are
+  // generated before the whole blocks between them (run_segments), and a
+  // cursor only moves forwards.
+  StreamCursor block_cursor(start, kernel);
   if (n < kBlock) {
     // Serial kernel: run it whole (at most 15 elements) and cut.
     at::Tensor whole = at::empty({n}, options);
@@ -347,30 +472,43 @@ bool fill_normal_with(
   int64_t block_begin = -1;
   auto get_block = [&](int64_t begin) -> const at::Tensor& {
     if (begin != block_begin) {
-      cursor.seek(begin * per);
-      cursor.run(block, kBlock * per);
+      block_cursor.seek(begin * per);
+      block_cursor.run(block, kBlock * per);
       block_begin = begin;
     }
     return block;
   };
+  // Partial blocks first, then the whole blocks between them (run_segments).
+  int64_t total = 0;
+  for (const auto& r : requests) {
+    total += r.end - r.begin;
+  }
+  std::vector<Segment> segments;
   for (auto& r : requests) {
     const int64_t main_end = std::min(r.end, tail_start);
-    int64_t b = r.begin;
-    while (b < main_end) {
-      const int64_t first = b / kBlock * kBlock;
-      if (first < b || first + kBlock > main_end) {
-        // Never past n: first + 16 <= n - n % 16 as main_end <= that.
-        const int64_t e = std::min(main_end, first + kBlock);
-        r.out.narrow(0, b - r.begin, e - b).copy_(get_block(first).narrow(0, b - first, e - b));
-        b = e;
-        continue;
-      }
-      const int64_t e = std::min(main_end / kBlock * kBlock, b + kChunk);
-      cursor.seek(b * per);
-      cursor.run(r.out.narrow(0, b - r.begin, e - b), (e - b) * per);
-      b = e;
+    if (r.begin >= main_end) {
+      continue;
+    }
+    // Whole blocks: [first_whole, last_whole); never past n, as main_end
+    // <= n - n % 16.
+    const int64_t first_whole = (r.begin + kBlock - 1) / kBlock * kBlock;
+    const int64_t last_whole = std::max(first_whole, main_end / kBlock * kBlock);
+    const int64_t head_end = std::min(main_end, first_whole);
+    if (r.begin < head_end) {
+      const int64_t first = r.begin / kBlock * kBlock;
+      r.out.narrow(0, 0, head_end - r.begin)
+          .copy_(get_block(first).narrow(0, r.begin - first, head_end - r.begin));
+    }
+    if (first_whole < last_whole) {
+      cut_segments(first_whole, last_whole, r.out, r.begin, total, &segments);
+    }
+    if (last_whole < main_end && head_end < main_end) {
+      const int64_t from = std::max(last_whole, head_end);
+      r.out.narrow(0, from - r.begin, main_end - from)
+          .copy_(get_block(last_whole).narrow(0, from - last_whole, main_end - from));
     }
   }
+  run_segments(kernel, cursor, start, per, segments);
   if (tail_start < n) {
     at::Tensor tail;
     for (auto& r : requests) {
