@@ -1,9 +1,10 @@
 #include <lazyinit/record/capture.h>
 
+#include <ATen/core/TensorBody.h>
 #include <ATen/core/grad_mode.h>
 #include <ATen/ops/as_strided.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/from_blob.h>
+#include <c10/core/CPUAllocator.h>
 #include <c10/core/StorageImpl.h>
 #include <c10/util/intrusive_ptr.h>
 
@@ -18,6 +19,7 @@
 #include <cinttypes>
 #include <cstdio>
 #include <iterator>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <unordered_map>
@@ -222,6 +224,17 @@ struct FileRegion {
   int64_t offset = 0;  // of the range's first byte in the file
 };
 
+// A private mapping's extent, unmapped when its DataPtr goes.
+struct Unmap {
+  void* address;
+  size_t length;
+};
+
+void release_unmap(void* context) {
+  std::unique_ptr<Unmap> unmap(static_cast<Unmap*>(context));
+  ::munmap(unmap->address, unmap->length);
+}
+
 // From /proc/self/maps: the file mapping that holds [address, address +
 // length) whole, if any.
 bool file_region(uintptr_t address, size_t length, FileRegion* out) {
@@ -292,8 +305,17 @@ at::Tensor map_source_privately(const at::Tensor& view) {
   }
   ++g_private_maps;
   char* data = static_cast<char*>(map) + (region.offset - aligned);
-  return at::from_blob(
-      data, {view.numel()}, [map, span](void*) { ::munmap(map, span); }, view.options());
+  // Resizable, as a parameter loaded eagerly (load_state_dict) is: a resize
+  // moves it to the CPU allocator's memory and unmaps this mapping.
+  auto unmap = std::make_unique<Unmap>(Unmap{map, span});
+  c10::DataPtr ptr(data, unmap.release(), &release_unmap, c10::Device(c10::kCPU));
+  c10::Storage storage(
+      c10::Storage::use_byte_size_t(), static_cast<int64_t>(length), std::move(ptr),
+      c10::GetCPUAllocator(), /*resizable=*/true);
+  at::Tensor out = at::detail::make_tensor<c10::TensorImpl>(
+      std::move(storage), c10::DispatchKeySet(c10::DispatchKey::CPU), view.dtype());
+  out.unsafeGetTensorImpl()->set_sizes_contiguous({view.numel()});
+  return out;
 }
 
 CaptureStats capture_stats() {

@@ -6,7 +6,8 @@
 // Each storage gets its own c10::Storage over its slice, whose DataPtr keeps
 // the whole buffer alive: materialized tensors look as eager ones do
 // (storage offset 0, no storage shared between parameters, nbytes their
-// own, and resizing one raises instead of freeing its neighbours).
+// own, and resizing one moves it to memory of its own, leaving the
+// neighbours in place).
 #include <lazyinit/replay/flat_materialize.h>
 #include <lazyinit/shard/shard_replay.h>
 
@@ -97,9 +98,12 @@ at::Tensor flat_slice(
   auto owner = std::make_unique<SliceOwner>(SliceOwner{buffer.storage()});
   void* data = static_cast<char*>(buffer.data_ptr()) + offset;
   c10::DataPtr ptr(data, owner.release(), &release_slice, buffer.device());
+  // Resizable as eager's tensors are (an out= argument of another size):
+  // a resize allocates anew from the buffer's allocator and releases this
+  // slice's reference to the buffer; the neighbours keep theirs.
   c10::Storage storage(
-      c10::Storage::use_byte_size_t(), nbytes, std::move(ptr), /*allocator=*/nullptr,
-      /*resizable=*/false);
+      c10::Storage::use_byte_size_t(), nbytes, std::move(ptr), buffer.storage().allocator(),
+      /*resizable=*/true);
   // A plain dense tensor over the storage, built without dispatching
   // (empty + set_ cost two dispatcher calls a tensor).
   const auto key =

@@ -14,6 +14,7 @@ import datetime
 import json
 import os
 import struct
+import warnings
 from typing import Dict
 
 import pytest
@@ -279,6 +280,27 @@ def test_whole_materialize_maps_the_file_and_keeps_writes(tmp_path) -> None:
     assert_same_tensors(other, eager)
     lazyinit.materialize(lazy, "cpu")
     assert_same_tensors(lazy.out, eager.out)
+    for k, v in _reread(path).items():
+        assert torch.equal(v, state[k]), k
+
+
+def test_mapped_parameters_resize_like_loaded_ones(tmp_path) -> None:
+    """Parameters materialized as mappings of the file resize as eager's
+    loaded (load_state_dict) ones do: into memory of their own."""
+    state = source_state()
+    path = str(tmp_path / "m.safetensors")
+    write_safetensors(path, state)
+    eager, _, _ = eager_loaded(state, 5)
+    lazy, _ = lazy_loaded(path, 5)
+    before = lazyinit.capture_stats()["private_maps"]
+    lazyinit.materialize(lazy, "cpu")
+    assert lazyinit.capture_stats()["private_maps"] > before
+    for m in (eager, lazy):
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "An output ... was resized"
+            m.lin.bias.data.resize_(3, 5)
+            torch.add(m.lin.weight, 1.0, out=m.out.bias)
+    assert_same_tensors(lazy, eager)
     for k, v in _reread(path).items():
         assert torch.equal(v, state[k]), k
 

@@ -1163,6 +1163,31 @@ def test_invalid_view_of_a_tensor_resized_by_out_raises_at_first_use():
 
 
 # --------------------------------------------------------------------------
+# 38. a materialized parameter could not be resized by out=
+# --------------------------------------------------------------------------
+
+def test_materialized_parameters_resize_like_eager_ones():
+    """fuzz seed 27638 (torch 1.13 campaign, shrunk): after
+    ``materialize(module)``, ``torch.add(weight, 1.0, out=bias)`` resizes
+    the 1-element bias to the weight's 18 elements eagerly; the module's
+    one-allocation buffer gave its slices storages that were not resizable
+    ("Trying to resize storage that is not resizable")."""
+    def build(**kw):
+        torch.manual_seed(1)
+        c4 = nn.Bilinear(6, 3, 1, **kw)
+        if kw:
+            lazyinit.materialize(c4, "cpu")
+        w, b = c4.weight, c4.bias
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.add(w, 1.0, out=b)
+        return w, b
+
+    for i, (e, lz) in enumerate(zip(build(), build(device="lazy"))):
+        assert_tensor_equal(f"result {i}", e, lz)
+
+
+# --------------------------------------------------------------------------
 # 37. a replay that starts over wrote into the constant it first found
 # --------------------------------------------------------------------------
 
