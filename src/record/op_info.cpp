@@ -178,6 +178,8 @@ OpInfo analyze(const c10::OperatorHandle& op) {
   info.is_copy = schema.name() == "aten::copy_" && schema.overload_name().empty();
   info.in_place_arithmetic = schema.name() == "aten::add_" || schema.name() == "aten::sub_" ||
                              schema.name() == "aten::mul_" || schema.name() == "aten::div_";
+  info.true_division = schema.name() == "aten::div_" &&
+                       (schema.overload_name() == "Tensor" || schema.overload_name() == "Scalar");
   if (schema.overload_name().empty()) {
     if (schema.name() == "aten::normal_") {
       info.plain_fill = OpInfo::PlainFill::kNormal;

@@ -248,6 +248,9 @@ void check_in_place_promotion(const OpInfo& info, const std::vector<c10::IValue>
   } else {
     return;
   }
+  if (info.true_division && c10::isIntegralType(result, /*includeBool=*/true)) {
+    result = c10::typeMetaToScalarType(c10::get_default_dtype());  // int / int is a float
+  }
   TORCH_CHECK(
       c10::canCast(result, self.scalar_type()), "result type ", result,
       " can't be cast to the desired output type ", self.scalar_type());

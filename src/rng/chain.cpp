@@ -355,6 +355,10 @@ void rng_run(Node& node, Replayer& replayer, const std::function<void()>& call) 
   set_state(chain.generator, *chain.states[node.rng_index]);
   call();
   record_state_after(chain, node, get_state(chain.generator));
+  if (chain.cpu_built.size() < chain.nodes.size()) {
+    chain.cpu_built.resize(chain.nodes.size(), false);
+  }
+  chain.cpu_built[node.rng_index] = true;
 }
 
 void rng_catch_up(const c10::optional<at::Generator>& explicit_gen, Replayer& replayer) {

@@ -136,7 +136,9 @@ c10::optional<PhiloxState> state_before(
     }
     NodePtr node = chain.node_at(i);
     c10::optional<uint64_t> inc;
-    if (node) {
+    if (chain.built_on_cpu(i)) {
+      inc = 0;  // built on the CPU, as eagerly: no CUDA draws
+    } else if (node) {
       inc = philox_increment(*node, device);
     } else if (auto dead = chain.dead_draws.find(i);
                dead != chain.dead_draws.end() && dead->second.fill_numel >= 0) {

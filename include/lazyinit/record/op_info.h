@@ -44,6 +44,8 @@ struct OpInfo {
   // cast to self's dtype. torch 2.14's Meta kernel of mul_ does not check
   // (int64.mul_(1.5) passes); the recorder does.
   bool in_place_arithmetic = false;
+  // div_ without a rounding mode: integer operands give a floating result.
+  bool true_division = false;
   // Whether a replay of it may raise on values the recorder cannot see
   // (indices out of range, singular matrices): recorded nodes then keep
   // their source location. False for fills, factories and views.

@@ -68,6 +68,12 @@ struct RngChain {
   bool applied = false;      // the generator was set to the final state
   // Where eager's CUDA generators stand for these nodes (philox.h).
   PhiloxOrigin cuda;
+  // Nodes run on the CPU: built there, as eagerly, they draw nothing from
+  // the CUDA generators (the converse of PhiloxStream::replayed).
+  std::vector<bool> cpu_built;
+  bool built_on_cpu(int64_t index) const {
+    return index < static_cast<int64_t>(cpu_built.size()) && cpu_built[index];
+  }
 
   int64_t size() const { return static_cast<int64_t>(nodes.size()); }
   // The last k <= index whose state is known (states[0] always is).
