@@ -391,11 +391,15 @@ void settle_chain(RngChain& chain) {
     return;  // the generator was set or used since
   }
   if (chain.unknown != chain.dead_unknown) {
-    // Some node was not replayed on the CPU: if they all were on one CUDA
-    // device, eager construction there left the CPU generator untouched.
+    // Some node was not replayed on the CPU: if the others were on one
+    // CUDA device, eager built those there, drawing nothing from the CPU
+    // generator; the CPU position counts the nodes built on the CPU only.
     if (philox_settle(chain)) {
-      set_state(chain.generator, *chain.states.front());
+      Replayer cpu{c10::Device(c10::kCPU)};
+      ensure_state_leaving_other_generators(chain, cpu);
+      set_state(chain.generator, *chain.states.back());
       chain.applied = true;
+      release_scratch();
     }
     return;
   }
