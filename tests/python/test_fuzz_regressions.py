@@ -40,6 +40,16 @@ def _assert_child_ok(script: str) -> None:
         + f"\nstdout:\n{r.stdout[-3000:]}\nstderr:\n{r.stderr[-3000:]}")
 
 
+def _assert_results_equal_eager(build) -> None:
+    """``build(**kw)`` returns tensors; built eagerly and with
+    ``device="lazy"`` (then materialized on the CPU), each pair is equal."""
+    eager = build()
+    lazy = build(device="lazy")
+    for i, (e, lz) in enumerate(zip(eager, lazy)):
+        lazyinit.materialize(lz, "cpu")
+        assert_tensor_equal(f"result {i}", e, lz)
+
+
 def _bits_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
     ints = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
     if a.dtype != b.dtype or a.shape != b.shape:
@@ -1134,11 +1144,7 @@ def test_view_of_a_tensor_resized_to_zero_dims_by_out_keeps_eager_values():
             torch.mul(v6, 0.5, out=v4)
         return v4, torch.poisson(v10.abs())
 
-    eager = build()
-    lazy = build(device="lazy")
-    for i, (e, lz) in enumerate(zip(eager, lazy)):
-        lazyinit.materialize(lz, "cpu")
-        assert_tensor_equal(f"result {i}", e, lz)
+    _assert_results_equal_eager(build)
 
 
 def test_invalid_view_of_a_tensor_resized_by_out_raises_at_first_use():
@@ -1207,11 +1213,7 @@ def test_replay_that_starts_over_leaves_an_early_value_unwritten():
         nn.init.dirac_(v5)
         return v1, v5, v5[v5 > 0]
 
-    eager = build()
-    lazy = build(device="lazy")
-    for i, (e, lz) in enumerate(zip(eager, lazy)):
-        lazyinit.materialize(lz, "cpu")
-        assert_tensor_equal(f"result {i}", e, lz)
+    _assert_results_equal_eager(build)
 
 
 # --------------------------------------------------------------------------
