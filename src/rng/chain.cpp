@@ -383,6 +383,18 @@ void rng_catch_up(const c10::optional<at::Generator>& explicit_gen, Replayer& re
 
 namespace {
 
+// The index of the last known state that follows a node built on the CPU,
+// or 0 (the chain's start) where none was.
+int64_t last_cpu_built_end(const RngChain& chain) {
+  for (int64_t i = static_cast<int64_t>(chain.cpu_built.size()) - 1; i >= 0; --i) {
+    if (chain.cpu_built[i]) {
+      TORCH_INTERNAL_ASSERT(chain.states[i + 1], "lazyinit: a CPU-built random node left no state");
+      return i + 1;
+    }
+  }
+  return 0;
+}
+
 // Where no random node of the chain awaits materialization any more (each
 // was replayed or died), replays the dead ones' draws into scratch and
 // leaves the generator where eager construction would.
@@ -392,14 +404,13 @@ void settle_chain(RngChain& chain) {
   }
   if (chain.unknown != chain.dead_unknown) {
     // Some node was not replayed on the CPU: if the others were on one
-    // CUDA device, eager built those there, drawing nothing from the CPU
-    // generator; the CPU position counts the nodes built on the CPU only.
+    // CUDA device, eager built those (and the dead ones after them) there,
+    // drawing nothing from the CPU generator; the CPU position is the one
+    // after the last node built on the CPU (each recorded its state), or
+    // the chain's start.
     if (philox_settle(chain)) {
-      Replayer cpu{c10::Device(c10::kCPU)};
-      ensure_state_leaving_other_generators(chain, cpu);
-      set_state(chain.generator, *chain.states.back());
+      set_state(chain.generator, *chain.states[last_cpu_built_end(chain)]);
       chain.applied = true;
-      release_scratch();
     }
     return;
   }
