@@ -54,6 +54,15 @@ KNOWN_OPEN = {"kernel_checks": 26, "overlap_errors": 27}
 AUTOGRAD_VIEW_FN = lazyinit.device_type == "lazy"
 
 
+def fits_storage(t: torch.Tensor) -> bool:
+    """Whether every element of ``t`` lies inside its storage."""
+    if t.numel() == 0 or t.layout != torch.strided:
+        return True
+    last = t.storage_offset() + sum((n - 1) * st for n, st in zip(t.shape, t.stride()))
+    storage = t.untyped_storage() if hasattr(t, "untyped_storage") else t.storage()
+    return (last + 1) * t.element_size() <= storage.nbytes()
+
+
 def fmt(x: Any) -> str:
     return repr(x)
 
@@ -143,10 +152,23 @@ class GeneratorBase:
         except Exception:  # noqa: BLE001 -- eager rejects it: drop the line
             for k in set(self.ns) - before:
                 del self.ns[k]
-            if not torch.equal(rng, torch.default_generator.get_state()):
+            if not torch.equal(rng, torch.default_generator.get_state()) or self._torn():
                 self.rebuild()
             return False
         return True
+
+    def _torn(self) -> bool:
+        """Whether a tensor of the shadow claims more elements than its
+        storage holds. An out= write that fails to resize a storage which is
+        not resizable leaves eager's tensor so (its sizes set, its storage
+        not grown; torch 1.13 and 2.14), and any later read or write of it is
+        out of bounds: a segfault in eager itself (finding 41)."""
+        seen = list(self.ns.values())
+        for v in list(seen):
+            if isinstance(v, torch.nn.Module):
+                seen.extend(v.parameters())
+                seen.extend(v.buffers())
+        return any(isinstance(v, torch.Tensor) and not fits_storage(v) for v in seen)
 
     def rebuild(self) -> None:
         """Re-runs the accepted lines on a fresh shadow (after a rejected
@@ -178,9 +200,9 @@ class GeneratorBase:
         if not self._exec(line):
             return False
         res = self.ns.get(r)
-        if not isinstance(res, Raised) or res.kind == "no error":
+        if not isinstance(res, Raised) or res.kind == "no error" or self._torn():
             del self.ns[r]
-            self.rebuild()  # it ran: it may have written or drawn
+            self.rebuild()  # it ran (or tore a tensor): it may have written or drawn
             return False
         self.lines.append(line)
         self.kind[r] = "r"
