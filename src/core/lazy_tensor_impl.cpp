@@ -1,5 +1,7 @@
 #include <lazyinit/core/lazy_tensor_impl.h>
 
+#include <algorithm>
+
 #include <lazyinit/core/device.h>
 
 #include <ATen/core/Tensor.h>
@@ -63,6 +65,16 @@ void LazyTensorImpl::become(const at::Tensor& real, bool early, int64_t replays)
   lazy_storage_.reset();
   was_early_ = early;
   replays_ = replays;
+}
+
+void LazyTensorImpl::note_view_call(uint64_t key) {
+  if (!made_view_call(key)) {
+    view_calls_.push_back(key);
+  }
+}
+
+bool LazyTensorImpl::made_view_call(uint64_t key) const {
+  return std::find(view_calls_.begin(), view_calls_.end(), key) != view_calls_.end();
 }
 
 void LazyTensorImpl::rebind(LazyStoragePtr storage, const Geometry& geometry) {

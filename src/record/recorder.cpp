@@ -30,7 +30,9 @@
 #include <algorithm>
 #include <cctype>
 #include <cmath>
+#include <functional>
 #include <limits>
+#include <sstream>
 #include <string>
 
 namespace lazyinit {
@@ -484,30 +486,51 @@ void follow_written_geometry(
   }
 }
 
+// The lazy impls a view op makes views of (null where it returns anything
+// else).
+std::vector<LazyTensorImpl*> view_bases(const OpInfo& info, const std::vector<c10::IValue>& args) {
+  std::vector<LazyTensorImpl*> bases;
+  for (const auto& ret : info.returns) {
+    if (ret.kind != OpInfo::ReturnKind::kView || !args[ret.arg].isTensor()) {
+      return {};
+    }
+    auto* base = get_pending_impl(args[ret.arg].toTensor());
+    if (base == nullptr) {
+      return {};
+    }
+    bases.push_back(base);
+  }
+  return bases;
+}
+
+// A view call's operator and non-tensor arguments: what autograd repeats.
+uint64_t view_call_key(const c10::OperatorHandle& op, const std::vector<c10::IValue>& args) {
+  std::ostringstream out;
+  out << op.operator_name();
+  for (const auto& arg : args) {
+    out << '|';
+    if (!arg.isTensor()) {
+      out << arg;
+    }
+  }
+  return std::hash<std::string>{}(out.str());
+}
+
 // Autograd re-creates a view's grad_fn after its base was written, by
 // calling the view op again on the base: on CPU it uses as_strided with
 // the view's own geometry, but devices without as_strided (Lazy among
 // them, c10::Device::supports_as_strided) get the view function re-run.
 // Where a write resized the base, that re-run can be invalid for the new
 // shape (expand(3, -1, -1, -1) of a now 0-d base) although eager's program
-// is valid. The re-run and a user's own call are the same dispatcher call,
-// so on such a base a failing view op returns placeholders that raise the
-// error at their first use instead: autograd keeps only their grad_fn, and
-// a user's invalid call still fails, at its first use.
-bool view_of_resized_base(const OpInfo& info, const std::vector<c10::IValue>& args) {
-  if (info.returns.empty()) {
-    return false;
-  }
-  for (const auto& ret : info.returns) {
-    if (ret.kind != OpInfo::ReturnKind::kView || !args[ret.arg].isTensor()) {
-      return false;
-    }
-    const auto* base = get_pending_impl(args[ret.arg].toTensor());
-    if (base == nullptr || !base->resized_by_write()) {
-      return false;
-    }
-  }
-  return true;
+// is valid. The re-run is the same dispatcher call as the one that made the
+// view, so only a failing call that was already made on this base (same
+// operator and arguments) may be such a repeat: it returns placeholders
+// that raise the error at their first use (autograd keeps only their
+// grad_fn). Any other failing call raises at once, as eagerly.
+bool repeat_on_resized_base(const std::vector<LazyTensorImpl*>& bases, uint64_t key) {
+  return !bases.empty() && std::all_of(bases.begin(), bases.end(), [&](const LazyTensorImpl* base) {
+           return base->resized_by_write() && base->made_view_call(key);
+         });
 }
 
 void push_deferred_error(
@@ -574,10 +597,12 @@ void record_op(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
   // after the call, the Meta kernel's outputs.
   std::vector<c10::IValue> meta_stack;
   bool inferred = false;
+  const std::vector<LazyTensorImpl*> bases = view_bases(info, args);
+  const uint64_t view_key = bases.empty() ? 0 : view_call_key(op, args);
   try {
     inferred = infer_outputs(op, info, args, meta_stack);
   } catch (const c10::Error& e) {
-    if (!view_of_resized_base(info, args)) {
+    if (!repeat_on_resized_base(bases, view_key)) {
       throw;
     }
     push_deferred_error(op, info, args, e, stack);
@@ -586,6 +611,9 @@ void record_op(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
   if (!inferred) {
     run_early(op, stack, "it has no Meta kernel or needs values");
     return;
+  }
+  for (auto* base : bases) {
+    base->note_view_call(view_key);
   }
   // Written arguments as the Meta kernel left them (returned as themselves).
   std::vector<c10::IValue> meta_args(num_args);

@@ -1147,21 +1147,38 @@ def test_view_of_a_tensor_resized_to_zero_dims_by_out_keeps_eager_values():
     _assert_results_equal_eager(build)
 
 
-def test_invalid_view_of_a_tensor_resized_by_out_raises_at_first_use():
-    """The other side of finding 36's fix: a view call that is invalid for
-    the resized shape raises eagerly at the call; lazily the same dispatcher
-    call is also autograd's internal repeat, so it raises at first use, with
-    eager's message inside."""
-    def resized(**kw):
-        v4 = torch.zeros(4, 7, 4, **kw).requires_grad_()
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.mul(torch.ones((), **kw), 0.5, out=v4)
-        return v4
+def _resized_by_out(view_first: bool, **kw):
+    """A (4, 7, 4) tensor that requires grad, resized to 0-d by out=; with
+    ``view_first``, after an ``expand(3, -1, -1, -1)`` view of it."""
+    v4 = torch.zeros(4, 7, 4, **kw).requires_grad_()
+    if view_first:
+        v4.expand(3, -1, -1, -1)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.mul(torch.ones((), **kw), 0.5, out=v4)
+    return v4
 
+
+def test_invalid_view_of_a_tensor_resized_by_out_raises_at_the_call():
+    """fuzz seed 36561 (finding 40, shrunk). A view call invalid for the
+    resized shape raises at the call, with eager's exception type, unless
+    the same call was made on that tensor before (then it may be autograd's
+    internal repeat: finding 36)."""
+    for call in (lambda t: t.expand(3, -1, -1, -1), lambda t: t.unsqueeze(4)):
+        with pytest.raises(Exception) as eager:  # noqa: B017 -- eager's own type
+            call(_resized_by_out(False))
+        with pytest.raises(eager.type):
+            call(_resized_by_out(False, device="lazy"))
+
+
+def test_repeated_view_of_a_tensor_resized_by_out_raises_at_first_use():
+    """The other side of finding 36's fix: a view call made before the
+    resize and repeated after it (as autograd repeats it internally, the
+    same dispatcher call) raises at its result's first use, with eager's
+    message inside; eagerly it raises at the call."""
     with pytest.raises(RuntimeError):
-        resized().expand(3, -1, -1, -1)
-    bad = resized(device="lazy").expand(3, -1, -1, -1)
+        _resized_by_out(True).expand(3, -1, -1, -1)
+    bad = _resized_by_out(True, device="lazy").expand(3, -1, -1, -1)
     with pytest.raises(RuntimeError, match="resized"):
         lazyinit.materialize(bad, "cpu")
     with pytest.raises(RuntimeError, match="resized"):

@@ -32,6 +32,11 @@ class LazyTensorImpl : public c10::TensorImpl {
   // geometry this impl was created with.
   bool resized_by_write() const { return resized_by_write_; }
   void set_resized_by_write() { resized_by_write_ = true; }
+  // Fingerprints of the view calls made on this impl (recorder.cpp): the
+  // calls autograd may repeat on it, after a write, to re-create a view's
+  // grad_fn.
+  void note_view_call(uint64_t key);
+  bool made_view_call(uint64_t key) const;
 
   c10::intrusive_ptr<c10::TensorImpl> shallow_copy_and_detach(
       const c10::VariableVersion& version_counter,
@@ -53,6 +58,7 @@ class LazyTensorImpl : public c10::TensorImpl {
   LazyStoragePtr lazy_storage_;
   bool was_early_ = false;
   bool resized_by_write_ = false;
+  std::vector<uint64_t> view_calls_;
   int64_t replays_ = 0;
 };
 
