@@ -404,11 +404,27 @@ bool may_map_checkpoint_bytes(const LazyStorage& storage, c10::Device device) {
          mapped_copy_source(storage, *storage.tape[storage.version].node) != nullptr;
 }
 
+namespace {
+
+// `value` (a storage's flat value at some version) into `dest` (its flat
+// value at the latest): an out= write or resize_ may have grown the storage
+// since, and eager's grown part is whatever the later writes leave there.
+at::Tensor copy_into_prefix(const at::Tensor& dest, const at::Tensor& value) {
+  if (value.numel() == dest.numel()) {
+    return dest.copy_(value);
+  }
+  TORCH_INTERNAL_ASSERT(value.numel() < dest.numel() && value.dim() == 1);
+  dest.narrow(0, 0, value.numel()).copy_(value);
+  return dest;
+}
+
+}  // namespace
+
 at::Tensor Replayer::value(
     LazyStorage& storage, int64_t version, const at::Tensor& dest, bool may_defer) {
   storage.check_usable();
   TORCH_INTERNAL_ASSERT(version >= 0 && version <= storage.version);
-  auto into_dest = [&](const at::Tensor& t) { return dest.defined() ? dest.copy_(t) : t; };
+  auto into_dest = [&](const at::Tensor& t) { return dest.defined() ? copy_into_prefix(dest, t) : t; };
   if (storage.in_progress.defined() && storage.in_progress_version == version) {
     return into_dest(storage.in_progress);
   }
@@ -498,7 +514,7 @@ at::Tensor Replayer::value(
   if (base.defined()) {
     base = on_device(base, device_);
     if (dest.defined() && !fresh) {
-      base = dest.copy_(base);
+      base = copy_into_prefix(dest, base);
     } else if (start < version && !fresh) {
       base = base.clone();  // constants and caches are read-only
     }

@@ -1211,6 +1211,46 @@ def test_materialized_parameters_resize_like_eager_ones():
 
 
 # --------------------------------------------------------------------------
+# 39. an out= write grew a storage whose older value fills a module's slice
+# --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("start", ["early", "factory", "random"])
+@pytest.mark.parametrize("through_view", [False, True])
+def test_storage_grown_by_out_fills_its_slice_of_the_one_allocation(start, through_view):
+    """fuzz seed 31454 (finding 39, shrunk). ``v3 = v1[v1 > 0]`` is empty
+    (an early value); ``torch.mul(x, s, out=v3)`` (or out= a view of it)
+    grows its storage to one element. ``materialize(module)`` gives every
+    storage a slice of one allocation, sized to the storage's latest bytes;
+    the older value (0 elements) was copied into it whole: "output with
+    shape [1] doesn't match the broadcast shape [0]". Eager's values and
+    storage sizes."""
+    def build(**kw):
+        torch.manual_seed(1)
+        v1 = torch.normal(-7.5, 0.5, (7, 3), **kw)
+        v3 = {"early": lambda: v1[v1 > 0], "factory": lambda: torch.zeros(0, **kw),
+              "random": lambda: torch.randn(2, **kw)}[start]()
+        x = torch.full((3,), -0.25, **kw)
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.mul(x, -0.25, out=v3.permute(0) if through_view else v3)
+        holder = nn.Module()
+        holder.register_buffer("k0", v3)
+        holder.register_buffer("k1", v1)
+        if kw:
+            lazyinit.materialize(holder, "cpu")
+        return holder.k0, holder.k1
+
+    for i, (e, lz) in enumerate(zip(build(), build(device="lazy"))):
+        assert_tensor_equal(f"result {i}", e, lz)
+        nbytes = [_storage_nbytes(t) for t in (e, lz)]
+        assert nbytes[0] == nbytes[1], (i, nbytes)
+
+
+def _storage_nbytes(t: torch.Tensor) -> int:
+    return (t.untyped_storage() if hasattr(t, "untyped_storage") else t.storage()).nbytes()
+
+
+# --------------------------------------------------------------------------
 # 37. a replay that starts over wrote into the constant it first found
 # --------------------------------------------------------------------------
 
