@@ -1,12 +1,14 @@
 #include <lazyinit/core/lazy_tensor_impl.h>
 
-#include <algorithm>
-
+#include <lazyinit/core/compat.h>
 #include <lazyinit/core/device.h>
 
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/as_strided.h>
 #include <c10/core/DispatchKeySet.h>
+#include <torch/csrc/autograd/variable.h>
+
+#include <algorithm>
 
 namespace lazyinit {
 namespace {
@@ -65,6 +67,19 @@ void LazyTensorImpl::become(const at::Tensor& real, bool early, int64_t replays)
   lazy_storage_.reset();
   was_early_ = early;
   replays_ = replays;
+  forget_view_replay();
+}
+
+void LazyTensorImpl::forget_view_replay() {
+  // A view made while lazy keeps a function that repeats its view call
+  // (the Lazy device has no as_strided), and autograd re-creates the view's
+  // grad_fn with it after its base is written. Eager's CPU and CUDA views
+  // are re-created with as_strided instead; a repeated call can fail where
+  // that does not (a base whose .data was replaced since: fuzz finding 42).
+  auto* view = dynamic_cast<torch::autograd::DifferentiableViewMeta*>(autograd_meta());
+  if (view != nullptr && view->has_bw_view() && device().supports_as_strided()) {
+    compat::clear_view_replay(const_cast<torch::autograd::ViewInfo&>(view->get_backward_view()));
+  }
 }
 
 void LazyTensorImpl::note_view_call(uint64_t key) {
@@ -122,6 +137,7 @@ void LazyTensorImpl::shallow_copy_from(const c10::intrusive_ptr<c10::TensorImpl>
     rebind(other->lazy_storage_, other->geometry());
     data_type_ = other->dtype();
     was_early_ = other->was_early_;
+    geometry_changed_ = true;
     return;
   }
   c10::TensorImpl::shallow_copy_from(impl);

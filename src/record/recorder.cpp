@@ -482,7 +482,7 @@ void follow_written_geometry(
     const int64_t needed = g.extent() * static_cast<int64_t>(impl->dtype().itemsize());
     storage.nbytes = std::max(storage.nbytes, needed);
     impl->set_geometry(g);
-    impl->set_resized_by_write();
+    impl->set_geometry_changed();
   }
 }
 
@@ -520,31 +520,38 @@ uint64_t view_call_key(const c10::OperatorHandle& op, const std::vector<c10::IVa
 // calling the view op again on the base: on CPU it uses as_strided with
 // the view's own geometry, but devices without as_strided (Lazy among
 // them, c10::Device::supports_as_strided) get the view function re-run.
-// Where a write resized the base, that re-run can be invalid for the new
-// shape (expand(3, -1, -1, -1) of a now 0-d base) although eager's program
-// is valid. The re-run is the same dispatcher call as the one that made the
+// Where a write resized the base, or a .data assignment replaced it, that
+// re-run can be invalid for the new shape (expand(3, -1, -1, -1) of a now
+// 0-d base) although eager's program is valid. The re-run is the same dispatcher call as the one that made the
 // view, so only a failing call that was already made on this base (same
 // operator and arguments) may be such a repeat: it returns placeholders
 // that raise the error at their first use (autograd keeps only their
 // grad_fn). Any other failing call raises at once, as eagerly.
 bool repeat_on_resized_base(const std::vector<LazyTensorImpl*>& bases, uint64_t key) {
   return !bases.empty() && std::all_of(bases.begin(), bases.end(), [&](const LazyTensorImpl* base) {
-           return base->resized_by_write() && base->made_view_call(key);
+           return base->geometry_changed() && base->made_view_call(key);
          });
 }
 
-void push_deferred_error(
-    const c10::OperatorHandle& op,
-    const OpInfo& info,
-    const std::vector<c10::IValue>& args,
-    const c10::Error& error,
-    torch::jit::Stack* stack) {
-  const std::string reason = c10::str(
+std::string deferred_error_reason(const c10::OperatorHandle& op, const std::exception& error) {
+  const auto* c10_error = dynamic_cast<const c10::Error*>(&error);
+  return c10::str(
       "lazyinit: ", op.schema().operator_name(), " failed on a lazy tensor that an out= ",
-      "argument or resize_ had resized: ", error.what_without_backtrace(),
+      "argument, resize_ or a .data assignment had reshaped: ",
+      c10_error != nullptr ? c10_error->what_without_backtrace() : error.what(),
       "\nThis error surfaces here, not at that call, because autograd repeats view ",
       "calls internally on such tensors and those repeats must not fail. Make the view ",
       "from a tensor of the shape it expects.");
+}
+
+// Replaces the call's arguments on the stack by placeholder results whose
+// storage raises `reason` at first use.
+void push_placeholders(
+    const c10::OperatorHandle& op,
+    const OpInfo& info,
+    const std::vector<c10::IValue>& args,
+    const std::string& reason,
+    torch::jit::Stack* stack) {
   std::vector<c10::IValue> outputs;
   const auto& returns = op.schema().returns();
   for (size_t r = 0; r < info.returns.size(); ++r) {
@@ -575,6 +582,17 @@ void record_op(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
   const size_t num_args = op.schema().arguments().size();
   std::vector<c10::IValue> args(stack->end() - num_args, stack->end());
 
+  // A view of placeholders: the next call of autograd's repeat of a chain
+  // of views (base.view(a).view(b)) whose first call was deferred; it
+  // carries the same error.
+  const std::vector<LazyTensorImpl*> bases = view_bases(info, args);
+  if (!bases.empty() && std::all_of(bases.begin(), bases.end(), [](const LazyTensorImpl* base) {
+        return !base->lazy_storage()->unusable_reason.empty();
+      })) {
+    push_placeholders(op, info, args, bases.front()->lazy_storage()->unusable_reason, stack);
+    return;
+  }
+
   for_each_tensor(args, [&](size_t, int64_t, const at::Tensor& t) {
     if (auto* impl = get_pending_impl(t)) {
       impl->lazy_storage()->check_usable();
@@ -597,19 +615,20 @@ void record_op(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
   // after the call, the Meta kernel's outputs.
   std::vector<c10::IValue> meta_stack;
   bool inferred = false;
-  const std::vector<LazyTensorImpl*> bases = view_bases(info, args);
   const uint64_t view_key = bases.empty() ? 0 : view_call_key(op, args);
   try {
     inferred = infer_outputs(op, info, args, meta_stack);
-  } catch (const c10::Error& e) {
+    if (!inferred) {
+      run_early(op, stack, "it has no Meta kernel or needs values");
+      return;
+    }
+  } catch (const std::exception& e) {
+    // c10::Error, or std::runtime_error from kernels that throw it (torch
+    // 1.13's view: "shape '[2, 5]' is invalid for input of size 4").
     if (!repeat_on_resized_base(bases, view_key)) {
       throw;
     }
-    push_deferred_error(op, info, args, e, stack);
-    return;
-  }
-  if (!inferred) {
-    run_early(op, stack, "it has no Meta kernel or needs values");
+    push_placeholders(op, info, args, deferred_error_reason(op, e), stack);
     return;
   }
   for (auto* base : bases) {

@@ -1013,28 +1013,30 @@ def test_random_factory_out_draws_are_counted_in_the_out_dtype(fn, dtype, n):
     assert_rng_equal(expected_rng, torch.get_rng_state())
 
 # --------------------------------------------------------------------------
-# 30. open on torch < 2.9 (finding 10's cause): a view of a parameter whose
-#     data was swapped
+# 30. a view of a parameter whose data was swapped (finding 10's cause)
 # --------------------------------------------------------------------------
 
-@_autograd_view_fn_bug
-def test_view_of_a_parameter_after_its_data_was_swapped():
-    """fuzz seed 3337 (shrunk): a view of a lazy parameter, the parameter
-    written in place, then ``p.data = other``: autograd regenerates the
-    view's grad_fn by calling its view function on the base, which now has
-    other's shape ("shape '[3]' is invalid for input of size 28"). Eagerly
-    the CPU view regenerates through as_strided."""
+@pytest.mark.parametrize("other", ["real", "lazy"])
+@pytest.mark.parametrize("chain", [1, 2])
+def test_view_of_a_parameter_after_its_data_was_swapped(other, chain):
+    """fuzz seed 3337 (finding 30, shrunk): a view of a lazy parameter, the
+    parameter written in place, then ``p.data = other``: autograd re-creates
+    the view's grad_fn by repeating its view calls on the base, which now
+    has other's shape ("shape '[3]' is invalid for input of size 28").
+    Eagerly the CPU view is re-created through as_strided. A real ``other``
+    materializes ``p`` first (and its views drop their repeat functions); a
+    lazy one makes the repeat's error wait for first use, through a chain
+    of views too."""
     def build(**kw):
         p = nn.Parameter(torch.zeros(3, **kw))
-        view = p.reshape(3)
+        view = p.reshape(3) if chain == 1 else p.reshape(3).view(3, 1)
         with torch.no_grad():
             p.copy_(torch.ones(3))
-        p.data = torch.zeros(7, 4, dtype=torch.float64)
-        return view.reshape(3, 1)
+        p.data = torch.zeros(7, 4, dtype=torch.float64, **(kw if other == "lazy" else {}))
+        return view.reshape(3, 1), p
 
-    e = build()
-    lz = build(device="lazy")
-    assert_tensor_equal("view", e.detach(), lz.detach())
+    _assert_results_equal_eager(build)
+
 
 # --------------------------------------------------------------------------
 # 31. as_strided beyond the storage (torch 2.x)
@@ -1179,9 +1181,9 @@ def test_repeated_view_of_a_tensor_resized_by_out_raises_at_first_use():
     with pytest.raises(RuntimeError):
         _resized_by_out(True).expand(3, -1, -1, -1)
     bad = _resized_by_out(True, device="lazy").expand(3, -1, -1, -1)
-    with pytest.raises(RuntimeError, match="resized"):
+    with pytest.raises(RuntimeError, match="reshaped"):
         lazyinit.materialize(bad, "cpu")
-    with pytest.raises(RuntimeError, match="resized"):
+    with pytest.raises(RuntimeError, match="reshaped"):
         bad + 1
 
 
@@ -1208,6 +1210,44 @@ def test_materialized_parameters_resize_like_eager_ones():
 
     for i, (e, lz) in enumerate(zip(build(), build(device="lazy"))):
         assert_tensor_equal(f"result {i}", e, lz)
+
+
+# --------------------------------------------------------------------------
+# 42. a view made lazily, materialized, then re-created by autograd
+# --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("materialized_by", ["data", "materialize", "none"])
+def test_materialized_view_is_recreated_like_an_eager_one(materialized_by):
+    """fuzz seed 65274 (finding 42, shrunk). ``v22 = v15.reshape(2, 5)`` is
+    a view made on the lazy device, which has no as_strided, so autograd
+    keeps a function repeating the view call. ``real.data = v22``
+    materializes v22 (and v15); ``v15.data = ones(4)`` replaces v15; a write
+    of v22 makes autograd re-create its grad_fn: eager does it with
+    as_strided, the kept function repeated ``view(2, 5)`` on a 4-element
+    base ("shape '[2, 5]' is invalid for input of size 4"). Unmaterialized
+    ("none"), the repeat runs on the lazy device and its error (a
+    std::runtime_error on torch 1.13, not a c10::Error) waits for first use
+    as finding 36's do."""
+    def build(**kw):
+        torch.manual_seed(3)
+        c3 = nn.Conv1d(2, 5, 1, **kw)
+        v15 = c3.weight.half()
+        v22 = v15.reshape(2, 5)
+        v24 = v15.new_ones((4,))
+        if materialized_by == "data":
+            torch.tensor(-0.25).data = v22
+        elif materialized_by == "none":
+            torch.tensor(-0.25, **kw).data = v22
+        elif kw:
+            lazyinit.materialize(v22, "cpu")
+            lazyinit.materialize(v24, "cpu")
+        with torch.no_grad():
+            v22.uniform_(3.0, 13.0)
+        v15.data = v24
+        nn.init.eye_(v22.half().squeeze().permute(0, 1))
+        return v22, v15, c3.weight
+
+    _assert_results_equal_eager(build)
 
 
 # --------------------------------------------------------------------------

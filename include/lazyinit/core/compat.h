@@ -45,6 +45,25 @@ inline void set_generator_offset(at::Generator& gen, uint64_t offset) {
 #endif
 }
 
+namespace detail {
+template <typename Info>
+auto clear_reverse_view_fn(Info& info, int) -> decltype(void(info.rev_view_fn_ = nullptr)) {
+  info.rev_view_fn_ = nullptr;
+}
+template <typename Info>
+void clear_reverse_view_fn(Info&, long) {}
+}  // namespace detail
+
+// Drops the function autograd repeats a view's call with (an
+// autograd::ViewInfo's view_fn_: a std::function on torch 1.13, a ViewFunc
+// with a reverse std::function beside it on torch 2.x), so that autograd
+// re-creates the view with as_strided, as it does for CPU and CUDA views.
+template <typename Info>
+void clear_view_replay(Info& info) {
+  info.view_fn_ = nullptr;
+  detail::clear_reverse_view_fn(info, 0);
+}
+
 // Swallows torch warnings while alive (used around deliberate kernel
 // overrides, which the dispatcher reports as warnings).
 class SilenceWarnings {

@@ -28,10 +28,11 @@ class LazyTensorImpl : public c10::TensorImpl {
   void rebind(LazyStoragePtr storage, const Geometry& geometry);
   // Updates the geometry after a recorded resize.
   void set_geometry(const Geometry& geometry);
-  // Whether a recorded write (an out= argument, resize_) changed the
-  // geometry this impl was created with.
-  bool resized_by_write() const { return resized_by_write_; }
-  void set_resized_by_write() { resized_by_write_ = true; }
+  // Whether a recorded write (an out= argument, resize_) or a .data
+  // assignment changed the geometry (or storage) views of this impl were
+  // made from.
+  bool geometry_changed() const { return geometry_changed_; }
+  void set_geometry_changed() { geometry_changed_ = true; }
   // Fingerprints of the view calls made on this impl (recorder.cpp): the
   // calls autograd may repeat on it, after a write, to re-create a view's
   // grad_fn.
@@ -51,13 +52,14 @@ class LazyTensorImpl : public c10::TensorImpl {
 
  private:
   const char* tensorimpl_type_name() const override { return "lazyinit::LazyTensorImpl"; }
+  void forget_view_replay();
   template <typename VariableVersion>
   c10::intrusive_ptr<c10::TensorImpl> detach_impl(
       VariableVersion&& version_counter, bool allow_tensor_metadata_change) const;
 
   LazyStoragePtr lazy_storage_;
   bool was_early_ = false;
-  bool resized_by_write_ = false;
+  bool geometry_changed_ = false;
   std::vector<uint64_t> view_calls_;
   int64_t replays_ = 0;
 };

@@ -122,9 +122,6 @@ class SourceOps(GeneratorBase):
             return False
         ta = self.t(a)
         ga, gb = self.group[a], self.group[b]
-        if AUTOGRAD_VIEW_FN and ta.requires_grad and ga.lazy and any(
-                self.group[k] is ga and self.t(k) is not ta for k in cands):
-            return False  # finding 30 (finding 10's cause): not on such torches
         same_obj = [k for k in cands if self.t(k) is ta]
 
         def fx() -> None:

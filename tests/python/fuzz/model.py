@@ -42,7 +42,7 @@ FEATURES = ("context", "real_sources", "views", "inplace", "copy", "outofplace",
 #: (finding 27).
 KNOWN_OPEN = {"kernel_checks": 26, "overlap_errors": 27}
 
-#: Where "lazy" is DeviceType::Lazy (torch < 2.9), autograd keeps a view
+#: Where "lazy" is DeviceType::Lazy (every torch lazyinit supports), autograd keeps a view
 #: function for every lazy view (Device::supports_as_strided() is false for
 #: Lazy, as for XLA) and regenerates a view's grad_fn through it after an
 #: in-place write; when the view's base does not require grad (any more),
