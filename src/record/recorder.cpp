@@ -522,15 +522,16 @@ uint64_t view_call_key(const c10::OperatorHandle& op, const std::vector<c10::IVa
 // them, c10::Device::supports_as_strided) get the view function re-run.
 // Where a write resized the base, or a .data assignment replaced it, that
 // re-run can be invalid for the new shape (expand(3, -1, -1, -1) of a now
-// 0-d base) although eager's program is valid. The re-run is the same dispatcher call as the one that made the
-// view, so only a failing call that was already made on this base (same
-// operator and arguments) may be such a repeat: it returns placeholders
-// that raise the error at their first use (autograd keeps only their
-// grad_fn). Any other failing call raises at once, as eagerly.
-bool repeat_on_resized_base(const std::vector<LazyTensorImpl*>& bases, uint64_t key) {
+// 0-d base) although eager's program is valid. The re-run is the same
+// dispatcher call as the one that made the view, so only a failing call
+// that was already made on this base (same operator and arguments) may be
+// such a repeat: it returns placeholders that raise the error at their
+// first use (autograd keeps only their grad_fn). Any other failing call
+// raises at once, as eagerly.
+bool repeat_on_reshaped_base(const std::vector<LazyTensorImpl*>& bases, uint64_t key) {
   return !bases.empty() && std::all_of(bases.begin(), bases.end(), [&](const LazyTensorImpl* base) {
-           return base->geometry_changed() && base->made_view_call(key);
-         });
+    return base->geometry_changed() && base->made_view_call(key);
+  });
 }
 
 std::string deferred_error_reason(const c10::OperatorHandle& op, const std::exception& error) {
@@ -625,7 +626,7 @@ void record_op(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
   } catch (const std::exception& e) {
     // c10::Error, or std::runtime_error from kernels that throw it (torch
     // 1.13's view: "shape '[2, 5]' is invalid for input of size 4").
-    if (!repeat_on_resized_base(bases, view_key)) {
+    if (!repeat_on_reshaped_base(bases, view_key)) {
       throw;
     }
     push_placeholders(op, info, args, deferred_error_reason(op, e), stack);

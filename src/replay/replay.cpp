@@ -424,7 +424,9 @@ at::Tensor Replayer::value(
     LazyStorage& storage, int64_t version, const at::Tensor& dest, bool may_defer) {
   storage.check_usable();
   TORCH_INTERNAL_ASSERT(version >= 0 && version <= storage.version);
-  auto into_dest = [&](const at::Tensor& t) { return dest.defined() ? copy_into_prefix(dest, t) : t; };
+  auto into_dest = [&](const at::Tensor& t) {
+    return dest.defined() ? copy_into_prefix(dest, t) : t;
+  };
   if (storage.in_progress.defined() && storage.in_progress_version == version) {
     return into_dest(storage.in_progress);
   }
