@@ -8,6 +8,7 @@
 #include <lazyinit/rng/chain.h>
 
 #include <ATen/ops/as_strided.h>
+#include <ATen/ops/equal.h>
 #include <c10/util/Exception.h>
 
 #include <map>
@@ -65,6 +66,7 @@ void run_early(const c10::OperatorHandle& op, torch::jit::Stack* stack, const st
   // The value standing for each lazy storage in this call. Written ones
   // are copies: the cached value of the old version must stay intact.
   std::map<LazyStorage*, at::Tensor> values;
+  std::map<LazyStorage*, at::Tensor> before;  // written ones' values before the call
   for_each_tensor(args, [&](size_t, int64_t, const at::Tensor& t) {
     auto* impl = get_pending_impl(t);
     if (impl == nullptr || values.count(impl->lazy_storage().get())) {
@@ -73,7 +75,21 @@ void run_early(const c10::OperatorHandle& op, torch::jit::Stack* stack, const st
     auto* storage = impl->lazy_storage().get();
     at::Tensor value = early_value(*storage);
     values[storage] = written.count(storage) ? value.clone() : value;
+    if (written.count(storage)) {
+      before[storage] = value;
+    }
   });
+  // The written storages take the values the call left.
+  auto keep_writes = [&](const std::set<LazyStorage*>& storages) {
+    for (auto* storage : storages) {
+      auto node = std::make_shared<Node>();
+      node->constant = values[storage];
+      storage->append(node);
+      storage->cached = values[storage];
+      storage->cached_version = storage->version;
+      storage->early = true;
+    }
+  };
 
   std::vector<c10::IValue> real = args;
   copy_tensor_lists(real);
@@ -109,7 +125,17 @@ void run_early(const c10::OperatorHandle& op, torch::jit::Stack* stack, const st
     op.callBoxed(&real);
   } catch (c10::Error& e) {
     // Eager's error, of eager's type (LinAlgError, IndexError, ...): the
-    // call ran on the real values of its inputs, as eager runs it.
+    // call ran on the real values of its inputs, as eager runs it. Eager
+    // keeps what a call wrote before raising (torch.normal's out= fills,
+    // then refuses an overlapping mean): so do the lazy tensors.
+    std::set<LazyStorage*> changed;
+    for (auto* storage : written) {
+      const at::Tensor& value = values[storage];
+      if (value.sizes() == before[storage].sizes() && !at::equal(value, before[storage])) {
+        changed.insert(storage);
+      }
+    }
+    keep_writes(changed);
     std::ostringstream context;
     context << "lazyinit: " << op.schema().operator_name() << " ran on the values of its "
             << "lazy inputs on " << device.str() << " (" << reason << ") and raised "
@@ -121,14 +147,7 @@ void run_early(const c10::OperatorHandle& op, torch::jit::Stack* stack, const st
     throw;
   }
 
-  for (auto* storage : written) {
-    auto node = std::make_shared<Node>();
-    node->constant = values[storage];
-    storage->append(node);
-    storage->cached = values[storage];
-    storage->cached_version = storage->version;
-    storage->early = true;
-  }
+  keep_writes(written);
 
   const bool real_result = has_real_device_arg(info, args);
   auto wrap = [&](const at::Tensor& t) -> at::Tensor {

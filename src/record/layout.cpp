@@ -413,7 +413,11 @@ void take_cpu_layouts(
         (m.strides() == c10::IntArrayRef(strides) && m.dtype() == c.dtype())) {
       return m;
     }
-    return at::empty_strided(m.sizes(), strides, m.options().dtype(c.dtype()));
+    at::Tensor out = at::empty_strided(m.sizes(), strides, m.options().dtype(c.dtype()));
+    // A resized out= keeps its storage offset (torch 2.14: a 0-element
+    // result of a view at offset 8 stays at 8).
+    out.unsafeGetTensorImpl()->set_storage_offset(m.storage_offset());
+    return out;
   };
   for (size_t r = 0; r < cpu.size() && r < info.returns.size(); ++r) {
     if (info.returns[r].kind == OpInfo::ReturnKind::kView) {

@@ -13,6 +13,7 @@
 #include <lazyinit/record/layout.h>
 #include <lazyinit/record/meta_cache.h>
 #include <lazyinit/record/op_info.h>
+#include <lazyinit/record/overlap.h>
 #include <lazyinit/rng/chain.h>
 
 #include <ATen/CPUGeneratorImpl.h>
@@ -652,6 +653,9 @@ void record_op(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
     return;
   }
 
+  if (in.written != nullptr) {
+    check_partial_overlap(op, info, args);
+  }
   NodePtr node = make_node(op, info, args, in.written);
   pin_factory_dtype(*node, info, meta_stack);
   if (info.may_fail_on_values) {

@@ -1213,6 +1213,27 @@ def test_materialized_parameters_resize_like_eager_ones():
 
 
 # --------------------------------------------------------------------------
+# 43. a resized out= lost its storage offset to the CPU layout (torch 2.14)
+# --------------------------------------------------------------------------
+
+def test_out_resized_to_zero_elements_keeps_its_storage_offset():
+    """fuzz seed 75261 (torch 2.14 campaign, shrunk): ``out=`` a row of a
+    4x4 tensor (offset 8), resized to (5, 0, 1): eager keeps offset 8 with
+    the CPU kernel's strides (0, 1, 0); the recorder took the CPU kernel's
+    strides on a new meta tensor, at offset 0."""
+    def build(**kw):
+        torch.manual_seed(2)
+        a = torch.randn((4, 4), dtype=torch.float64, **kw)
+        v24 = a.unbind(0)[2].data
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.add(torch.zeros((5, 0, 1), dtype=torch.float64, **kw), 0.0, out=v24)
+        return v24, a
+
+    _assert_results_equal_eager(build)
+
+
+# --------------------------------------------------------------------------
 # 42. a view made lazily, materialized, then re-created by autograd
 # --------------------------------------------------------------------------
 
@@ -1362,21 +1383,53 @@ def test_kernel_checks_on_lazy_tensors_raise_at_the_call(call):
 
 
 # --------------------------------------------------------------------------
-# 27. open: in-place writes partially overlapping their input
+# 27. in-place writes partially overlapping their input
+def test_half_written_random_out_then_discarded_leaves_eager_generator():
+    """fuzz seed 1600001356 (shrunk; found when finding 27's generator
+    feature came back on): torch.normal's out= draws before refusing the
+    overlap; the lazy tensor discarded afterwards, the default generator
+    must stand where eager's does."""
+    def build(**kw):
+        torch.manual_seed(1)
+        v5 = torch.empty((9,), **kw).uniform_(-1.0, 0.25)
+        raised = _raised(lambda: torch.normal(v5[:-1], 1.0, out=v5[1:]))
+        if kw:
+            lazyinit.discard(v5)
+        return raised, torch.get_rng_state(), torch.randn(4)
+
+    eager, lazy = build(), build(device="lazy")
+    assert lazy[0] == eager[0] == "RuntimeError"
+    assert torch.equal(lazy[1], eager[1])
+    assert torch.equal(lazy[2], eager[2])
+
+
 # --------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="finding 27 (docs/fuzzing.md): raised at replay, "
-                   "not at the call")
-@pytest.mark.parametrize("call", ["x[1:].copy_(x[:-1])", "x[:-1].add_(x[1:])",
-                                  "torch.mul(x[:-1], 2, out=x[1:])"])
+@pytest.mark.parametrize("call", [
+    "x[1:].copy_(x[:-1])", "x[:-1].add_(x[1:])", "torch.mul(x[:-1], 2, out=x[1:])",
+    "torch.normal(x[:-1], 1.0, out=x[1:])", "x[1:].copy_(x[:-1].view(2, 2).t())",
+    # eager accepts these: full overlap, disjoint bytes, non-dense views
+    "x.add_(x)", "x[:2].copy_(x[3:])", "x.view(5, 1)[:4].mul_(x[1:].view(4, 1).t()[0, 0])",
+    "y[:, :1].copy_(y[:, 1:2])", "torch.add(x[:-1], 1.0, out=x[:-1])",
+])
 def test_partially_overlapping_in_place_write_raises_at_the_call(call):
-    """fuzz seeds 19, 100, 126: eager refuses an in-place write whose input
-    partially overlaps the written elements; the Meta stand-ins of one lazy
-    storage are separate tensors, so nothing sees the overlap."""
+    """fuzz seeds 19, 100, 126 (finding 27): eager refuses an in-place write
+    whose input partially overlaps the written elements; the Meta stand-ins
+    of one lazy storage are separate tensors, so nothing saw the overlap
+    and the error came at replay. Eager's exception at the call, eager's
+    values and generator otherwise (torch.normal's out= fills and draws,
+    then refuses the overlapping mean: x is left half-written, eagerly and
+    lazily)."""
     def build(**kw):
+        torch.manual_seed(0)
         x = torch.arange(5.0, **kw)
-        return _raised(lambda: eval(call, globals(), {"x": x}))
+        y = torch.arange(6.0, **kw).view(3, 2)
+        raised = _raised(lambda: eval(call, globals(), {"x": x, "y": y}))
+        return raised, x, y, torch.randn(3, **kw)
 
     eager = build()
-    assert eager == "RuntimeError"
-    assert build(device="lazy") == eager
+    lazy = build(device="lazy")
+    assert lazy[0] == eager[0]
+    for i, (e, lz) in enumerate(zip(eager[1:], lazy[1:])):
+        lazyinit.materialize(lz, "cpu")
+        assert_tensor_equal(f"result {i}", e, lz)

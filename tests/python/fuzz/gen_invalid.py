@@ -180,7 +180,7 @@ class InvalidOps(GeneratorBase):
             f"{x}[1:].copy_({x}[:-1])", f"{x}[:-1].add_({x}[1:])",
             f"torch.add({x}[1:], 1.0, out={x}[:-1])", f"{x}[1:].mul_({x}[:-1])",
             f"{x}.expand(2, *{x}.shape).add_(1)", f"{x}[:2].copy_({x}[1:3])",
-            f"torch.mul({x}[:-1], 2, out={x}[1:])",
+            f"torch.mul({x}[:-1], 2, out={x}[1:])", f"torch.normal({x}[:-1], 1.0, out={x}[1:])",
         ])
 
     def _invalid_autograd(self):

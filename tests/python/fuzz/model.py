@@ -37,10 +37,8 @@ FEATURES = ("context", "real_sources", "views", "inplace", "copy", "outofplace",
 #: in campaigns and CI unless asked for (``--disable ""``): invalid ops whose
 #: eager check only the CPU kernel makes on lazy tensors (index values and
 #: dtypes, probabilities read from a tensor, matmul's dtypes; lazyinit raises
-#: eager's error at replay, naming the recorded call: finding 26), and
-#: in-place writes whose input partially overlaps the written lazy tensor
-#: (finding 27).
-KNOWN_OPEN = {"kernel_checks": 26, "overlap_errors": 27}
+#: eager's error at replay, naming the recorded call: finding 26).
+KNOWN_OPEN = {"kernel_checks": 26}
 
 #: Where "lazy" is DeviceType::Lazy (every torch lazyinit supports), autograd keeps a view
 #: function for every lazy view (Device::supports_as_strided() is false for
