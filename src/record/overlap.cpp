@@ -47,9 +47,26 @@ bool may_overlap_partially(const LazyTensorImpl& a, const LazyTensorImpl& b) {
   return ra.first < rb.second && rb.first < ra.second && dense(a.geometry()) && dense(b.geometry());
 }
 
+// Torch's two messages: "... refer to a single memory location" (partial
+// overlap with an input), "... refers to a single memory location"
+// (internal overlap of the written tensor).
 bool is_overlap_error(const c10::Error& e) {
-  return std::string(e.what_without_backtrace()).find("refer to a single memory location") !=
-         std::string::npos;
+  const std::string msg = e.what_without_backtrace();
+  return msg.find("refer to a single memory location") != std::string::npos ||
+         msg.find("refers to a single memory location") != std::string::npos;
+}
+
+// Whether torch's has_internal_overlap says YES: some element of a written
+// tensor of this geometry is another's (an expanded dimension). Meta
+// kernels check it on torch 1.13, not on torch 2.14.
+bool overlaps_itself(const LazyTensorImpl& impl) {
+  const Geometry g = impl.geometry();
+  for (size_t d = 0; d < g.sizes.size(); ++d) {
+    if (g.strides[d] == 0 && g.sizes[d] > 1) {
+      return true;
+    }
+  }
+  return false;
 }
 
 // A byte that makes no special float (0x5A5A5A5A is about 1.5e16).
@@ -127,6 +144,9 @@ void check_partial_overlap(
     const auto* written = args[w].isTensor() ? get_pending_impl(args[w].toTensor()) : nullptr;
     if (written == nullptr) {
       continue;
+    }
+    if (overlaps_itself(*written)) {
+      storage = written->lazy_storage().get();
     }
     for_each_tensor(args, [&](size_t i, int64_t, const at::Tensor& t) {
       const auto* other = get_pending_impl(t);

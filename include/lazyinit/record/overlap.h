@@ -1,5 +1,5 @@
-// Partial memory overlap between a written lazy tensor and another input
-// of the same call, checked at the call as eager checks it.
+// Memory overlap of a written lazy tensor (with another input of the same
+// call, or with itself), checked at the call as eager checks it.
 #pragma once
 
 #include <lazyinit/record/op_info.h>
@@ -15,7 +15,10 @@ namespace lazyinit {
 // input partially overlaps the written tensor ("unsupported operation:
 // some elements of the input tensor and the written-to tensor refer to a
 // single memory location"); Meta tensors share no memory, so their kernels
-// never see it. Where a written lazy tensor and another lazy argument of
+// never see it. The same run checks a written tensor that overlaps itself
+// (an expanded dimension: "more than one element of the written-to tensor
+// refers to a single memory location"), which torch 2.14's Meta kernels
+// let through. Where a written lazy tensor and another lazy argument of
 // the call are dense views of one storage whose bytes intersect (the only
 // case in which torch's check, at::get_overlap_status, can report a
 // partial overlap), the op's CPU kernel runs on real CPU tensors with the
