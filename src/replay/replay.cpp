@@ -418,6 +418,17 @@ at::Tensor copy_into_prefix(const at::Tensor& dest, const at::Tensor& value) {
   return dest;
 }
 
+// A replayed write that resized its out= argument grew the StorageImpl
+// under `base` (resize_ reallocates the same storage), while `base` still
+// has the size it was made with: the value is the whole storage.
+at::Tensor whole_storage(const at::Tensor& base, int64_t numel) {
+  const int64_t held =
+      static_cast<int64_t>(base.storage().nbytes()) / static_cast<int64_t>(base.itemsize()) -
+      base.storage_offset();
+  const int64_t n = std::min(numel, held);
+  return n > base.numel() ? base.as_strided({n}, {1}, base.storage_offset()) : base;
+}
+
 }  // namespace
 
 at::Tensor Replayer::value(
@@ -554,6 +565,7 @@ at::Tensor Replayer::value(
   if (early_) {
     storage.early = true;
   }
+  base = whole_storage(base, storage.numel());
   if (version == storage.version) {
     storage.cached = base;
     storage.cached_version = version;

@@ -1307,6 +1307,37 @@ def test_storage_grown_by_out_fills_its_slice_of_the_one_allocation(start, throu
         assert nbytes[0] == nbytes[1], (i, nbytes)
 
 
+def test_value_read_after_out_grew_its_storage_is_the_whole_storage():
+    """CI's fresh seed 258634690 (torch 1.13, shrunk; finding 46). An early
+    value ``v12`` (5 elements) grown by ``out=`` to 15, then read through a
+    view (``v29.copy_(v27)``): that replay's value kept its first 5
+    elements only (resize_ grows the StorageImpl under a 5-element tensor),
+    was cached so, and ``materialize(module)`` then filled the grown part of
+    the slice with nothing: a silent wrong value (finding 39's prefix copy
+    made it silent; before, a shape error)."""
+    def build(**kw):
+        torch.manual_seed(3)
+        v0 = torch.eye(1, 5, dtype=torch.float64, **kw)
+        with torch.no_grad():
+            v0.log_normal_(0.0, 0.5)
+        v10 = torch.cat([v0, v0, v0], 0)
+        v12 = v0[v0 > 0]
+        holder = nn.Module()
+        holder.register_buffer("k0", v12)
+        v27 = v12.unbind(0)[2]
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.mul(v10, -1.0, out=v12)
+        torch.zeros(0).copy_(v27)
+        if kw:
+            lazyinit.materialize(holder, "cpu")
+        return holder.k0, v27, v10
+
+    for i, (e, lz) in enumerate(zip(build(), build(device="lazy"))):
+        lazyinit.materialize(lz, "cpu")
+        assert_tensor_equal(f"result {i}", e, lz)
+
+
 def _storage_nbytes(t: torch.Tensor) -> int:
     return (t.untyped_storage() if hasattr(t, "untyped_storage") else t.storage()).nbytes()
 
