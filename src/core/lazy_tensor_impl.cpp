@@ -8,8 +8,6 @@
 #include <c10/core/DispatchKeySet.h>
 #include <torch/csrc/autograd/variable.h>
 
-#include <algorithm>
-
 namespace lazyinit {
 namespace {
 
@@ -83,13 +81,11 @@ void LazyTensorImpl::forget_view_replay() {
 }
 
 void LazyTensorImpl::note_view_call(uint64_t key) {
-  if (!made_view_call(key)) {
-    view_calls_.push_back(key);
-  }
+  view_calls_.insert(key);
 }
 
 bool LazyTensorImpl::made_view_call(uint64_t key) const {
-  return std::find(view_calls_.begin(), view_calls_.end(), key) != view_calls_.end();
+  return view_calls_.count(key) != 0;
 }
 
 void LazyTensorImpl::rebind(LazyStoragePtr storage, const Geometry& geometry) {

@@ -137,7 +137,7 @@ c10::optional<std::string> overlap_error_of(
 
 }  // namespace
 
-void check_partial_overlap(
+void check_overlap(
     const c10::OperatorHandle& op, const OpInfo& info, const std::vector<c10::IValue>& args) {
   LazyStorage* storage = nullptr;
   for (size_t w : written_args_of(info, args)) {

@@ -654,7 +654,7 @@ void record_op(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
   }
 
   if (in.written != nullptr) {
-    check_partial_overlap(op, info, args);
+    check_overlap(op, info, args);
   }
   NodePtr node = make_node(op, info, args, in.written);
   pin_factory_dtype(*node, info, meta_stack);

@@ -7,6 +7,8 @@
 
 #include <lazyinit/core/graph.h>
 
+#include <unordered_set>
+
 namespace lazyinit {
 
 class LazyTensorImpl : public c10::TensorImpl {
@@ -60,7 +62,8 @@ class LazyTensorImpl : public c10::TensorImpl {
   LazyStoragePtr lazy_storage_;
   bool was_early_ = false;
   bool geometry_changed_ = false;
-  std::vector<uint64_t> view_calls_;
+  // A set: one base may be viewed many times (w[i] for every row i).
+  std::unordered_set<uint64_t> view_calls_;
   int64_t replays_ = 0;
 };
 

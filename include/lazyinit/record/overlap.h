@@ -28,7 +28,7 @@ namespace lazyinit {
 // that where the kernel wrote part of the buffer before raising (eager
 // leaves such a tensor half-written, and may have drawn), the call runs
 // early on the real values and keeps what it wrote (run_early).
-void check_partial_overlap(
+void check_overlap(
     const c10::OperatorHandle& op, const OpInfo& info, const std::vector<c10::IValue>& args);
 
 }  // namespace lazyinit
