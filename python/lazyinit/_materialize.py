@@ -238,7 +238,10 @@ def live_graph_nodes() -> int:
 
 def discard(obj: Union[torch.Tensor, torch.nn.Module]) -> None:
     """Frees the recorded graph of lazy tensors without materializing them.
-    Using such a tensor afterwards raises an error."""
+
+    Using the value of such a tensor, or of a view of its storage, raises an
+    error afterwards; its shape and dtype, and new views of it, still work.
+    Pending tensors computed from it keep what they read."""
     tensors = [t for _, t, _ in _module_tensors(obj)] if isinstance(obj, torch.nn.Module) else [obj]
     for t in tensors:
         _C._discard(t)

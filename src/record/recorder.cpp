@@ -595,9 +595,20 @@ void record_op(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
     return;
   }
 
+  // A view of a discarded tensor: autograd makes one when it re-creates the
+  // grad_fn of an older view of the same Python base (`w.select(...)`, then
+  // `w.data = other`, a write to `w`, `discard(w)`, then a use of the older
+  // view, whose values are its own). Metadata only, as eagerly; the view
+  // shares the discarded storage and raises like it at its first use.
+  const bool viewing_discarded =
+      !bases.empty() && std::all_of(bases.begin(), bases.end(), [](const LazyTensorImpl* base) {
+        return base->lazy_storage()->state == StorageState::kDiscarded;
+      });
   for_each_tensor(args, [&](size_t, int64_t, const at::Tensor& t) {
     if (auto* impl = get_pending_impl(t)) {
-      impl->lazy_storage()->check_usable();
+      if (!viewing_discarded) {
+        impl->lazy_storage()->check_usable();
+      }
     } else {
       TORCH_CHECK(
           !t.is_meta(), "lazyinit: ", op.schema().operator_name(),
@@ -635,6 +646,14 @@ void record_op(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
   }
   for (auto* base : bases) {
     base->note_view_call(view_key);
+  }
+  if (viewing_discarded) {
+    auto outputs = make_outputs(info, nullptr, args, meta_stack);
+    torch::jit::drop(*stack, num_args);
+    for (auto& out : outputs) {
+      stack->push_back(std::move(out));
+    }
+    return;
   }
   // Written arguments as the Meta kernel left them (returned as themselves).
   std::vector<c10::IValue> meta_args(num_args);

@@ -1468,3 +1468,43 @@ def test_partially_overlapping_in_place_write_raises_at_the_call(call):
     for i, (e, lz) in enumerate(zip(eager[1:], lazy[1:])):
         lazyinit.materialize(lz, "cpu")
         assert_tensor_equal(f"result {i}", e, lz)
+
+
+def test_older_view_used_after_its_base_was_replaced_written_and_discarded():
+    """CI's fresh seed 1893011167 (both torches, shrunk; finding 47).
+    ``v12 = w.select(1, -2)``, then ``w.data = other``, a write to ``w``
+    (``reset_parameters``) and ``lazyinit.discard(w)``: ``v12``'s values are
+    its own (the old storage), but its first use makes autograd re-create
+    its grad_fn by calling ``select`` on the Python base ``w`` again, and
+    that call raised "freed by lazyinit.discard()" where eager runs."""
+    def build(**kw):
+        torch.manual_seed(1)
+        lin = nn.Linear(2, 1, bias=False, **kw)
+        w = lin.weight
+        v8 = torch.randint(-3, 11, (9, 2, 3), dtype=torch.float64, **kw)
+        other = v8.bernoulli(0.3)
+        v12 = w.select(1, -2)
+        w.data = other
+        lin.reset_parameters()
+        if kw:
+            lazyinit.discard(w)
+        return torch.zeros((1,)).copy_(v12), v12, v8
+
+    eager = build()
+    eager_rng = torch.get_rng_state()
+    lazy = build(device="lazy")
+    for i, (e, lz) in enumerate(zip(eager, lazy)):
+        lazyinit.materialize(lz, "cpu")
+        assert_tensor_equal(f"result {i}", e, lz)
+    assert torch.equal(torch.get_rng_state(), eager_rng)
+
+
+def test_view_of_discarded_tensor_has_its_shape_and_raises_at_use():
+    """A view of a discarded tensor (autograd makes them, finding 47) has
+    eager's shape and raises the discard error when its value is used."""
+    w = torch.randn(3, 4, device="lazy")
+    lazyinit.discard(w)
+    v = w.t()
+    assert v.shape == (4, 3)
+    with pytest.raises(RuntimeError, match="freed by lazyinit.discard"):
+        lazyinit.materialize(v, "cpu")
