@@ -363,7 +363,9 @@ bool is_value_independent(const c10::Error& e) {
 // rethrown; false where the kernel failed for the stand-ins' sake. Plain
 // fills (normal_, uniform_) check only their scalar arguments and dtype,
 // so every error they raise on a stand-in is eager's: torch 2.x's Meta
-// decomposition of uniform_ does not check from <= to.
+// decomposition of uniform_ does not check from <= to. So is every error of
+// a matrix product (operand dtypes; dot's lengths, which the increasing
+// size map keeps apart), which torch 1.13's Meta kernels do not check.
 bool run_stand_in_call(
     const c10::OperatorHandle& op, const OpInfo& info, std::vector<c10::IValue>& stack) {
   c10::optional<GenState> saved;
@@ -383,7 +385,8 @@ bool run_stand_in_call(
     if (saved) {
       saved->apply(default_gen);
     }
-    if (is_value_independent(e) || info.plain_fill != OpInfo::PlainFill::kNone) {
+    if (is_value_independent(e) || info.plain_fill != OpInfo::PlainFill::kNone ||
+        info.stand_in_errors_are_eagers) {
       throw;
     }
     ran = false;

@@ -84,6 +84,30 @@ const std::vector<UnannotatedWrite>& unannotated_writes() {
   return table;
 }
 
+// Arguments whose values the CPU kernel checks (OpInfo::value_checked_args).
+std::vector<size_t> value_checked_args(const c10::FunctionSchema& schema) {
+  static const std::unordered_map<std::string, std::set<std::string>> probabilities = {
+      {"aten::bernoulli", {"self", "p"}},    {"aten::bernoulli_", {"p"}},
+      {"aten::multinomial", {"self"}},       {"aten::poisson", {"self"}},
+      {"aten::binomial", {"count", "prob"}}, {"aten::normal", {"std"}},
+  };
+  const auto it = probabilities.find(schema.name());
+  std::vector<size_t> out;
+  const auto& args = schema.arguments();
+  for (size_t i = 0; i < args.size(); ++i) {
+    const std::string& name = args[i].name();
+    const bool checked = name == "index" || name == "indices" ||
+                         (it != probabilities.end() && it->second.count(name) > 0);
+    // bernoulli.p(self, float p): self's values are not read.
+    const bool float_p_overload =
+        schema.name() == "aten::bernoulli" && schema.overload_name() == "p" && name == "self";
+    if (checked && !float_p_overload && is_tensor_like(args[i].type())) {
+      out.push_back(i);
+    }
+  }
+  return out;
+}
+
 OpInfo analyze(const c10::OperatorHandle& op) {
   const auto& schema = op.schema();
   OpInfo info;
@@ -174,6 +198,23 @@ OpInfo analyze(const c10::OperatorHandle& op) {
         info.returns.begin(), info.returns.end(),
         [](const OpInfo::Return& r) { return r.kind == OpInfo::ReturnKind::kView; });
     info.may_fail_on_values = !is_view && cannot_fail.count(schema.name()) == 0;
+  }
+  info.value_checked_args = value_checked_args(schema);
+  {
+    static const std::set<std::string> matrix_products = {
+        "aten::mm",
+        "aten::bmm",
+        "aten::addmm",
+        "aten::addbmm",
+        "aten::baddbmm",
+        "aten::mv",
+        "aten::addmv",
+        "aten::dot",
+        "aten::vdot",
+        "aten::addr",
+        "aten::_addmm_activation",
+    };
+    info.stand_in_errors_are_eagers = matrix_products.count(schema.name()) > 0;
   }
   info.is_copy = schema.name() == "aten::copy_" && schema.overload_name().empty();
   info.in_place_arithmetic = schema.name() == "aten::add_" || schema.name() == "aten::sub_" ||

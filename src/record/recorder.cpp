@@ -10,6 +10,7 @@
 #include <lazyinit/core/tensor_args.h>
 #include <lazyinit/record/capture.h>
 #include <lazyinit/record/early.h>
+#include <lazyinit/record/kernel_check.h>
 #include <lazyinit/record/layout.h>
 #include <lazyinit/record/meta_cache.h>
 #include <lazyinit/record/op_info.h>
@@ -675,6 +676,7 @@ void record_op(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
   if (in.written != nullptr) {
     check_overlap(op, info, args);
   }
+  check_on_cpu_kernel(op, info, args);
   NodePtr node = make_node(op, info, args, in.written);
   pin_factory_dtype(*node, info, meta_stack);
   if (info.may_fail_on_values) {

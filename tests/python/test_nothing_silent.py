@@ -233,10 +233,23 @@ def test_singular_linalg_raises_eagers_error_at_the_call(fn):
     assert _raises(lambda: fn(torch.zeros(3, 3, device="lazy"))) is eager
 
 
-def test_value_errors_at_replay_name_the_recorded_call():
+def test_index_out_of_range_raises_eagers_error_at_the_call():
     idx = torch.tensor([0, 5], device="lazy")
-    r = torch.index_select(torch.randn(3, device="lazy"), 0, idx)
     eager = _raises(lambda: torch.index_select(torch.randn(3), 0, torch.tensor([0, 5])))
+    assert eager is IndexError
+    assert _raises(lambda: torch.index_select(torch.randn(3, device="lazy"), 0, idx)) is eager
+
+
+def test_value_errors_at_replay_name_the_recorded_call():
+    """An index tensor over 16 MiB is not computed at the call to check it
+    (docs/architecture.md, "Checks on values"): the error comes at replay."""
+    n = (16 << 20) // 8 + 1
+    idx = torch.zeros(n, dtype=torch.long, device="lazy")
+    idx[-1] = 5
+    r = torch.index_select(torch.randn(3, device="lazy"), 0, idx)
+    eager_idx = torch.zeros(n, dtype=torch.long)
+    eager_idx[-1] = 5
+    eager = _raises(lambda: torch.index_select(torch.randn(3), 0, eager_idx))
     with pytest.raises(eager) as info:
         lazyinit.materialize(r)
     assert "aten::index_select" in str(info.value) and "test_nothing_silent.py" in str(info.value)

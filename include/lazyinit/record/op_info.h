@@ -46,6 +46,16 @@ struct OpInfo {
   bool in_place_arithmetic = false;
   // div_ without a rounding mode: integer operands give a floating result.
   bool true_division = false;
+  // Arguments whose values eager's CPU kernel checks and Meta kernels
+  // cannot: those named `index` / `indices` (range and dtype), the
+  // probabilities of bernoulli / multinomial / poisson / binomial, normal's
+  // `std` (kernel_check.h runs the kernel on their values at the call).
+  std::vector<size_t> value_checked_args;
+  // Matrix products (mm, bmm, addmm, mv, dot, ...): every error their CPU
+  // kernel raises on small stand-ins is eager's (operand dtypes, dot's
+  // lengths), which some torch versions' Meta kernels do not check
+  // (layout.h).
+  bool stand_in_errors_are_eagers = false;
   // Whether a replay of it may raise on values the recorder cannot see
   // (indices out of range, singular matrices): recorded nodes then keep
   // their source location. False for fills, factories and views.

@@ -34,11 +34,8 @@ FEATURES = ("context", "real_sources", "views", "inplace", "copy", "outofplace",
             "kernel_checks", "overlap_errors")
 
 #: Features that write programs of an open finding (docs/fuzzing.md), off
-#: in campaigns and CI unless asked for (``--disable ""``): invalid ops whose
-#: eager check only the CPU kernel makes on lazy tensors (index values and
-#: dtypes, probabilities read from a tensor, matmul's dtypes; lazyinit raises
-#: eager's error at replay, naming the recorded call: finding 26).
-KNOWN_OPEN = {"kernel_checks": 26}
+#: in campaigns and CI unless asked for (``--disable ""``). None today.
+KNOWN_OPEN: Dict[str, int] = {}
 
 #: Where "lazy" is DeviceType::Lazy (every torch lazyinit supports), autograd keeps a view
 #: function for every lazy view (Device::supports_as_strided() is false for

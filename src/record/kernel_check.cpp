@@ -1,0 +1,175 @@
+#include <lazyinit/record/kernel_check.h>
+
+#include <lazyinit/core/lazy_tensor_impl.h>
+#include <lazyinit/core/tensor_args.h>
+#include <lazyinit/record/early.h>
+#include <lazyinit/replay/replay.h>
+#include <lazyinit/rng/chain.h>
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/as_strided.h>
+#include <ATen/ops/empty_strided.h>
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <exception>
+#include <string>
+
+namespace lazyinit {
+namespace {
+
+// A checked lazy argument's value is computed at the call (an early value,
+// kept for materialization); beyond this, its check is left to replay.
+constexpr int64_t kMaxCheckedStorageBytes = int64_t{16} << 20;
+// Stand-ins the kernel reads whole (out-of-place ops copy self); written
+// stand-ins are uninitialized memory the kernel touches only where it
+// writes, and are not counted.
+constexpr int64_t kMaxReadStandInBytes = int64_t{256} << 20;
+
+bool contains(const std::vector<size_t>& v, size_t i) {
+  return std::find(v.begin(), v.end(), i) != v.end();
+}
+
+int64_t bytes_of(const at::Tensor& t) {
+  int64_t extent = 1;  // elements up to the last one, as empty_strided allocates
+  for (int64_t d = 0; d < t.dim(); ++d) {
+    if (t.size(d) == 0) {
+      return 0;
+    }
+    extent += (t.size(d) - 1) * t.stride(d);
+  }
+  return extent * static_cast<int64_t>(t.dtype().itemsize());
+}
+
+// The real value of a checked argument, or an undefined tensor where it is
+// too large to compute at the call.
+at::Tensor checked_value(const at::Tensor& t) {
+  auto* impl = get_pending_impl(t);
+  if (impl == nullptr) {
+    return t;
+  }
+  LazyStorage& storage = *impl->lazy_storage();
+  if (storage.nbytes > kMaxCheckedStorageBytes) {
+    return at::Tensor();
+  }
+  const at::Tensor base = early_value(storage);
+  return at::as_strided(
+      typed_view(base, impl->dtype()), impl->sizes(), impl->strides(), impl->storage_offset());
+}
+
+// The call on real CPU tensors (see kernel_check.h); false where it cannot
+// be built.
+bool real_call(
+    const OpInfo& info, const std::vector<c10::IValue>& args, std::vector<c10::IValue>& stack) {
+  const std::vector<size_t> written = written_args_of(info, args);
+  stack = args;
+  copy_tensor_lists(stack);
+  bool ok = true;
+  int64_t read_bytes = 0;
+  for_each_tensor(args, [&](size_t i, int64_t e, const at::Tensor& t) {
+    if (!ok) {
+      return;
+    }
+    const bool is_lazy = get_pending_impl(t) != nullptr;
+    if (!is_lazy && !t.device().is_cpu()) {
+      ok = false;
+      return;
+    }
+    at::Tensor real;
+    if (contains(info.value_checked_args, i)) {
+      real = checked_value(t);
+      ok = real.defined();
+    } else if (is_lazy || contains(written, i)) {
+      // Uninitialized: the checks read no values of these arguments (and a
+      // written real tensor is not the caller's).
+      real = at::empty_strided(t.sizes(), t.strides(), t.options().device(at::kCPU));
+      if (!contains(written, i)) {
+        read_bytes += bytes_of(real);
+      }
+    } else {
+      real = t;
+    }
+    if (ok) {
+      set_tensor(stack, i, e, real);
+    }
+  });
+  for (size_t i : info.device_args) {
+    if (stack[i].isDevice()) {
+      stack[i] = c10::IValue(c10::Device(c10::kCPU));
+    }
+  }
+  if (info.generator_arg >= 0 && stack[info.generator_arg].isGenerator()) {
+    stack[info.generator_arg] = c10::IValue(at::detail::createCPUGenerator(0));
+  }
+  return ok && read_bytes <= kMaxReadStandInBytes;
+}
+
+// Where the CPU kernel has no code for a dtype, eager on another device
+// may: no answer.
+bool is_missing_kernel(const c10::Error& e) {
+  return dynamic_cast<const c10::NotImplementedError*>(&e) != nullptr ||
+         std::string(e.what_without_backtrace()).find(" not implemented for '") !=
+             std::string::npos;
+}
+
+// The error the CPU kernel raises on `stack`, if any (a missing kernel for
+// a dtype aside). Its draws are thrown away: the default CPU generator is
+// put back.
+std::exception_ptr kernel_error(const c10::OperatorHandle& op, std::vector<c10::IValue>& stack) {
+  at::Generator default_gen = at::detail::getDefaultCPUGenerator();
+  const GenState saved = GenState::of(default_gen);
+  // Held across the call: torch 1.13's boxed adapter reads multi-out
+  // returns through references to arguments it has dropped (early.cpp).
+  const std::vector<c10::IValue> keep_alive = stack;
+  std::exception_ptr error;
+  {
+    CatchUpSuppressed no_catch_up;
+    try {
+      at::NoGradGuard no_grad;
+      op.callBoxed(&stack);
+    } catch (const c10::Error& e) {
+      if (!is_missing_kernel(e)) {
+        error = std::current_exception();
+      }
+    } catch (const std::exception&) {
+      error = std::current_exception();
+    }
+  }
+  saved.apply(default_gen);
+  return error;
+}
+
+}  // namespace
+
+void check_on_cpu_kernel(
+    const c10::OperatorHandle& op, const OpInfo& info, const std::vector<c10::IValue>& args) {
+  bool has_checked = false;
+  for (size_t i : info.value_checked_args) {
+    for_each_tensor({args[i]}, [&](size_t, int64_t, const at::Tensor&) { has_checked = true; });
+  }
+  std::vector<c10::IValue> stack;
+  if (!has_checked || !real_call(info, args, stack)) {
+    return;
+  }
+  const std::exception_ptr error = kernel_error(op, stack);
+  if (!error) {
+    return;
+  }
+  bool writes_lazy = false;
+  for (size_t w : written_args_of(info, args)) {
+    writes_lazy =
+        writes_lazy || (args[w].isTensor() && get_pending_impl(args[w].toTensor()) != nullptr);
+  }
+  if (writes_lazy) {
+    // Eager may write part of the tensor before its check fails
+    // (index_fill_ of indices [0, 5] on 3 rows fills row 0 first): the call
+    // runs early on the real values, keeps what it wrote, and raises
+    // eager's error (run_early).
+    torch::jit::Stack real = args;
+    run_early(op, &real, "its CPU kernel rejects the values of its arguments");
+  }
+  std::rethrow_exception(error);  // eager's error, with eager's exception type
+}
+
+}  // namespace lazyinit
