@@ -201,7 +201,12 @@ OpInfo analyze(const c10::OperatorHandle& op) {
   }
   info.value_checked_args = value_checked_args(schema);
   {
-    static const std::set<std::string> matrix_products = {
+    // Ops whose CPU kernel checks only metadata the size map keeps (dtypes,
+    // broadcasting, equal lengths) and that take no size-valued scalars:
+    // matrix products (operand dtypes, dot's lengths; torch 1.13's Meta
+    // kernels check neither) and masked fills (the mask's dtype; torch
+    // 2.14's Meta kernel does not check it).
+    static const std::set<std::string> metadata_checked = {
         "aten::mm",
         "aten::bmm",
         "aten::addmm",
@@ -213,8 +218,10 @@ OpInfo analyze(const c10::OperatorHandle& op) {
         "aten::vdot",
         "aten::addr",
         "aten::_addmm_activation",
+        "aten::masked_fill",
+        "aten::masked_fill_",
     };
-    info.stand_in_errors_are_eagers = matrix_products.count(schema.name()) > 0;
+    info.stand_in_errors_are_eagers = metadata_checked.count(schema.name()) > 0;
   }
   info.is_copy = schema.name() == "aten::copy_" && schema.overload_name().empty();
   info.in_place_arithmetic = schema.name() == "aten::add_" || schema.name() == "aten::sub_" ||

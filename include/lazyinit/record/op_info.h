@@ -51,10 +51,10 @@ struct OpInfo {
   // probabilities of bernoulli / multinomial / poisson / binomial, normal's
   // `std` (kernel_check.h runs the kernel on their values at the call).
   std::vector<size_t> value_checked_args;
-  // Matrix products (mm, bmm, addmm, mv, dot, ...): every error their CPU
-  // kernel raises on small stand-ins is eager's (operand dtypes, dot's
-  // lengths), which some torch versions' Meta kernels do not check
-  // (layout.h).
+  // Matrix products (mm, bmm, addmm, mv, dot, ...) and masked fills: every
+  // error their CPU kernel raises on small stand-ins is eager's (operand
+  // and mask dtypes, dot's lengths), which some torch versions' Meta
+  // kernels do not check (layout.h).
   bool stand_in_errors_are_eagers = false;
   // Whether a replay of it may raise on values the recorder cannot see
   // (indices out of range, singular matrices): recorded nodes then keep
