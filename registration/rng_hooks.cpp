@@ -7,6 +7,7 @@
 // other op passes through it.
 #include <lazyinit/core/compat.h>
 #include <lazyinit/core/device.h>
+#include <lazyinit/record/op_info.h>
 #include <lazyinit/registration.h>
 #include <lazyinit/rng/chain.h>
 

@@ -1,7 +1,5 @@
 #include <lazyinit/record/op_info.h>
 
-#include <lazyinit/rng/chain.h>
-
 #include <ATen/core/function_schema.h>
 #include <ATen/core/jit_type.h>
 
@@ -108,6 +106,72 @@ std::vector<size_t> value_checked_args(const c10::FunctionSchema& schema) {
   return out;
 }
 
+// Random ops whose schema has no Generator argument.
+const std::set<std::string>& random_op_names() {
+  static const std::set<std::string> names = {
+      "aten::rand",      "aten::randn",      "aten::randint",         "aten::randperm",
+      "aten::rand_like", "aten::randn_like", "aten::randint_like",    "aten::native_dropout",
+      "aten::dropout",   "aten::dropout_",   "aten::feature_dropout", "aten::alpha_dropout",
+      "aten::rrelu",     "aten::rrelu_",     "aten::bernoulli",       "aten::multinomial",
+  };
+  return names;
+}
+
+OpInfo::Creation creation_of(const std::string& name) {
+  static const std::unordered_map<std::string, OpInfo::Creation> table = {
+      {"aten::empty", OpInfo::Creation::kEmpty},
+      {"aten::empty_strided", OpInfo::Creation::kEmpty},
+      {"aten::new_empty", OpInfo::Creation::kEmpty},
+      {"aten::new_empty_strided", OpInfo::Creation::kEmpty},
+      {"aten::empty_like", OpInfo::Creation::kEmpty},
+      {"aten::zeros", OpInfo::Creation::kZeros},
+      {"aten::new_zeros", OpInfo::Creation::kZeros},
+      {"aten::zeros_like", OpInfo::Creation::kZeros},
+      {"aten::ones", OpInfo::Creation::kOnes},
+      {"aten::new_ones", OpInfo::Creation::kOnes},
+      {"aten::ones_like", OpInfo::Creation::kOnes},
+      {"aten::full", OpInfo::Creation::kFull},
+      {"aten::new_full", OpInfo::Creation::kFull},
+      {"aten::full_like", OpInfo::Creation::kFull},
+  };
+  const auto it = table.find(name);
+  return it == table.end() ? OpInfo::Creation::kNone : it->second;
+}
+
+// The element-wise facts (OpInfo::overwrites_self, element_local,
+// element_wise, distribution_fill).
+void add_element_facts(const c10::FunctionSchema& schema, OpInfo& info) {
+  static const std::set<std::string> overwriting = {
+      "aten::normal_",     "aten::uniform_",   "aten::random_",      "aten::fill_",
+      "aten::zero_",       "aten::copy_",      "aten::exponential_", "aten::cauchy_",
+      "aten::log_normal_", "aten::geometric_", "aten::bernoulli_",
+  };
+  // erfinv_ has only a scalar kernel on the CPU.
+  static const std::set<std::string> local = {
+      "aten::fill_",        "aten::zero_", "aten::copy_",  "aten::mul_",       "aten::div_",
+      "aten::add_",         "aten::sub_",  "aten::clamp_", "aten::clamp_min_", "aten::clamp_max_",
+      "aten::erfinv_",      "aten::neg_",  "aten::abs_",   "aten::sqrt_",      "aten::reciprocal_",
+      "aten::relu_",        "aten::sign_", "aten::floor_", "aten::ceil_",      "aten::trunc_",
+      "aten::masked_fill_",
+  };
+  static const std::set<std::string> element_wise = {
+      "aten::_to_copy",  "aten::clone",  "aten::mul",  "aten::div",        "aten::add",
+      "aten::sub",       "aten::neg",    "aten::abs",  "aten::clamp",      "aten::clamp_min",
+      "aten::clamp_max", "aten::erfinv", "aten::sqrt", "aten::reciprocal", "aten::relu",
+      "aten::sign",      "aten::floor",  "aten::ceil", "aten::trunc",      "aten::masked_fill",
+  };
+  static const std::set<std::string> distribution = {
+      "aten::normal_",      "aten::uniform_", "aten::log_normal_",
+      "aten::exponential_", "aten::cauchy_",  "aten::geometric_",
+  };
+  const std::string& name = schema.name();
+  info.overwrites_self = overwriting.count(name) > 0;
+  info.element_local = local.count(name) > 0;
+  info.element_wise = element_wise.count(name) > 0;
+  info.distribution_fill = (distribution.count(name) > 0 && schema.overload_name().empty()) ||
+                           (name == "aten::bernoulli_" && schema.overload_name() == "float");
+}
+
 OpInfo analyze(const c10::OperatorHandle& op) {
   const auto& schema = op.schema();
   OpInfo info;
@@ -200,6 +264,8 @@ OpInfo analyze(const c10::OperatorHandle& op) {
     info.may_fail_on_values = !is_view && cannot_fail.count(schema.name()) == 0;
   }
   info.value_checked_args = value_checked_args(schema);
+  info.creation = creation_of(schema.name());
+  add_element_facts(schema, info);
   {
     // Ops whose CPU kernel checks only metadata the size map keeps (dtypes,
     // broadcasting, equal lengths) and that take no size-valued scalars:
@@ -256,6 +322,15 @@ std::vector<size_t> written_args_of(const OpInfo& info, const std::vector<c10::I
     }
   }
   return written;
+}
+
+bool is_random_op(const c10::FunctionSchema& schema) {
+  for (const auto& arg : schema.arguments()) {
+    if (is_generator_type(arg.type())) {
+      return true;
+    }
+  }
+  return random_op_names().count(schema.name()) > 0;
 }
 
 const OpInfo& op_info(const c10::OperatorHandle& op) {

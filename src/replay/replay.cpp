@@ -5,6 +5,7 @@
 #include <lazyinit/core/lazy_tensor_impl.h>
 #include <lazyinit/core/tensor_args.h>
 #include <lazyinit/record/capture.h>
+#include <lazyinit/record/op_info.h>
 #include <lazyinit/rng/chain.h>
 #include <lazyinit/rng/philox.h>
 
@@ -15,7 +16,6 @@
 #include <c10/util/Exception.h>
 
 #include <algorithm>
-#include <set>
 #include <string>
 
 namespace lazyinit {
@@ -79,23 +79,22 @@ c10::optional<c10::Scalar> constant_creation(const LazyStorage& storage) {
 // Value a constant-filling creation op writes, or nullopt for other ops.
 // `empty` gives an undefined value, like the kernel.
 c10::optional<c10::optional<c10::Scalar>> creation_fill(const Node& node) {
-  const std::string& name = node.op->schema().name();
-  if (name == "aten::empty" || name == "aten::empty_strided" || name == "aten::new_empty" ||
-      name == "aten::new_empty_strided" || name == "aten::empty_like") {
-    return c10::optional<c10::Scalar>();
+  switch (op_info(*node.op).creation) {
+    case OpInfo::Creation::kNone:
+      return c10::nullopt;
+    case OpInfo::Creation::kEmpty:
+      return c10::optional<c10::Scalar>();
+    case OpInfo::Creation::kZeros:
+      return c10::optional<c10::Scalar>(c10::Scalar(0));
+    case OpInfo::Creation::kOnes:
+      return c10::optional<c10::Scalar>(c10::Scalar(1));
+    case OpInfo::Creation::kFull:
+      break;
   }
-  if (name == "aten::zeros" || name == "aten::new_zeros" || name == "aten::zeros_like") {
-    return c10::optional<c10::Scalar>(c10::Scalar(0));
-  }
-  if (name == "aten::ones" || name == "aten::new_ones" || name == "aten::ones_like") {
-    return c10::optional<c10::Scalar>(c10::Scalar(1));
-  }
-  if (name == "aten::full" || name == "aten::new_full" || name == "aten::full_like") {
-    const auto& args = node.op->schema().arguments();
-    for (size_t i = 0; i < args.size(); ++i) {
-      if (args[i].name() == "fill_value" && node.args[i].isScalar()) {
-        return c10::optional<c10::Scalar>(node.args[i].toScalar());
-      }
+  const auto& args = node.op->schema().arguments();
+  for (size_t i = 0; i < args.size(); ++i) {
+    if (args[i].name() == "fill_value" && node.args[i].isScalar()) {
+      return c10::optional<c10::Scalar>(node.args[i].toScalar());
     }
   }
   return c10::nullopt;
@@ -108,6 +107,22 @@ bool creation_covers_storage(const LazyStorage& storage) {
   return entry.element < 0 && entry.output == 0 &&
          contiguous_range(storage.creation_geometry, &begin, &numel) && begin == 0 &&
          numel == storage.numel();
+}
+
+bool overwrites_storage(const LazyStorage& storage, const Node& node) {
+  if (node.is_constant() || node.self_slot < 0 || !op_info(*node.op).overwrites_self) {
+    return false;
+  }
+  for (size_t i = 0; i < node.tensors.size(); ++i) {
+    if (static_cast<int64_t>(i) != node.self_slot &&
+        node.tensors[i].ref.kind == TensorRef::Kind::kSelf) {
+      return false;
+    }
+  }
+  int64_t begin = 0;
+  int64_t numel = 0;
+  return contiguous_range(node.tensors[node.self_slot].ref.geometry, &begin, &numel) &&
+         begin == 0 && numel == storage.numel();
 }
 
 void check_target_device(c10::Device device, const char* what) {
@@ -133,43 +148,6 @@ void check_target_device(c10::Device device, const char* what) {
 }
 
 namespace {
-
-// Ops that write every element of their first argument without reading it.
-bool is_overwriting_op(const Node& node) {
-  static const std::set<std::string> names = {
-      "aten::normal_",     "aten::uniform_",   "aten::random_",      "aten::fill_",
-      "aten::zero_",       "aten::copy_",      "aten::exponential_", "aten::cauchy_",
-      "aten::log_normal_", "aten::geometric_", "aten::bernoulli_",
-  };
-  return names.count(node.op->schema().name()) > 0;
-}
-
-// True when `node` overwrites the whole storage, reading nothing of it:
-// everything recorded before it is dead (e.g. nn.Linear's kaiming_uniform_
-// followed by a model's own normal_ init).
-bool overwrites_storage(const LazyStorage& storage, const Node& node) {
-  if (node.is_constant() || node.self_slot < 0 || !is_overwriting_op(node)) {
-    return false;
-  }
-  for (size_t i = 0; i < node.tensors.size(); ++i) {
-    if (static_cast<int64_t>(i) != node.self_slot &&
-        node.tensors[i].ref.kind == TensorRef::Kind::kSelf) {
-      return false;
-    }
-  }
-  const Geometry& g = node.tensors[node.self_slot].ref.geometry;
-  if (g.offset != 0) {
-    return false;
-  }
-  int64_t expected = 1;
-  for (int64_t d = static_cast<int64_t>(g.sizes.size()) - 1; d >= 0; --d) {
-    if (g.sizes[d] != 1 && g.strides[d] != expected) {
-      return false;
-    }
-    expected *= g.sizes[d];
-  }
-  return expected == storage.numel();
-}
 
 // A dead node may be skipped unless it is random with an unknown position
 // in its chain: later random nodes need the state after it. On CUDA that

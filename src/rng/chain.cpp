@@ -11,7 +11,6 @@
 #include <atomic>
 #include <cstring>
 #include <mutex>
-#include <set>
 #include <string>
 #include <unordered_map>
 
@@ -33,17 +32,6 @@ struct ReplayDepth {
 // The innermost GeneratorStateGuard alive in this thread (null if none): a
 // chain settled inside one would be undone when it restores the generators.
 thread_local GeneratorStateGuard* g_innermost_guard = nullptr;
-
-// Random ops whose schema has no Generator argument.
-const std::set<std::string>& random_op_names() {
-  static const std::set<std::string> names = {
-      "aten::rand",      "aten::randn",      "aten::randint",         "aten::randperm",
-      "aten::rand_like", "aten::randn_like", "aten::randint_like",    "aten::native_dropout",
-      "aten::dropout",   "aten::dropout_",   "aten::feature_dropout", "aten::alpha_dropout",
-      "aten::rrelu",     "aten::rrelu_",     "aten::bernoulli",       "aten::multinomial",
-  };
-  return names;
-}
 
 GenState get_state(at::Generator& gen) {
   return GenState::of(gen);
@@ -254,19 +242,6 @@ bool random_factory_output(const Node& node, int64_t* numel, caffe2::TypeMeta* d
     }
   }
   return have_size;
-}
-
-bool is_random_op(const c10::FunctionSchema& schema) {
-  for (const auto& arg : schema.arguments()) {
-    auto t = arg.type();
-    if (auto opt = t->cast<c10::OptionalType>()) {
-      t = opt->getElementType();
-    }
-    if (t->kind() == c10::TypeKind::GeneratorType) {
-      return true;
-    }
-  }
-  return random_op_names().count(schema.name()) > 0;
 }
 
 namespace {

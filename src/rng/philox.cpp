@@ -3,6 +3,7 @@
 
 #include <lazyinit/core/compat.h>
 #include <lazyinit/core/tensor_args.h>
+#include <lazyinit/record/op_info.h>
 #include <lazyinit/replay/replay.h>
 #include <lazyinit/rng/chain.h>
 
@@ -16,7 +17,6 @@
 #include <atomic>
 #include <limits>
 #include <mutex>
-#include <set>
 #include <string>
 
 namespace lazyinit {
@@ -59,19 +59,6 @@ int cuda_device_count() {
     return 0;
   }
   return static_cast<int>(c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA)->deviceCount());
-}
-
-// Ops that fill their (first, written) argument through PyTorch's
-// distribution_nullary_kernel, one value per element.
-bool is_distribution_fill(const c10::OperatorName& name) {
-  static const std::set<std::string> names = {
-      "aten::normal_",      "aten::uniform_", "aten::log_normal_",
-      "aten::exponential_", "aten::cauchy_",  "aten::geometric_",
-  };
-  if (names.count(name.name) > 0) {
-    return name.overload_name.empty();
-  }
-  return name.name == "aten::bernoulli_" && name.overload_name == "float";
 }
 
 bool is_floating(caffe2::TypeMeta dtype) {
@@ -217,7 +204,7 @@ bool philox_fill_size(const Node& node, int64_t* numel, caffe2::TypeMeta* dtype)
     // empty(size) followed by normal_ / uniform_ of the whole result
     return is_floating(*dtype);
   }
-  if (is_distribution_fill(name) && node.self_slot >= 0) {
+  if (op_info(*node.op).distribution_fill && node.self_slot >= 0) {
     const TensorRef& self = node.tensors[node.self_slot].ref;
     *numel = self.geometry.numel();
     *dtype = self.dtype;

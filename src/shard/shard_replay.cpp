@@ -184,19 +184,6 @@ bool storage_fell_back(int64_t storage_id) {
   return fell_back_ids().count(storage_id) > 0;
 }
 
-bool contiguous_range(const Geometry& g, int64_t* begin, int64_t* numel) {
-  *begin = g.offset;
-  *numel = g.numel();
-  int64_t expected = 1;
-  for (int64_t d = static_cast<int64_t>(g.sizes.size()) - 1; d >= 0; --d) {
-    if (g.sizes[d] != 1 && g.strides[d] != expected) {
-      return *numel == 0;
-    }
-    expected *= g.sizes[d];
-  }
-  return true;
-}
-
 namespace {
 
 at::Tensor compute_shard(

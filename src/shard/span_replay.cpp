@@ -4,6 +4,7 @@
 
 #include <lazyinit/core/tensor_args.h>
 #include <lazyinit/record/capture.h>
+#include <lazyinit/record/op_info.h>
 #include <lazyinit/replay/replay.h>
 #include <lazyinit/rng/chain.h>
 #include <lazyinit/shard/mapped_reads.h>
@@ -13,7 +14,6 @@
 #include <c10/util/Exception.h>
 
 #include <algorithm>
-#include <set>
 #include <string>
 #include <utility>
 
@@ -28,51 +28,8 @@ constexpr int64_t kSmallLazy = int64_t{1} << 16;
 // computed this many elements at a time (4 MiB of fp32 input each).
 constexpr int64_t kDerivedChunk = int64_t{1} << 20;
 
-// Element-wise in-place ops whose kernels give the same value for an element
-// wherever it sits in the tensor. Ops with a transcendental vectorized path
-// (exp_, tanh_, ...) are left out: PyTorch's AVX2 (Sleef) and scalar code
-// may differ in the last bit, and which elements take the scalar tail
-// depends on where a range starts. erfinv_ has only a scalar kernel on CPU.
-const std::set<std::string>& local_ops() {
-  static const std::set<std::string> names = {
-      "aten::fill_",        "aten::zero_", "aten::copy_",  "aten::mul_",       "aten::div_",
-      "aten::add_",         "aten::sub_",  "aten::clamp_", "aten::clamp_min_", "aten::clamp_max_",
-      "aten::erfinv_",      "aten::neg_",  "aten::abs_",   "aten::sqrt_",      "aten::reciprocal_",
-      "aten::relu_",        "aten::sign_", "aten::floor_", "aten::ceil_",      "aten::trunc_",
-      "aten::masked_fill_",
-  };
-  return names;
-}
-
-// Same list as the whole-storage replay's: ops that write every element of
-// their first argument without reading it.
-const std::set<std::string>& overwriting_ops() {
-  static const std::set<std::string> names = {
-      "aten::normal_",     "aten::uniform_",   "aten::random_",      "aten::fill_",
-      "aten::zero_",       "aten::copy_",      "aten::exponential_", "aten::cauchy_",
-      "aten::log_normal_", "aten::geometric_", "aten::bernoulli_",
-  };
-  return names;
-}
-
 const std::string& op_name(const Node& node) {
   return node.op->schema().name();
-}
-
-bool overwrites_storage(const LazyStorage& storage, const Node& node) {
-  if (node.is_constant() || node.self_slot < 0 || overwriting_ops().count(op_name(node)) == 0) {
-    return false;
-  }
-  for (size_t i = 0; i < node.tensors.size(); ++i) {
-    if (static_cast<int64_t>(i) != node.self_slot &&
-        node.tensors[i].ref.kind == TensorRef::Kind::kSelf) {
-      return false;
-    }
-  }
-  int64_t begin = 0;
-  int64_t numel = 0;
-  return contiguous_range(node.tensors[node.self_slot].ref.geometry, &begin, &numel) &&
-         begin == 0 && numel == storage.numel();
 }
 
 // a + alpha * b: the vectorized kernel fuses it (fmadd), the scalar tail
@@ -86,18 +43,6 @@ std::string bad_alpha(const Node& node) {
     }
   }
   return std::string();
-}
-
-// Out-of-place element-wise ops that may create a storage from lazy inputs
-// of the same shape (the same position-independence rule as local_ops).
-const std::set<std::string>& derived_ops() {
-  static const std::set<std::string> names = {
-      "aten::_to_copy",  "aten::clone",  "aten::mul",  "aten::div",        "aten::add",
-      "aten::sub",       "aten::neg",    "aten::abs",  "aten::clamp",      "aten::clamp_min",
-      "aten::clamp_max", "aten::erfinv", "aten::sqrt", "aten::reciprocal", "aten::relu",
-      "aten::sign",      "aten::floor",  "aten::ceil", "aten::trunc",      "aten::masked_fill",
-  };
-  return names;
 }
 
 // Why `node` (a write to `storage`) cannot be replayed over spans, or empty.
@@ -117,7 +62,7 @@ std::string not_local(const LazyStorage& storage, const Node& node, c10::DeviceT
     if (find_region_fill(name, device) == nullptr) {
       return name + " has no region generator for " + c10::DeviceTypeName(device);
     }
-  } else if (local_ops().count(name) == 0) {
+  } else if (!op_info(*node.op).element_local) {
     return name + " is not known to be element-local";
   }
   for (size_t i = 0; i < node.tensors.size(); ++i) {
@@ -272,7 +217,7 @@ class SpanReplay {
   bool plan_derived(Node& creation, std::string* why) {
     const std::string& name = op_name(creation);
     const Geometry& out = storage_.creation_geometry;
-    if (derived_ops().count(name) == 0 || !creation_covers_storage(storage_)) {
+    if (!op_info(*creation.op).element_wise || !creation_covers_storage(storage_)) {
       *why = "created by " + name + ", which is neither a constant fill nor element-wise";
       return false;
     }

@@ -39,6 +39,10 @@ struct Geometry {
   int64_t numel() const;
 };
 
+// If the view `g` is a contiguous run of storage elements (row-major, size-1
+// dims ignored), its first element and length.
+bool contiguous_range(const Geometry& g, int64_t* begin, int64_t* numel);
+
 struct Node;
 using NodePtr = std::shared_ptr<Node>;
 

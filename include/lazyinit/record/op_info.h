@@ -5,6 +5,7 @@
 #pragma once
 
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/core/function_schema.h>
 
 #include <vector>
 
@@ -56,6 +57,29 @@ struct OpInfo {
   // and mask dtypes, dot's lengths), which some torch versions' Meta
   // kernels do not check (layout.h).
   bool stand_in_errors_are_eagers = false;
+  // Facts replay and shard replay read (every op-name list is in
+  // op_info.cpp):
+  // - a creation op that fills a constant (empty*: nothing, zeros*, ones*,
+  //   full*: fill_value);
+  enum class Creation { kNone, kEmpty, kZeros, kOnes, kFull };
+  Creation creation = Creation::kNone;
+  // - writes every element of its first argument and reads none of it
+  //   (fills, random fills, copy_): what the tape held before is dead;
+  bool overwrites_self = false;
+  // - in-place element-wise and position-independent: an element's value
+  //   is the same wherever it sits (ops with a transcendental vectorized
+  //   path, exp_ or tanh_, are not: Sleef and scalar code may differ in
+  //   the last bit, and which elements take the scalar tail depends on
+  //   where a range starts), so it replays over any span of its storage;
+  bool element_local = false;
+  // - the out-of-place counterparts (and _to_copy, clone): a storage they
+  //   create replays span by span from its inputs;
+  bool element_wise = false;
+  // - fills its first argument through PyTorch's
+  //   distribution_nullary_kernel, one value per element (normal_,
+  //   uniform_, log_normal_, exponential_, cauchy_, geometric_,
+  //   bernoulli_.float): Philox positions are computable (philox.h).
+  bool distribution_fill = false;
   // Whether a replay of it may raise on values the recorder cannot see
   // (indices out of range, singular matrices): recorded nodes then keep
   // their source location. False for fills, factories and views.
@@ -63,6 +87,10 @@ struct OpInfo {
 };
 
 const OpInfo& op_info(const c10::OperatorHandle& op);
+
+// Whether an op draws random numbers: a Generator? argument, or one of the
+// random ops without one (rand, randn, randint, randperm, dropout, ...).
+bool is_random_op(const c10::FunctionSchema& schema);
 
 // The arguments this call writes: the annotated ones, plus the unannotated
 // ones where the call's arguments enable them (and are tensors).

@@ -37,6 +37,13 @@ c10::optional<c10::optional<c10::Scalar>> creation_fill(const Node& node);
 // is every element of the storage.
 bool creation_covers_storage(const LazyStorage& storage);
 
+// Whether `node` (a write to `storage`) overwrites the whole storage and
+// reads none of it (OpInfo::overwrites_self over a contiguous range that is
+// every element, no other argument in the same storage): everything
+// recorded before it is dead (nn.Linear's kaiming_uniform_ followed by a
+// model's own normal_ init, or a checkpoint's copy_).
+bool overwrites_storage(const LazyStorage& storage, const Node& node);
+
 class Replayer {
  public:
   // `early`: values are computed before materialization was asked for;

@@ -156,8 +156,6 @@ void rng_after_fork(bool child);
 // start while the generator carries recording's marker.
 uint64_t rng_initial_seed();
 
-bool is_random_op(const c10::FunctionSchema& schema);
-
 // Random nodes whose kernel ran (replayed whole, into scratch to find a
 // generator position, or over a piece by a region generator), process-wide:
 // shows which random inits were computed and which were only counted

@@ -178,10 +178,6 @@ bool replay_spans(
     const at::Tensor& dest = {},
     bool may_defer = false);
 
-// If the view `g` is a contiguous run of storage elements (row-major, size-1
-// dims ignored), its first element and length.
-bool contiguous_range(const Geometry& g, int64_t* begin, int64_t* numel);
-
 // Runs `node` (a random op) whole from generator state `state` on `self`
 // through a private generator, leaving the state after the call in `state`.
 void run_random_node(Node& node, GenState& state, const at::Tensor& self);
