@@ -1534,3 +1534,29 @@ def test_view_of_discarded_tensor_has_its_shape_and_raises_at_use():
     assert v.shape == (4, 3)
     with pytest.raises(RuntimeError, match="freed by lazyinit.discard"):
         lazyinit.materialize(v, "cpu")
+
+
+def test_older_view_after_its_base_data_was_replaced_and_materialized():
+    """Fresh seed 1700007439 (torch 1.13, shrunk): ``v19 = b.expand(3, -1)``,
+    then ``b.data = v1`` (another shape), a write to ``b`` and ``v1``
+    materialized (so ``b`` is real): the next use of ``v19`` made autograd
+    repeat ``expand(3, -1)`` on ``b``, now a real (3, 5, 1) tensor, which
+    raised where eager re-creates the view with as_strided."""
+    def build(**kw):
+        torch.manual_seed(2)
+        v1 = nn.init.uniform_(torch.empty((3, 5, 1), dtype=torch.bfloat16, **kw), 3.0, 13.0)
+        lin = nn.Linear(6, 5, bias=True, **kw)
+        v10 = lin.weight.transpose(1, -2)
+        v19 = lin.bias.expand(3, -1)
+        lin.bias.data = v1
+        nn.init.ones_(lin.bias.narrow(1, 3, 2))
+        v25 = v1.to("cpu")
+        return torch.cat([v10, v19], 0), v25, v19
+
+    eager = build()
+    eager_rng = torch.get_rng_state()
+    lazy = build(device="lazy")
+    for i, (e, lz) in enumerate(zip(eager, lazy)):
+        lazyinit.materialize(lz, "cpu")
+        assert_tensor_equal(f"result {i}", e, lz)
+    assert torch.equal(torch.get_rng_state(), eager_rng)

@@ -55,6 +55,7 @@ class LazyTensorImpl : public c10::TensorImpl {
  private:
   const char* tensorimpl_type_name() const override { return "lazyinit::LazyTensorImpl"; }
   void forget_view_replay();
+  void forget_views_replay_through_this();
   template <typename VariableVersion>
   c10::intrusive_ptr<c10::TensorImpl> detach_impl(
       VariableVersion&& version_counter, bool allow_tensor_metadata_change) const;
