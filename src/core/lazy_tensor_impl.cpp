@@ -80,26 +80,37 @@ void LazyTensorImpl::forget_view_replay() {
   }
 }
 
-void LazyTensorImpl::forget_views_replay_through_this() {
-  // Views made of this tensor before its .data is replaced keep their own
-  // storage, but autograd would re-create their grad_fn by repeating their
-  // view call on this tensor, of its new shape (or real by then): eager's
-  // views are re-created with as_strided from their own geometry instead
-  // (metadata only), so theirs are too (fuzz seed 1700007439).
-  if (!lazy_storage_) {
-    return;
-  }
-  for (auto& weak : lazy_storage_->impls) {
+namespace {
+
+// Lazy views made since the last record_op (their autograd view meta is
+// set after the kernel returns). Guarded by the graph lock.
+std::vector<c10::weak_intrusive_ptr<c10::TensorImpl>>& fresh_views() {
+  static std::vector<c10::weak_intrusive_ptr<c10::TensorImpl>> views;
+  return views;
+}
+
+}  // namespace
+
+void note_fresh_view(const at::Tensor& view) {
+  fresh_views().emplace_back(view.getIntrusivePtr());
+}
+
+void forget_fresh_views_replay() {
+  auto lock = lock_graph();
+  auto& views = fresh_views();
+  for (auto& weak : views) {
     auto locked = weak.lock();
-    auto* other = dynamic_cast<LazyTensorImpl*>(locked.get());
-    if (other == nullptr || other == this) {
-      continue;
+    if (auto* impl = dynamic_cast<LazyTensorImpl*>(locked.get())) {
+      impl->clear_view_replay();
     }
-    auto* view = dynamic_cast<torch::autograd::DifferentiableViewMeta*>(other->autograd_meta());
-    if (view != nullptr && view->has_bw_view() &&
-        view->get_backward_view().base_.unsafeGetTensorImpl() == this) {
-      compat::clear_view_replay(const_cast<torch::autograd::ViewInfo&>(view->get_backward_view()));
-    }
+  }
+  views.clear();
+}
+
+void LazyTensorImpl::clear_view_replay() {
+  auto* view = dynamic_cast<torch::autograd::DifferentiableViewMeta*>(autograd_meta());
+  if (view != nullptr && view->has_bw_view()) {
+    compat::clear_view_replay(const_cast<torch::autograd::ViewInfo&>(view->get_backward_view()));
   }
 }
 
@@ -147,7 +158,7 @@ void LazyTensorImpl::shallow_copy_from(const c10::intrusive_ptr<c10::TensorImpl>
   if (impl.get() == this) {
     return;  // `param.data = param`, as Module._apply does after .to()
   }
-  forget_views_replay_through_this();
+  forget_fresh_views_replay();
   auto* other = dynamic_cast<LazyTensorImpl*>(impl.get());
   if (other != nullptr && other->is_pending()) {
     TORCH_CHECK(

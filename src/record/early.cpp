@@ -156,9 +156,11 @@ void run_early(const c10::OperatorHandle& op, torch::jit::Stack* stack, const st
     }
     for (auto& kv : values) {
       if (t.storage().is_alias_of(kv.second.storage())) {
-        return make_lazy_tensor(
+        at::Tensor view = make_lazy_tensor(
             c10::intrusive_ptr<LazyStorage>::unsafe_reclaim_from_nonowning(kv.first),
             Geometry::of(t), t.dtype());
+        note_fresh_view(view);  // a view of a lazy input (lazy_tensor_impl.h)
+        return view;
       }
     }
     return real_result ? t : wrap_constant(t);

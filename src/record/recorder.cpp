@@ -445,7 +445,9 @@ std::vector<c10::IValue> make_outputs(
         TORCH_INTERNAL_ASSERT(base != nullptr);
         const Geometry g = Geometry::of(meta_out);
         check_view_in_bounds(g, meta_out.dtype(), *base->lazy_storage());
-        return make_lazy_tensor(base->lazy_storage(), g, meta_out.dtype());
+        at::Tensor view = make_lazy_tensor(base->lazy_storage(), g, meta_out.dtype());
+        note_fresh_view(view);
+        return view;
       }
       return new_storage_output(node, meta_out, static_cast<int64_t>(r), element);
     };
@@ -570,6 +572,7 @@ void push_placeholders(
     g.strides = {1};
     storage->creation_geometry = g;
     outputs.emplace_back(make_lazy_tensor(storage, g, base.dtype()));
+    note_fresh_view(outputs.back().toTensor());
   }
   torch::jit::drop(*stack, args.size());
   for (auto& out : outputs) {
@@ -581,6 +584,7 @@ void push_placeholders(
 
 void record_op(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
   auto lock = lock_graph();
+  forget_fresh_views_replay();
   const auto& info = op_info(op);
   const size_t num_args = op.schema().arguments().size();
   std::vector<c10::IValue> args(stack->end() - num_args, stack->end());

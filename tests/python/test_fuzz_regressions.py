@@ -484,23 +484,15 @@ def test_dropout_of_non_contiguous_tensor_draws_like_eager(p):
 # 7. autograd views
 # --------------------------------------------------------------------------
 
-# Not fixable in lazyinit: for DeviceType::Lazy (the lazy device on every
-# torch), Device::supports_as_strided() is false, so autograd gives every
-# lazy view a view function and, after an in-place write, regenerates the
-# view's grad_fn by calling it on the base (torch/csrc/autograd/variable.cpp,
-# VariableHooks::grad_fn). When the base does not require grad, that gives
-# no grad_fn and torch asserts (loudly; no value is wrong); CPU tensors take
-# the AsStridedBackward0 branch instead. A device type that supports
-# as_strided (PrivateUse1) would avoid it, but a named PrivateUse1 backend
-# becomes torch.accelerator's accelerator (docs/architecture.md).
-_autograd_view_fn_bug = pytest.mark.xfail(
-    strict=True,
-    reason="torch bug for devices without as_strided (Lazy, XLA): autograd regenerates "
-           "a view's grad_fn through its view function and asserts when the base does "
-           "not require grad; see docs/fuzzing.md, finding 10")
+# For DeviceType::Lazy (the lazy device on every torch),
+# Device::supports_as_strided() is false, so autograd gives every lazy view
+# a view function and, after an in-place write, would regenerate the view's
+# grad_fn by calling it on the base; when the base does not require grad,
+# torch asserts (finding 10). lazyinit drops that function from every lazy
+# view it makes (note_fresh_view, lazy_tensor_impl.h): autograd then takes
+# the AsStridedBackward0 branch, as for CPU tensors.
 
 
-@_autograd_view_fn_bug
 def test_view_of_a_requires_grad_view_after_in_place_write():
     """fuzz seed 9728 (shrunk). ``requires_grad_()`` on a view (of a
     tensor that does not require grad), a view of that view, an in-place
@@ -524,7 +516,6 @@ def test_view_of_a_requires_grad_view_after_in_place_write():
     assert_tensor_equal("v2 * 1", e.detach(), l.detach())
 
 
-@_autograd_view_fn_bug
 def test_view_of_parameter_after_random_factory_out_into_it():
     """test_fuzz.py (hypothesis, shrunk; then made non-empty): the same
     assertion with a Parameter written by ``torch.rand(size, out=p)`` under

@@ -41,6 +41,11 @@ class LazyTensorImpl : public c10::TensorImpl {
   void note_view_call(uint64_t key);
   bool made_view_call(uint64_t key) const;
 
+  // Drops the function autograd repeats this view's call with, so that it
+  // re-creates the view's grad_fn from its geometry (metadata only), as for
+  // eager's CPU and CUDA views (see note_fresh_view).
+  void clear_view_replay();
+
   c10::intrusive_ptr<c10::TensorImpl> shallow_copy_and_detach(
       const c10::VariableVersion& version_counter,
       bool allow_tensor_metadata_change) const override;
@@ -55,7 +60,6 @@ class LazyTensorImpl : public c10::TensorImpl {
  private:
   const char* tensorimpl_type_name() const override { return "lazyinit::LazyTensorImpl"; }
   void forget_view_replay();
-  void forget_views_replay_through_this();
   template <typename VariableVersion>
   c10::intrusive_ptr<c10::TensorImpl> detach_impl(
       VariableVersion&& version_counter, bool allow_tensor_metadata_change) const;
@@ -67,6 +71,19 @@ class LazyTensorImpl : public c10::TensorImpl {
   std::unordered_set<uint64_t> view_calls_;
   int64_t replays_ = 0;
 };
+
+// Autograd gives views on devices without as_strided (the Lazy type among
+// them) a function that repeats the view call, and after an in-place write
+// to the base re-creates the view's grad_fn by running it on the base. That
+// can fail where eager's re-creation, metadata only (AsStridedBackward0 from
+// the view's geometry), does not: the base's .data replaced by a tensor of
+// another shape (fuzz findings 42, 49), real by then, discarded (47), or not
+// requiring grad (finding 10: a torch assertion). Every lazy view the
+// recorder makes is noted here, and its repeat function is dropped at the
+// next recorded op or .data assignment, before any write can bump its
+// version: autograd then treats lazy views as it treats eager's.
+void note_fresh_view(const at::Tensor& view);
+void forget_fresh_views_replay();
 
 // The LazyTensorImpl behind `t`, or null when `t` is not a lazyinit tensor.
 LazyTensorImpl* get_lazy_impl(const at::Tensor& t);

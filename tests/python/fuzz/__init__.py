@@ -18,12 +18,12 @@ from __future__ import annotations
 from .choosers import HypothesisChooser, RandomChooser
 from .compare import InvalidProgram, check_program, compare_runs, tensors_bitwise_equal
 from .generator import DEFAULT_DISABLED, DEFAULT_MAX_OPS, Generator, Program, feature_list, generate_program, programs
-from .model import AUTOGRAD_VIEW_FN, FEATURES, KNOWN_OPEN
+from .model import FEATURES, KNOWN_OPEN
 from .runtime import Raised, make_namespace, run_program
 from .shrink import complete, minimize, mismatch_kind, render
 
 __all__ = [
-    "AUTOGRAD_VIEW_FN", "DEFAULT_DISABLED", "DEFAULT_MAX_OPS", "FEATURES", "KNOWN_OPEN", "Generator", "HypothesisChooser",
+    "DEFAULT_DISABLED", "DEFAULT_MAX_OPS", "FEATURES", "KNOWN_OPEN", "Generator", "HypothesisChooser",
     "InvalidProgram", "Program", "RandomChooser", "Raised", "check_program", "compare_runs",
     "complete", "feature_list", "generate_program", "make_namespace", "minimize",
     "mismatch_kind", "programs", "render", "run_program", "tensors_bitwise_equal",

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from .compare import storage_key
-from .model import AUTOGRAD_VIEW_FN, GeneratorBase, Group, fmt, shape_str
+from .model import GeneratorBase, Group, fmt, shape_str
 
 NP_DTYPES = {torch.float32: "np.float32", torch.float64: "np.float64",
              torch.float16: "np.float16", torch.int64: "np.int64", torch.bool: "np.bool_"}
@@ -198,6 +198,6 @@ class SourceOps(GeneratorBase):
         if a is None:
             return False
         name = self.new_name()
-        if self.ch.flag(0.5) or (AUTOGRAD_VIEW_FN and self.t(a)._base is not None):
+        if self.ch.flag(0.5):
             return self.emit(f"{name} = {a}.detach().requires_grad_()", self.fx_view(name, a))
         return self.emit(f"{name} = {a}.requires_grad_()", self.fx_view(name, a))

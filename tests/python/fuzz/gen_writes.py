@@ -9,7 +9,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn as nn
 
-from .model import AUTOGRAD_VIEW_FN, DT_NAME, GeneratorBase, fmt, no_internal_overlap, offsets, shape_str
+from .model import DT_NAME, GeneratorBase, fmt, no_internal_overlap, offsets, shape_str
 
 #: torch >= 2.1: nn.init functions take a generator.
 INIT_TAKES_GENERATOR = "generator" in inspect.signature(nn.init.normal_).parameters
@@ -182,9 +182,6 @@ class WriteOps(GeneratorBase):
         return self._inplace_index_fill_(var, expr, tt, put=True)
 
     def _inplace_out_random(self, var: str, expr: str, tt: torch.Tensor) -> Optional[str]:
-        if AUTOGRAD_VIEW_FN and (tt.requires_grad or (
-                tt._base is not None and tt._base.requires_grad)):
-            return None
         size = shape_str(tuple(tt.shape))
         f = self.ch.choice([f"torch.randn({size}", f"torch.rand({size}",
                             f"torch.normal(0.5, 2.0, {size}", f"torch.randint(0, 7, {size}"])

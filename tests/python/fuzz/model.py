@@ -13,8 +13,6 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-import lazyinit
-
 from .compare import storage_key
 from .runtime import Raised, code, make_namespace, run_program
 
@@ -36,18 +34,6 @@ FEATURES = ("context", "real_sources", "views", "inplace", "copy", "outofplace",
 #: Features that write programs of an open finding (docs/fuzzing.md), off
 #: in campaigns and CI unless asked for (``--disable ""``). None today.
 KNOWN_OPEN: Dict[str, int] = {}
-
-#: Where "lazy" is DeviceType::Lazy (every torch lazyinit supports), autograd keeps a view
-#: function for every lazy view (Device::supports_as_strided() is false for
-#: Lazy, as for XLA) and regenerates a view's grad_fn through it after an
-#: in-place write; when the view's base does not require grad (any more),
-#: torch fails "new_fn INTERNAL ASSERT FAILED" (finding 10 in
-#: docs/fuzzing.md, a torch bug lazyinit cannot reach). The generator does not
-#: write the two ways to get there on such torch versions: requires_grad_()
-#: on a view, and an out= random factory (whose Python binding resets
-#: requires_grad) into a tensor that requires grad.
-AUTOGRAD_VIEW_FN = lazyinit.device_type == "lazy"
-
 
 def fits_storage(t: torch.Tensor) -> bool:
     """Whether every element of ``t`` lies inside its storage."""
