@@ -196,7 +196,6 @@ void LazyStorage::freeze_for_readers() {
 }
 
 void LazyStorage::check_usable() const {
-  TORCH_CHECK(unusable_reason.empty(), unusable_reason);
   TORCH_CHECK(
       state != StorageState::kDiscarded,
       "lazyinit: this lazy tensor's recorded graph was freed by "

@@ -114,14 +114,6 @@ void LazyTensorImpl::clear_view_replay() {
   }
 }
 
-void LazyTensorImpl::note_view_call(uint64_t key) {
-  view_calls_.insert(key);
-}
-
-bool LazyTensorImpl::made_view_call(uint64_t key) const {
-  return view_calls_.count(key) != 0;
-}
-
 void LazyTensorImpl::rebind(LazyStoragePtr storage, const Geometry& geometry) {
   lazy_storage_ = std::move(storage);
   set_geometry(geometry);
@@ -168,7 +160,6 @@ void LazyTensorImpl::shallow_copy_from(const c10::intrusive_ptr<c10::TensorImpl>
     rebind(other->lazy_storage_, other->geometry());
     data_type_ = other->dtype();
     was_early_ = other->was_early_;
-    geometry_changed_ = true;
     return;
   }
   c10::TensorImpl::shallow_copy_from(impl);

@@ -34,7 +34,6 @@
 #include <cmath>
 #include <functional>
 #include <limits>
-#include <sstream>
 #include <string>
 
 namespace lazyinit {
@@ -486,7 +485,6 @@ void follow_written_geometry(
     const int64_t needed = g.extent() * static_cast<int64_t>(impl->dtype().itemsize());
     storage.nbytes = std::max(storage.nbytes, needed);
     impl->set_geometry(g);
-    impl->set_geometry_changed();
   }
 }
 
@@ -507,79 +505,6 @@ std::vector<LazyTensorImpl*> view_bases(const OpInfo& info, const std::vector<c1
   return bases;
 }
 
-// A view call's operator and non-tensor arguments: what autograd repeats.
-uint64_t view_call_key(const c10::OperatorHandle& op, const std::vector<c10::IValue>& args) {
-  std::ostringstream out;
-  out << op.operator_name();
-  for (const auto& arg : args) {
-    out << '|';
-    if (!arg.isTensor()) {
-      out << arg;
-    }
-  }
-  return std::hash<std::string>{}(out.str());
-}
-
-// Autograd re-creates a view's grad_fn after its base was written, by
-// calling the view op again on the base: on CPU it uses as_strided with
-// the view's own geometry, but devices without as_strided (Lazy among
-// them, c10::Device::supports_as_strided) get the view function re-run.
-// Where a write resized the base, or a .data assignment replaced it, that
-// re-run can be invalid for the new shape (expand(3, -1, -1, -1) of a now
-// 0-d base) although eager's program is valid. The re-run is the same
-// dispatcher call as the one that made the view, so only a failing call
-// that was already made on this base (same operator and arguments) may be
-// such a repeat: it returns placeholders that raise the error at their
-// first use (autograd keeps only their grad_fn). Any other failing call
-// raises at once, as eagerly.
-bool repeat_on_reshaped_base(const std::vector<LazyTensorImpl*>& bases, uint64_t key) {
-  return !bases.empty() && std::all_of(bases.begin(), bases.end(), [&](const LazyTensorImpl* base) {
-    return base->geometry_changed() && base->made_view_call(key);
-  });
-}
-
-std::string deferred_error_reason(const c10::OperatorHandle& op, const std::exception& error) {
-  const auto* c10_error = dynamic_cast<const c10::Error*>(&error);
-  return c10::str(
-      "lazyinit: ", op.schema().operator_name(), " failed on a lazy tensor that an out= ",
-      "argument, resize_ or a .data assignment had reshaped: ",
-      c10_error != nullptr ? c10_error->what_without_backtrace() : error.what(),
-      "\nThis error surfaces here, not at that call, because autograd repeats view ",
-      "calls internally on such tensors and those repeats must not fail. Make the view ",
-      "from a tensor of the shape it expects.");
-}
-
-// Replaces the call's arguments on the stack by placeholder results whose
-// storage raises `reason` at first use.
-void push_placeholders(
-    const c10::OperatorHandle& op,
-    const OpInfo& info,
-    const std::vector<c10::IValue>& args,
-    const std::string& reason,
-    torch::jit::Stack* stack) {
-  std::vector<c10::IValue> outputs;
-  const auto& returns = op.schema().returns();
-  for (size_t r = 0; r < info.returns.size(); ++r) {
-    const auto& base = args[info.returns[r].arg].toTensor();
-    if (returns[r].type()->kind() == c10::TypeKind::ListType) {
-      outputs.emplace_back(c10::List<at::Tensor>());  // split, unbind: no pieces
-      continue;
-    }
-    auto storage = c10::make_intrusive<LazyStorage>(0, base.dtype(), default_device());
-    storage->unusable_reason = reason;
-    Geometry g;
-    g.sizes = {0};
-    g.strides = {1};
-    storage->creation_geometry = g;
-    outputs.emplace_back(make_lazy_tensor(storage, g, base.dtype()));
-    note_fresh_view(outputs.back().toTensor());
-  }
-  torch::jit::drop(*stack, args.size());
-  for (auto& out : outputs) {
-    stack->push_back(std::move(out));
-  }
-}
-
 }  // namespace
 
 void record_op(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
@@ -589,17 +514,7 @@ void record_op(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
   const size_t num_args = op.schema().arguments().size();
   std::vector<c10::IValue> args(stack->end() - num_args, stack->end());
 
-  // A view of placeholders: the next call of autograd's repeat of a chain
-  // of views (base.view(a).view(b)) whose first call was deferred; it
-  // carries the same error.
   const std::vector<LazyTensorImpl*> bases = view_bases(info, args);
-  if (!bases.empty() && std::all_of(bases.begin(), bases.end(), [](const LazyTensorImpl* base) {
-        return !base->lazy_storage()->unusable_reason.empty();
-      })) {
-    push_placeholders(op, info, args, bases.front()->lazy_storage()->unusable_reason, stack);
-    return;
-  }
-
   // A view of a discarded tensor: autograd makes one when it re-creates the
   // grad_fn of an older view of the same Python base (`w.select(...)`, then
   // `w.data = other`, a write to `w`, `discard(w)`, then a use of the older
@@ -632,25 +547,9 @@ void record_op(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
   // Keep args[] as the caller's values; the meta stack holds stand-ins and,
   // after the call, the Meta kernel's outputs.
   std::vector<c10::IValue> meta_stack;
-  bool inferred = false;
-  const uint64_t view_key = bases.empty() ? 0 : view_call_key(op, args);
-  try {
-    inferred = infer_outputs(op, info, args, meta_stack);
-    if (!inferred) {
-      run_early(op, stack, "it has no Meta kernel or needs values");
-      return;
-    }
-  } catch (const std::exception& e) {
-    // c10::Error, or std::runtime_error from kernels that throw it (torch
-    // 1.13's view: "shape '[2, 5]' is invalid for input of size 4").
-    if (!repeat_on_reshaped_base(bases, view_key)) {
-      throw;
-    }
-    push_placeholders(op, info, args, deferred_error_reason(op, e), stack);
+  if (!infer_outputs(op, info, args, meta_stack)) {
+    run_early(op, stack, "it has no Meta kernel or needs values");
     return;
-  }
-  for (auto* base : bases) {
-    base->note_view_call(view_key);
   }
   if (viewing_discarded) {
     auto outputs = make_outputs(info, nullptr, args, meta_stack);

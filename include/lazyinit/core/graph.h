@@ -71,10 +71,6 @@ struct LazyStorage : c10::intrusive_ptr_target {
   int64_t version = -1;
   StorageState state = StorageState::kLazy;
   bool early = false;  // a value was computed before materialization
-  // Set on placeholders of a call that failed where eager's call could
-  // not be told apart from autograd's own (recorder.cpp, deferred errors):
-  // every use raises this.
-  std::string unusable_reason;
   int64_t replay_count = 0;
 
   // Value cache: flat tensor over the whole storage at `cached_version`.

@@ -7,8 +7,6 @@
 
 #include <lazyinit/core/graph.h>
 
-#include <unordered_set>
-
 namespace lazyinit {
 
 class LazyTensorImpl : public c10::TensorImpl {
@@ -30,16 +28,6 @@ class LazyTensorImpl : public c10::TensorImpl {
   void rebind(LazyStoragePtr storage, const Geometry& geometry);
   // Updates the geometry after a recorded resize.
   void set_geometry(const Geometry& geometry);
-  // Whether a recorded write (an out= argument, resize_) or a .data
-  // assignment changed the geometry (or storage) views of this impl were
-  // made from.
-  bool geometry_changed() const { return geometry_changed_; }
-  void set_geometry_changed() { geometry_changed_ = true; }
-  // Fingerprints of the view calls made on this impl (recorder.cpp): the
-  // calls autograd may repeat on it, after a write, to re-create a view's
-  // grad_fn.
-  void note_view_call(uint64_t key);
-  bool made_view_call(uint64_t key) const;
 
   // Drops the function autograd repeats this view's call with, so that it
   // re-creates the view's grad_fn from its geometry (metadata only), as for
@@ -66,9 +54,6 @@ class LazyTensorImpl : public c10::TensorImpl {
 
   LazyStoragePtr lazy_storage_;
   bool was_early_ = false;
-  bool geometry_changed_ = false;
-  // A set: one base may be viewed many times (w[i] for every row i).
-  std::unordered_set<uint64_t> view_calls_;
   int64_t replays_ = 0;
 };
 
