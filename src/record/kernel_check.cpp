@@ -53,9 +53,12 @@ at::Tensor checked_value(const at::Tensor& t) {
   if (storage.nbytes > kMaxCheckedStorageBytes) {
     return at::Tensor();
   }
+  // Computed where early values are (the default device); checked on the
+  // CPU with the other arguments.
   const at::Tensor base = early_value(storage);
-  return at::as_strided(
+  const at::Tensor value = at::as_strided(
       typed_view(base, impl->dtype()), impl->sizes(), impl->strides(), impl->storage_offset());
+  return value.device().is_cpu() ? value : value.to(at::kCPU);
 }
 
 // The call on real CPU tensors (see kernel_check.h); false where it cannot

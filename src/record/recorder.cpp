@@ -515,11 +515,9 @@ void record_op(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
   std::vector<c10::IValue> args(stack->end() - num_args, stack->end());
 
   const std::vector<LazyTensorImpl*> bases = view_bases(info, args);
-  // A view of a discarded tensor: autograd makes one when it re-creates the
-  // grad_fn of an older view of the same Python base (`w.select(...)`, then
-  // `w.data = other`, a write to `w`, `discard(w)`, then a use of the older
-  // view, whose values are its own). Metadata only, as eagerly; the view
-  // shares the discarded storage and raises like it at its first use.
+  // A view of a discarded tensor is metadata only, as any view: it shares
+  // the discarded storage and raises like it at its first use (finding 47
+  // met one made by autograd, before lazy views dropped its repeats).
   const bool viewing_discarded =
       !bases.empty() && std::all_of(bases.begin(), bases.end(), [](const LazyTensorImpl* base) {
         return base->lazy_storage()->state == StorageState::kDiscarded;
