@@ -172,9 +172,9 @@ void add_element_facts(const c10::FunctionSchema& schema, OpInfo& info) {
                            (name == "aten::bernoulli_" && schema.overload_name() == "float");
 }
 
-OpInfo analyze(const c10::OperatorHandle& op) {
-  const auto& schema = op.schema();
-  OpInfo info;
+// Arguments and returns: device, generator, dtype and written arguments,
+// returns aliasing an argument (views, or the written argument).
+void add_schema_facts(const c10::FunctionSchema& schema, OpInfo& info) {
   const auto& args = schema.arguments();
   for (size_t i = 0; i < args.size(); ++i) {
     const auto& arg = args[i];
@@ -221,86 +221,101 @@ OpInfo analyze(const c10::OperatorHandle& op) {
     }
     info.unannotated_write_if = w.if_arg;
   }
-  info.random = is_random_op(schema);
-  {
-    static const std::set<std::string> cannot_fail = {
-        "aten::empty",
-        "aten::empty_strided",
-        "aten::empty_like",
-        "aten::zeros",
-        "aten::zeros_like",
-        "aten::ones",
-        "aten::ones_like",
-        "aten::full",
-        "aten::full_like",
-        "aten::new_empty",
-        "aten::new_empty_strided",
-        "aten::new_zeros",
-        "aten::new_ones",
-        "aten::new_full",
-        "aten::fill_",
-        "aten::zero_",
-        "aten::normal_",
-        "aten::uniform_",
-        "aten::rand",
-        "aten::randn",
-        "aten::copy_",
-        "aten::_to_copy",
-        "aten::clone",
-        "aten::mul",
-        "aten::mul_",
-        "aten::add",
-        "aten::add_",
-        "aten::sub",
-        "aten::sub_",
-        "aten::div",
-        "aten::div_",
-        "aten::arange",
-        "aten::linspace",
-    };
-    const bool is_view = std::any_of(
-        info.returns.begin(), info.returns.end(),
-        [](const OpInfo::Return& r) { return r.kind == OpInfo::ReturnKind::kView; });
-    info.may_fail_on_values = !is_view && cannot_fail.count(schema.name()) == 0;
-  }
+}
+
+// Ops whose replay cannot fail on values (OpInfo::may_fail_on_values).
+bool cannot_fail(const std::string& name) {
+  static const std::set<std::string> names = {
+      "aten::empty",
+      "aten::empty_strided",
+      "aten::empty_like",
+      "aten::zeros",
+      "aten::zeros_like",
+      "aten::ones",
+      "aten::ones_like",
+      "aten::full",
+      "aten::full_like",
+      "aten::new_empty",
+      "aten::new_empty_strided",
+      "aten::new_zeros",
+      "aten::new_ones",
+      "aten::new_full",
+      "aten::fill_",
+      "aten::zero_",
+      "aten::normal_",
+      "aten::uniform_",
+      "aten::rand",
+      "aten::randn",
+      "aten::copy_",
+      "aten::_to_copy",
+      "aten::clone",
+      "aten::mul",
+      "aten::mul_",
+      "aten::add",
+      "aten::add_",
+      "aten::sub",
+      "aten::sub_",
+      "aten::div",
+      "aten::div_",
+      "aten::arange",
+      "aten::linspace",
+  };
+  return names.count(name) > 0;
+}
+
+// Ops whose CPU kernel checks only metadata the size map keeps (dtypes,
+// broadcasting, equal lengths) and that take no size-valued scalars:
+// matrix products (operand dtypes, dot's lengths; torch 1.13's Meta
+// kernels check neither) and masked fills (the mask's dtype; torch 2.14's
+// Meta kernel does not check it).
+bool checks_only_metadata(const std::string& name) {
+  static const std::set<std::string> names = {
+      "aten::mm",
+      "aten::bmm",
+      "aten::addmm",
+      "aten::addbmm",
+      "aten::baddbmm",
+      "aten::mv",
+      "aten::addmv",
+      "aten::dot",
+      "aten::vdot",
+      "aten::addr",
+      "aten::_addmm_activation",
+      "aten::masked_fill",
+      "aten::masked_fill_",
+  };
+  return names.count(name) > 0;
+}
+
+// What the recorder checks itself, and where (OpInfo's check facts).
+void add_check_facts(const c10::FunctionSchema& schema, OpInfo& info) {
+  const std::string& name = schema.name();
+  const std::string& overload = schema.overload_name();
+  const bool is_view = std::any_of(
+      info.returns.begin(), info.returns.end(),
+      [](const OpInfo::Return& r) { return r.kind == OpInfo::ReturnKind::kView; });
+  info.may_fail_on_values = !is_view && !cannot_fail(name);
   info.value_checked_args = value_checked_args(schema);
+  info.stand_in_errors_are_eagers = checks_only_metadata(name);
+  info.is_copy = name == "aten::copy_" && overload.empty();
+  info.in_place_arithmetic =
+      name == "aten::add_" || name == "aten::sub_" || name == "aten::mul_" || name == "aten::div_";
+  info.true_division = name == "aten::div_" && (overload == "Tensor" || overload == "Scalar");
+  if (overload.empty() && name == "aten::normal_") {
+    info.plain_fill = OpInfo::PlainFill::kNormal;
+  } else if (overload.empty() && name == "aten::uniform_") {
+    info.plain_fill = OpInfo::PlainFill::kUniform;
+  }
+}
+
+OpInfo analyze(const c10::OperatorHandle& op) {
+  const auto& schema = op.schema();
+  OpInfo info;
+  add_schema_facts(schema, info);
+  info.random = is_random_op(schema);
   info.creation = creation_of(schema.name());
   add_element_facts(schema, info);
-  {
-    // Ops whose CPU kernel checks only metadata the size map keeps (dtypes,
-    // broadcasting, equal lengths) and that take no size-valued scalars:
-    // matrix products (operand dtypes, dot's lengths; torch 1.13's Meta
-    // kernels check neither) and masked fills (the mask's dtype; torch
-    // 2.14's Meta kernel does not check it).
-    static const std::set<std::string> metadata_checked = {
-        "aten::mm",
-        "aten::bmm",
-        "aten::addmm",
-        "aten::addbmm",
-        "aten::baddbmm",
-        "aten::mv",
-        "aten::addmv",
-        "aten::dot",
-        "aten::vdot",
-        "aten::addr",
-        "aten::_addmm_activation",
-        "aten::masked_fill",
-        "aten::masked_fill_",
-    };
-    info.stand_in_errors_are_eagers = metadata_checked.count(schema.name()) > 0;
-  }
-  info.is_copy = schema.name() == "aten::copy_" && schema.overload_name().empty();
-  info.in_place_arithmetic = schema.name() == "aten::add_" || schema.name() == "aten::sub_" ||
-                             schema.name() == "aten::mul_" || schema.name() == "aten::div_";
-  info.true_division = schema.name() == "aten::div_" &&
-                       (schema.overload_name() == "Tensor" || schema.overload_name() == "Scalar");
-  if (schema.overload_name().empty()) {
-    if (schema.name() == "aten::normal_") {
-      info.plain_fill = OpInfo::PlainFill::kNormal;
-    } else if (schema.name() == "aten::uniform_") {
-      info.plain_fill = OpInfo::PlainFill::kUniform;
-    }
-  }
+  add_check_facts(schema, info);
   return info;
 }
 
