@@ -416,6 +416,7 @@ PYBIND11_MODULE(_C, m) {
       },
       py::arg("device"), py::arg("what") = "");
   m.def("_initial_seed", &rng_initial_seed);
+  m.def("_rng_chain_count", &rng_chain_count);
   m.def(
       "_philox_region_fill",
       [](const std::vector<std::pair<int64_t, at::Tensor>>& pieces, const std::string& kind,

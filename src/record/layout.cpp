@@ -272,7 +272,34 @@ bool resizes_written(
 struct StandInCall {
   std::vector<c10::IValue> stack;
   std::vector<StandIn> inputs;
+  // The stand-ins have the real sizes and strides (inputs small enough):
+  // the CPU kernel's result layouts are the real ones, nothing to map back.
+  bool real_geometry = false;
 };
+
+// Whether the tensor inputs are small enough to stand in with their real
+// sizes and strides: every layout decision is then the CPU kernel's own,
+// including those the size map cannot keep (a size-1 dimension's stride
+// between two others: fuzz seed 2100050450; strides of empty results).
+bool fits_real_geometry(const std::vector<c10::IValue>& args) {
+  bool fits = true;
+  int64_t total = 0;
+  for_each_tensor(args, [&](size_t, int64_t, const at::Tensor& t) {
+    for (int64_t d = 0; d < t.dim(); ++d) {
+      fits = fits && t.stride(d) >= 0;
+    }
+    int64_t extent = 1;
+    for (int64_t d = 0; d < t.dim() && fits; ++d) {
+      if (t.size(d) == 0) {
+        extent = 0;
+        break;
+      }
+      extent += (t.size(d) - 1) * t.stride(d);
+    }
+    total += extent;
+  });
+  return fits && total <= kMaxStandInElements;
+}
 
 // Factories have no tensor to shrink: their `size` lists are, to at most 2
 // a dimension (0 and 1 kept), which keeps every dtype and shape check.
@@ -297,6 +324,7 @@ c10::optional<StandInCall> make_stand_in_call(
   size_map.finish();
 
   StandInCall call;
+  call.real_geometry = info.has_tensor_args && fits_real_geometry(args);
   call.stack = args;
   copy_tensor_lists(call.stack);
   bool ok = true;
@@ -314,10 +342,15 @@ c10::optional<StandInCall> make_stand_in_call(
     StandIn s;
     s.real_sizes = t.sizes().vec();
     s.real_strides = t.strides().vec();
-    for (int64_t size : s.real_sizes) {
-      s.sizes.push_back(size_map(size));
+    if (call.real_geometry) {
+      s.sizes = s.real_sizes;
+      s.strides = s.real_strides;
+    } else {
+      for (int64_t size : s.real_sizes) {
+        s.sizes.push_back(size_map(size));
+      }
+      ok = stand_in_strides(t.sizes(), t.strides(), s.sizes, s.strides);
     }
-    ok = stand_in_strides(t.sizes(), t.strides(), s.sizes, s.strides);
     int64_t numel = 1;
     for (int64_t size : s.sizes) {
       numel *= size;
@@ -412,7 +445,10 @@ void take_cpu_layouts(
   // int64 mean is float32 on Meta, int64 on the CPU).
   auto relayout = [&](const at::Tensor& c, const at::Tensor& m) -> at::Tensor {
     std::vector<int64_t> strides;
-    if (!c.defined() || !m.defined() || !map_back(c, m.sizes(), call.inputs, strides) ||
+    if (call.real_geometry && c.defined() && m.defined() && c.sizes() == m.sizes()) {
+      strides = c.strides().vec();
+    } else if (
+        !c.defined() || !m.defined() || !map_back(c, m.sizes(), call.inputs, strides) ||
         (m.strides() == c10::IntArrayRef(strides) && m.dtype() == c.dtype())) {
       return m;
     }

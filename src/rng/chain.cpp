@@ -58,6 +58,25 @@ std::unordered_map<c10::GeneratorImpl*, std::shared_ptr<RngChain>>& current_chai
   return chains;
 }
 
+// Drops the chains of generators that only their chain still holds (an
+// explicit torch.Generator the user let go, once no pending node names it
+// in its arguments): nobody can draw from or read such a generator again,
+// so it needs no saving, restoring or settling. Without this, every
+// generator ever drawn from lazily stayed alive, and each materialization's
+// GeneratorStateGuard copied all their states (after 5,000 dropped
+// generators a 4-element materialize took 116 ms instead of 0.05 ms).
+// Nodes that still need a dropped chain hold it themselves (Node::chain).
+void drop_unreachable_chains() {
+  auto& chains = current_chains();
+  for (auto it = chains.begin(); it != chains.end();) {
+    if (c10::raw::intrusive_ptr::use_count(it->first) == 1) {
+      it = chains.erase(it);
+    } else {
+      ++it;
+    }
+  }
+}
+
 // Records the state after node `index`, which may be freed (dead_draws).
 void record_state_at(RngChain& chain, int64_t index, GenState state) {
   auto& slot = chain.states[index + 1];
@@ -398,8 +417,15 @@ void settle_chain(RngChain& chain) {
 
 }  // namespace
 
+int64_t rng_chain_count() {
+  std::lock_guard<std::recursive_mutex> lock(graph_mutex());
+  drop_unreachable_chains();
+  return static_cast<int64_t>(current_chains().size());
+}
+
 void rng_settle() {
   rng_drain_released();
+  drop_unreachable_chains();
   ReplayDepth depth;
   for (auto& kv : current_chains()) {
     settle_chain(*kv.second);
@@ -491,6 +517,7 @@ void GeneratorStateGuard::save_cuda(int device, at::Generator gen, PhiloxState s
 
 GeneratorStateGuard::GeneratorStateGuard() : outer_(g_innermost_guard) {
   g_innermost_guard = this;
+  drop_unreachable_chains();
   at::Generator cpu = at::detail::getDefaultCPUGenerator();
   saved_.emplace_back(cpu, get_state(cpu));
   for (auto& kv : current_chains()) {

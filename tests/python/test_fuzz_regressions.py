@@ -1068,12 +1068,9 @@ def test_in_place_arithmetic_checks_the_result_type_at_the_call(call):
     assert_tensor_equal("x", ex, lx)
 
 # --------------------------------------------------------------------------
-# 33. open on torch 2.x: strides of an empty broadcast result
+# 33. strides of an empty broadcast result (torch 2.x)
 # --------------------------------------------------------------------------
 
-@pytest.mark.xfail(int(torch.__version__.split(".")[0]) >= 2, strict=True,
-                   reason="finding 33 (docs/fuzzing.md): torch 2.x lays out this empty "
-                          "result otherwise than the stand-in run predicts")
 def test_empty_broadcast_result_with_a_transposed_operand_has_eager_strides():
     """fuzz seed 902832 on torch 2.14 (shrunk): ``b + v`` of a transposed
     (1, 1) ``b`` and a (17, 0) view ``v`` with strides (1, 3) has strides
@@ -1092,9 +1089,6 @@ def test_empty_broadcast_result_with_a_transposed_operand_has_eager_strides():
 # 35. an out= tensor resized to an empty result of a strided view (torch 2.x)
 # --------------------------------------------------------------------------
 
-@pytest.mark.xfail(int(torch.__version__.split(".")[0]) >= 2, strict=True,
-                   reason="finding 35 (docs/fuzzing.md): torch 2.x lays out this empty "
-                          "resized out= result otherwise than the stand-in run predicts")
 def test_out_resized_to_an_empty_result_of_a_strided_view_has_eager_strides():
     """fuzz seed 131352292 on torch 2.14 (shrunk by the CI fuzz test): a 0-d
     ``out`` resized by ``torch.mul(v2, 1.0, out=...)`` to the (7, 6, 0)
@@ -1538,3 +1532,18 @@ def test_older_view_after_its_base_data_was_replaced_and_materialized():
         lazyinit.materialize(lz, "cpu")
         assert_tensor_equal(f"result {i}", e, lz)
     assert torch.equal(torch.get_rng_state(), eager_rng)
+
+
+def test_result_of_a_view_with_a_strided_size_one_dimension_has_eager_strides():
+    """Fresh seed 2100050450 (torch 2.14, shrunk): ``v2[:, 0:1:2]`` of a
+    (4, 1) tensor has strides (1, 2); ``v + -7.5`` is laid out (1, 4)
+    eagerly on torch 2.14, and was (1, 1) lazily: the size map of the
+    stand-in run cannot keep a size-1 dimension's stride between 1 and 4,
+    so the Meta answer stayed. Small inputs now stand in with their real
+    geometry."""
+    def build(**kw):
+        torch.manual_seed(0)
+        v2 = torch.eye(4, 1, dtype=torch.float16, **kw)
+        return v2, v2[:, 0:1:2] + -7.5
+
+    _assert_results_equal_eager(build)

@@ -435,3 +435,36 @@ def test_discarded_tensors_are_not_counted_as_lazy():
     s = lazyinit.stats(m)
     assert not lazyinit.is_lazy(m) and s.parameters_lazy == 0 and s.discarded == 2
     assert "discarded" in repr(m.weight)
+
+
+def test_generators_nobody_holds_are_let_go():
+    """A torch.Generator drawn from lazily stayed alive with its chain for
+    the life of the process, and every materialization saved and restored
+    each such generator's state (a 4-element materialize took 116 ms after
+    5,000 dropped generators, 0.05 ms before). Chains whose generator only
+    lazyinit still holds are dropped; a held one, or one a pending tensor
+    still names, stays and keeps eager's values."""
+    from lazyinit import _C
+    before = _C._rng_chain_count()
+    for i in range(50):
+        g = torch.Generator()
+        g.manual_seed(i)
+        lazyinit.materialize(torch.randn(4, device="lazy", generator=g), "cpu")
+    del g
+    assert _C._rng_chain_count() <= before + 1  # the last loop's, while its Python object lived
+
+    kept = torch.Generator()
+    kept.manual_seed(7)
+    pending = torch.randn(5, device="lazy", generator=kept)
+    dropped = torch.Generator()
+    dropped.manual_seed(8)
+    pending2 = torch.rand(3, device="lazy", generator=dropped)
+    del dropped
+    lazyinit.materialize(torch.randn(2, device="lazy"), "cpu")  # a materialization in between
+    eager_kept = torch.Generator()
+    eager_kept.manual_seed(7)
+    eager_dropped = torch.Generator()
+    eager_dropped.manual_seed(8)
+    assert torch.equal(lazyinit.materialize(pending, "cpu"), torch.randn(5, generator=eager_kept))
+    assert torch.equal(lazyinit.materialize(pending2, "cpu"), torch.rand(3, generator=eager_dropped))
+    assert torch.equal(kept.get_state(), eager_kept.get_state())

@@ -156,6 +156,10 @@ void rng_after_fork(bool child);
 // start while the generator carries recording's marker.
 uint64_t rng_initial_seed();
 
+// How many generators have a chain (tests: chains of generators nobody
+// holds are dropped).
+int64_t rng_chain_count();
+
 // Random nodes whose kernel ran (replayed whole, into scratch to find a
 // generator position, or over a piece by a region generator), process-wide:
 // shows which random inits were computed and which were only counted
