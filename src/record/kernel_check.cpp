@@ -3,6 +3,7 @@
 #include <lazyinit/core/lazy_tensor_impl.h>
 #include <lazyinit/core/tensor_args.h>
 #include <lazyinit/record/early.h>
+#include <lazyinit/record/layout.h>
 #include <lazyinit/replay/replay.h>
 #include <lazyinit/rng/chain.h>
 
@@ -29,17 +30,6 @@ constexpr int64_t kMaxReadStandInBytes = int64_t{256} << 20;
 
 bool contains(const std::vector<size_t>& v, size_t i) {
   return std::find(v.begin(), v.end(), i) != v.end();
-}
-
-int64_t bytes_of(const at::Tensor& t) {
-  int64_t extent = 1;  // elements up to the last one, as empty_strided allocates
-  for (int64_t d = 0; d < t.dim(); ++d) {
-    if (t.size(d) == 0) {
-      return 0;
-    }
-    extent += (t.size(d) - 1) * t.stride(d);
-  }
-  return extent * static_cast<int64_t>(t.dtype().itemsize());
 }
 
 // The real value of a checked argument, or an undefined tensor where it is
@@ -88,7 +78,7 @@ bool real_call(
       // written real tensor is not the caller's).
       real = at::empty_strided(t.sizes(), t.strides(), t.options().device(at::kCPU));
       if (!contains(written, i)) {
-        read_bytes += bytes_of(real);
+        read_bytes += Geometry::of(real).extent() * static_cast<int64_t>(real.dtype().itemsize());
       }
     } else {
       real = t;
@@ -108,14 +98,6 @@ bool real_call(
   return ok && read_bytes <= kMaxReadStandInBytes;
 }
 
-// Where the CPU kernel has no code for a dtype, eager on another device
-// may: no answer.
-bool is_missing_kernel(const c10::Error& e) {
-  return dynamic_cast<const c10::NotImplementedError*>(&e) != nullptr ||
-         std::string(e.what_without_backtrace()).find(" not implemented for '") !=
-             std::string::npos;
-}
-
 // The error the CPU kernel raises on `stack`, if any (a missing kernel for
 // a dtype aside). Its draws are thrown away: the default CPU generator is
 // put back.
@@ -132,7 +114,7 @@ std::exception_ptr kernel_error(const c10::OperatorHandle& op, std::vector<c10::
       at::NoGradGuard no_grad;
       op.callBoxed(&stack);
     } catch (const c10::Error& e) {
-      if (!is_missing_kernel(e)) {
+      if (!is_missing_kernel_error(e)) {  // eager on another device may have it
         error = std::current_exception();
       }
     } catch (const std::exception&) {

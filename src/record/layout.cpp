@@ -288,15 +288,9 @@ bool fits_real_geometry(const std::vector<c10::IValue>& args) {
     for (int64_t d = 0; d < t.dim(); ++d) {
       fits = fits && t.stride(d) >= 0;
     }
-    int64_t extent = 1;
-    for (int64_t d = 0; d < t.dim() && fits; ++d) {
-      if (t.size(d) == 0) {
-        extent = 0;
-        break;
-      }
-      extent += (t.size(d) - 1) * t.stride(d);
-    }
-    total += extent;
+    Geometry g = Geometry::of(t);
+    g.offset = 0;  // the stand-in starts its own buffer
+    total += g.extent();
   });
   return fits && total <= kMaxStandInElements;
 }
@@ -380,24 +374,13 @@ c10::optional<StandInCall> make_stand_in_call(
   return call;
 }
 
-// Whether an error of the CPU kernel on stand-ins is one eager raises
-// whatever the values: the kernel has no code for a dtype (AT_DISPATCH).
-// Other errors may come from the stand-ins' values (ones, zeros) and are
-// left for replay, where the real values decide.
-bool is_value_independent(const c10::Error& e) {
-  if (dynamic_cast<const c10::NotImplementedError*>(&e) != nullptr) {
-    return true;
-  }
-  return std::string(e.what_without_backtrace()).find(" not implemented for '") !=
-         std::string::npos;
-}
-
-// Runs the CPU kernel on the stand-ins. An error eager would raise too is
-// rethrown; false where the kernel failed for the stand-ins' sake. Plain
-// fills (normal_, uniform_) check only their scalar arguments and dtype,
-// so every error they raise on a stand-in is eager's: torch 2.x's Meta
-// decomposition of uniform_ does not check from <= to. So is every error of
-// a matrix product (operand dtypes; dot's lengths, which the increasing
+// Runs the CPU kernel on the stand-ins. An error eager would raise too (a
+// missing kernel for a dtype, whatever the values) is rethrown; other
+// errors may come from the stand-ins' values (ones, zeros) and are left for
+// replay, where the real values decide; false where the kernel failed for the stand-ins' sake.
+// Plain fills (normal_, uniform_) check only their scalar arguments and dtype, so every error they
+// raise on a stand-in is eager's: torch 2.x's Meta decomposition of uniform_ does not check from <=
+// to. So is every error of a matrix product (operand dtypes; dot's lengths, which the increasing
 // size map keeps apart), which torch 1.13's Meta kernels do not check.
 bool run_stand_in_call(
     const c10::OperatorHandle& op, const OpInfo& info, std::vector<c10::IValue>& stack) {
@@ -418,7 +401,7 @@ bool run_stand_in_call(
     if (saved) {
       saved->apply(default_gen);
     }
-    if (is_value_independent(e) || info.plain_fill != OpInfo::PlainFill::kNone ||
+    if (is_missing_kernel_error(e) || info.plain_fill != OpInfo::PlainFill::kNone ||
         info.stand_in_errors_are_eagers) {
       throw;
     }
@@ -498,6 +481,14 @@ void check_on_cpu(
   if (run_stand_in_call(op, info, call->stack) && layout) {
     take_cpu_layouts(info, *call, meta_stack);
   }
+}
+
+bool is_missing_kernel_error(const c10::Error& e) {
+  if (dynamic_cast<const c10::NotImplementedError*>(&e) != nullptr) {
+    return true;
+  }
+  return std::string(e.what_without_backtrace()).find(" not implemented for '") !=
+         std::string::npos;
 }
 
 }  // namespace lazyinit

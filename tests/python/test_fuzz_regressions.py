@@ -50,6 +50,18 @@ def _assert_results_equal_eager(build) -> None:
         assert_tensor_equal(f"result {i}", e, lz)
 
 
+def _assert_results_and_generator_equal_eager(build) -> None:
+    """As _assert_results_equal_eager, and the CPU generator afterwards is
+    where eager's build left it."""
+    eager = build()
+    eager_rng = torch.get_rng_state()
+    lazy = build(device="lazy")
+    for i, (e, lz) in enumerate(zip(eager, lazy)):
+        lazyinit.materialize(lz, "cpu")
+        assert_tensor_equal(f"result {i}", e, lz)
+    assert torch.equal(torch.get_rng_state(), eager_rng)
+
+
 def _bits_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
     ints = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
     if a.dtype != b.dtype or a.shape != b.shape:
@@ -1488,13 +1500,7 @@ def test_older_view_used_after_its_base_was_replaced_written_and_discarded():
             lazyinit.discard(w)
         return torch.zeros((1,)).copy_(v12), v12, v8
 
-    eager = build()
-    eager_rng = torch.get_rng_state()
-    lazy = build(device="lazy")
-    for i, (e, lz) in enumerate(zip(eager, lazy)):
-        lazyinit.materialize(lz, "cpu")
-        assert_tensor_equal(f"result {i}", e, lz)
-    assert torch.equal(torch.get_rng_state(), eager_rng)
+    _assert_results_and_generator_equal_eager(build)
 
 
 def test_view_of_discarded_tensor_has_its_shape_and_raises_at_use():
@@ -1525,13 +1531,7 @@ def test_older_view_after_its_base_data_was_replaced_and_materialized():
         v25 = v1.to("cpu")
         return torch.cat([v10, v19], 0), v25, v19
 
-    eager = build()
-    eager_rng = torch.get_rng_state()
-    lazy = build(device="lazy")
-    for i, (e, lz) in enumerate(zip(eager, lazy)):
-        lazyinit.materialize(lz, "cpu")
-        assert_tensor_equal(f"result {i}", e, lz)
-    assert torch.equal(torch.get_rng_state(), eager_rng)
+    _assert_results_and_generator_equal_eager(build)
 
 
 def test_result_of_a_view_with_a_strided_size_one_dimension_has_eager_strides():

@@ -39,6 +39,11 @@ namespace lazyinit {
 //
 // Where the stand-ins cannot be built or a layout cannot be mapped back,
 // the Meta answer stays.
+// Whether a CPU kernel's error says it has no code for a dtype
+// (AT_DISPATCH): eager raises it whatever the values, though eager on
+// another device may not.
+bool is_missing_kernel_error(const c10::Error& e);
+
 void check_on_cpu(
     const c10::OperatorHandle& op,
     const OpInfo& info,
