@@ -13,6 +13,14 @@ import torch.nn as nn
 from .model import F32, F64, DT_NAME, GeneratorBase, Group
 
 
+def resets_every_parameter(module: nn.Module) -> bool:
+    """Whether ``module.reset_parameters()`` writes every parameter: torch's
+    convolutions leave the bias as it is where the weight has no elements
+    (``fan_in == 0``), so after ``to_empty`` it holds whatever the new memory
+    held, eagerly as lazily (finding 52)."""
+    return all(p.numel() > 0 for p in module.parameters())
+
+
 class LifecycleOps(GeneratorBase):
     """``op_materialize``, ``op_delete``, ``op_discard``, ``op_module_reset``,
     ``op_context``, ``op_default_dtype``."""
@@ -121,13 +129,16 @@ class LifecycleOps(GeneratorBase):
 
     def op_module_reset(self) -> bool:
         """``reset_parameters()`` (again), or ``to_empty`` then
-        ``reset_parameters`` (every tensor of the module is written again)."""
+        ``reset_parameters`` where that writes every tensor of the module
+        again (``resets_every_parameter``)."""
         c = self.pick([c for c in self.modules() if hasattr(self.ns[c], "reset_parameters")])
         if c is None:
             return False
         if self.ch.flag(0.6):
             return self.emit(f"{c}.reset_parameters()")
         params = list(self.ns[c].parameters())
+        if not resets_every_parameter(self.ns[c]):
+            return False
         same = [[k for k in self.tensors() if self.t(k) is t] for t in params]
         # a lazy parameter whose storage other named tensors view is
         # materialized first (lazyinit keeps their values): that storage
