@@ -10,6 +10,7 @@
 #include <lazyinit/rng/mt19937_jump.h>
 #include <lazyinit/shard/philox_region.h>
 #include <lazyinit/shard/shard_replay.h>
+#include "python_shard.h"
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/ops/as_strided.h>
@@ -92,140 +93,6 @@ void discard(const at::Tensor& t) {
   storage.state = StorageState::kDiscarded;
 }
 
-// Placements from Python as (kind, a, b, c): (0, ...) Replicate,
-// (1, dim, rank, world_size) Shard, (2, start, end, _) FlatRange.
-std::vector<Placement> placements_from(const std::vector<std::array<int64_t, 4>>& items) {
-  std::vector<Placement> out;
-  for (const auto& p : items) {
-    switch (p[0]) {
-      case 0:
-        out.push_back(Placement::replicate());
-        break;
-      case 1:
-        out.push_back(Placement::shard(p[1], p[2], p[3]));
-        break;
-      case 2:
-        out.push_back(Placement::flat_range(p[1], p[2]));
-        break;
-      default:
-        TORCH_CHECK(false, "lazyinit: unknown placement kind ", p[0]);
-    }
-  }
-  return out;
-}
-
-// (key, value) pairs of a module's _modules / _parameters / _buffers:
-// dicts read directly, other mappings (TorchScript's wrappers) through
-// items().
-template <typename F>
-void for_each_item(const py::object& mapping, F&& f) {
-  if (PyDict_Check(mapping.ptr())) {
-    PyObject* key = nullptr;
-    PyObject* value = nullptr;
-    Py_ssize_t pos = 0;
-    while (PyDict_Next(mapping.ptr(), &pos, &key, &value)) {
-      f(py::handle(key), py::handle(value));
-    }
-    return;
-  }
-  for (py::handle item : mapping.attr("items")()) {
-    py::tuple pair = py::reinterpret_borrow<py::tuple>(item);
-    f(pair[0], pair[1]);
-  }
-}
-
-// `head` + `tail` (Python strings), or `tail` alone where `head` is empty.
-py::object concat(const py::object& head, py::handle tail) {
-  if (PyUnicode_GET_LENGTH(head.ptr()) == 0) {
-    return py::reinterpret_borrow<py::object>(tail);
-  }
-  PyObject* joined = PyUnicode_Concat(head.ptr(), tail.ptr());
-  if (joined == nullptr) {
-    throw py::error_already_set();  // a key that is not a string
-  }
-  return py::reinterpret_steal<py::object>(joined);
-}
-
-py::object attr_of(const py::object& obj, const py::object& name) {
-  PyObject* value = PyObject_GetAttr(obj.ptr(), name.ptr());
-  if (value == nullptr) {
-    throw py::error_already_set();
-  }
-  return py::reinterpret_steal<py::object>(value);
-}
-
-// Calls visit(name, tensor, is_parameter) for every parameter and buffer of
-// `root`, once each, in named_parameters() then named_buffers() order
-// (modules in named_modules() order: depth first, each module once; tied
-// tensors under their first name). The same walk as Python's, without a
-// generator frame per module and level. `only_lazy`: lazy tensors alone.
-template <typename Visit>
-void visit_module_tensors(const py::object& root, bool only_lazy, Visit&& visit) {
-  static const py::object kModules =
-      py::reinterpret_steal<py::object>(PyUnicode_InternFromString("_modules"));
-  static const py::object kParameters =
-      py::reinterpret_steal<py::object>(PyUnicode_InternFromString("_parameters"));
-  static const py::object kBuffers =
-      py::reinterpret_steal<py::object>(PyUnicode_InternFromString("_buffers"));
-  static const py::object kDot = py::reinterpret_steal<py::object>(PyUnicode_InternFromString("."));
-  struct Module {
-    py::object dotted;  // "name." ("" at the root)
-    py::object module;
-  };
-  std::vector<Module> modules;
-  std::unordered_set<PyObject*> seen;
-  std::vector<std::pair<py::object, py::object>> stack;  // (name, module)
-  stack.emplace_back(py::str(""), root);
-  std::vector<std::pair<py::object, py::object>> children;
-  while (!stack.empty()) {
-    auto entry = std::move(stack.back());
-    stack.pop_back();
-    if (!seen.insert(entry.second.ptr()).second) {
-      continue;
-    }
-    // `name.` ("" at the root), made once per module: each name below it
-    // is then one concatenation.
-    py::object dotted =
-        PyUnicode_GET_LENGTH(entry.first.ptr()) == 0 ? entry.first : concat(entry.first, kDot);
-    children.clear();
-    for_each_item(attr_of(entry.second, kModules), [&](py::handle key, py::handle child) {
-      if (!child.is_none()) {
-        children.emplace_back(concat(dotted, key), py::reinterpret_borrow<py::object>(child));
-      }
-    });
-    // Popped in order: the same pre-order as named_modules().
-    for (auto it = children.rbegin(); it != children.rend(); ++it) {
-      stack.push_back(std::move(*it));
-    }
-    modules.push_back(Module{std::move(dotted), std::move(entry.second)});
-  }
-  std::unordered_set<PyObject*> seen_tensors;
-  for (const py::object* attr : {&kParameters, &kBuffers}) {
-    const bool is_param = attr == &kParameters;
-    for (const auto& entry : modules) {
-      for_each_item(attr_of(entry.module, *attr), [&](py::handle key, py::handle value) {
-        if (value.is_none() || !seen_tensors.insert(value.ptr()).second) {
-          return;
-        }
-        if (only_lazy && (!THPVariable_Check(value.ptr()) ||
-                          tensor_state(THPVariable_Unpack(value.ptr())) != 1)) {
-          return;
-        }
-        visit(concat(entry.dotted, key), value, is_param);
-      });
-    }
-  }
-}
-
-// visit_module_tensors as a list of (name, tensor, is_parameter).
-py::list module_tensors(const py::object& root, bool only_lazy) {
-  py::list out;
-  visit_module_tensors(root, only_lazy, [&](py::object name, py::handle value, bool is_param) {
-    out.append(py::make_tuple(std::move(name), value, is_param));
-  });
-  return out;
-}
-
 // Installed as the graph lock's blocking wait (see lock_graph): a thread
 // that holds the GIL releases it while it waits for the lock, so the thread
 // holding the lock can run Python (Meta kernels written in Python).
@@ -270,14 +137,8 @@ std::string python_location() {
   return out;
 }
 
-}  // namespace
-}  // namespace lazyinit
-
-PYBIND11_MODULE(_C, m) {
-  using namespace lazyinit;
-  set_blocking_lock_hook(&wait_without_gil);
-  set_location_hook(&python_location);
-  m.doc() = "lazyinit's C++ core: the lazy device backend.";
+// The backend, the context's state, and what a tensor is.
+void bind_context(py::module& m) {
   m.def(
       "_register", &register_backend,
       "Registers the lazy backend with the dispatcher (idempotent).");
@@ -290,9 +151,12 @@ PYBIND11_MODULE(_C, m) {
   m.def("_default_device", [] { return default_device().str(); });
   m.def("_set_in_context", &set_in_context);
   m.def("_tensor_state", &tensor_state);
-  m.def("_module_tensors", &module_tensors, py::arg("module"), py::arg("only_lazy") = false);
   m.def("_was_early", &was_early);
   m.def("_home_device", [](const at::Tensor& t) { return pending_storage(t).home_device.str(); });
+}
+
+// Whole materialization and values.
+void bind_materialize(py::module& m) {
   m.def(
       "_materialize",
       [](const at::Tensor& t, c10::optional<std::string> device, bool settle) {
@@ -331,6 +195,10 @@ PYBIND11_MODULE(_C, m) {
     py::gil_scoped_release no_gil;
     return value_copy(t);
   });
+}
+
+// The recorded graph: storages, views, counters, discard and fork.
+void bind_graph(py::module& m) {
   m.def("_replay_count", [](const at::Tensor& t) {
     auto* impl = get_lazy_impl(t);
     TORCH_CHECK(impl != nullptr, "lazyinit: expected a lazyinit tensor");
@@ -378,22 +246,6 @@ PYBIND11_MODULE(_C, m) {
     return static_cast<int64_t>(
         std::count_if(impls.begin(), impls.end(), [](const auto& w) { return !w.expired(); }));
   });
-  m.def("_register_immutable_source", &register_immutable_source);
-  m.def("_register_mapped_source", &register_mapped_source);
-  m.def("_is_mapped_source", &is_mapped_source);
-  m.def("_prefetch_source", &prefetch_source);
-  m.def("_release_source", &release_source);
-  m.def("_capture_stats", [] {
-    const CaptureStats s = capture_stats();
-    py::dict d;
-    d["copies"] = s.copies;
-    d["bytes"] = s.bytes;
-    d["zero_copy"] = s.zero_copy;
-    d["mapped_reads"] = s.mapped_reads;
-    d["mapped_read_bytes"] = s.mapped_read_bytes;
-    d["private_maps"] = s.private_maps;
-    return d;
-  });
   m.def("_random_runs", &random_runs);
   // The recorded op names of a lazy tensor's storage, creation first
   // (empty for real tensors): for tests and debugging.
@@ -415,6 +267,30 @@ PYBIND11_MODULE(_C, m) {
         check_target_device(c10::Device(device), what.c_str());
       },
       py::arg("device"), py::arg("what") = "");
+}
+
+// Captured sources (arrays, checkpoint mappings) and their counters.
+void bind_sources(py::module& m) {
+  m.def("_register_immutable_source", &register_immutable_source);
+  m.def("_register_mapped_source", &register_mapped_source);
+  m.def("_is_mapped_source", &is_mapped_source);
+  m.def("_prefetch_source", &prefetch_source);
+  m.def("_release_source", &release_source);
+  m.def("_capture_stats", [] {
+    const CaptureStats s = capture_stats();
+    py::dict d;
+    d["copies"] = s.copies;
+    d["bytes"] = s.bytes;
+    d["zero_copy"] = s.zero_copy;
+    d["mapped_reads"] = s.mapped_reads;
+    d["mapped_read_bytes"] = s.mapped_read_bytes;
+    d["private_maps"] = s.private_maps;
+    return d;
+  });
+}
+
+// Generators: positions, Philox fills, mt19937 skips, state readers.
+void bind_rng(py::module& m) {
   m.def("_initial_seed", &rng_initial_seed);
   m.def("_rng_chain_count", &rng_chain_count);
   m.def(
@@ -425,7 +301,7 @@ PYBIND11_MODULE(_C, m) {
         TORCH_CHECK(kind == "normal" || kind == "uniform", "kind: 'normal' or 'uniform'");
         std::vector<PhiloxPiece> list;
         for (const auto& piece : pieces) {
-          list.push_back(PhiloxPiece{piece.first, piece.second});
+          list.push_back(span_out(piece.first, piece.second));
         }
         philox_region_fill(
             list, kind == "normal" ? PhiloxFill::kNormal : PhiloxFill::kUniform,
@@ -434,135 +310,6 @@ PYBIND11_MODULE(_C, m) {
   m.def("_set_philox_grid_limits", [](const std::vector<int64_t>& limits) {
     py::gil_scoped_release no_gil;
     set_philox_grid_limits(limits);
-  });
-  m.def(
-      "_materialize_shard",
-      [](const at::Tensor& t, const std::vector<std::array<int64_t, 4>>& placements,
-         const std::string& device, const std::optional<at::Tensor>& dest) {
-        // `dest`: a flat, contiguous tensor of the piece's numel and t's dtype
-        // on `device` (lazyinit.materialize_shard(out=...) checks it), which
-        // receives the piece.
-        auto list = placements_from(placements);
-        py::gil_scoped_release no_gil;
-        return materialize_shard(t, list, c10::Device(device), dest.value_or(at::Tensor()));
-      },
-      py::arg("tensor"), py::arg("placements"), py::arg("device"), py::arg("dest") = py::none());
-  m.def(
-      "_materialize_shards", [](const std::vector<at::Tensor>& tensors,
-                                const std::vector<std::vector<std::array<int64_t, 4>>>& placements,
-                                const std::string& device) {
-        std::vector<std::vector<Placement>> lists;
-        for (const auto& p : placements) {
-          lists.push_back(placements_from(p));
-        }
-        py::gil_scoped_release no_gil;
-        return materialize_shards(tensors, lists, c10::Device(device));
-      });
-  m.def(
-      "_materialize_module_shards",
-      [](const py::object& module, const py::object& placement_fn, const py::function& encode,
-         const std::optional<std::pair<
-             std::vector<std::array<int64_t, 4>>, std::vector<std::array<int64_t, 4>>>>& by_kind,
-         const std::string& device) {
-        std::vector<py::object> names;
-        std::vector<py::object> values;
-        std::vector<bool> is_param;
-        visit_module_tensors(
-            module, /*only_lazy=*/false, [&](py::object name, py::handle value, bool param) {
-              names.push_back(std::move(name));
-              values.push_back(py::reinterpret_borrow<py::object>(value));
-              is_param.push_back(param);
-            });
-        // lazyinit.ByKind: placements by kind, decided here without a Python
-        // call a tensor. A 0-dim tensor has nothing to split: replicated.
-        std::vector<Placement> parameters;
-        std::vector<Placement> buffers;
-        const std::vector<Placement> replicate{Placement::replicate()};
-        if (by_kind) {
-          parameters = placements_from(by_kind->first);
-          buffers = placements_from(by_kind->second);
-        }
-        // Plugins return the same few placement objects for many tensors:
-        // each is encoded once (held in `encoded`, so its address stays its own).
-        std::unordered_map<PyObject*, size_t> index;
-        std::vector<std::pair<py::object, std::vector<Placement>>> encoded;
-        auto placement_of = [&](size_t i) -> const std::vector<Placement>& {
-          TORCH_CHECK(
-              THPVariable_Check(values[i].ptr()),
-              "lazyinit: ", py::str(names[i]).cast<std::string>(), " is neither None nor a tensor");
-          if (by_kind) {
-            if (THPVariable_Unpack(values[i].ptr()).dim() == 0) {
-              return replicate;
-            }
-            return is_param[i] ? parameters : buffers;
-          }
-#if PY_VERSION_HEX >= 0x03090000
-          PyObject* args[] = {names[i].ptr(), values[i].ptr()};  // one call, no argument tuple
-          py::object placement = py::reinterpret_steal<py::object>(
-              PyObject_Vectorcall(placement_fn.ptr(), args, 2, nullptr));
-#else
-          py::object placement = py::reinterpret_steal<py::object>(PyObject_CallFunctionObjArgs(
-              placement_fn.ptr(), names[i].ptr(), values[i].ptr(), nullptr));
-#endif
-          if (!placement) {
-            throw py::error_already_set();
-          }
-          auto it = index.find(placement.ptr());
-          if (it == index.end()) {
-            auto items = encode(placement).cast<std::vector<std::array<int64_t, 4>>>();
-            it = index.emplace(placement.ptr(), encoded.size()).first;
-            encoded.emplace_back(placement, placements_from(items));
-          }
-          return encoded[it->second].second;
-        };
-        // On a GPU in growing parts (allocation_parts(), by the tensors'
-        // sizes): the placement calls, planning and allocation of each part
-        // run on the CPU while the GPU fills the parts before it.
-        const c10::Device target(device);
-        std::vector<int64_t> numels(values.size(), 0);  // non-tensors fail in placement_of
-        for (size_t i = 0; i < values.size(); ++i) {
-          if (THPVariable_Check(values[i].ptr())) {
-            numels[i] = THPVariable_Unpack(values[i].ptr()).numel();
-          }
-        }
-        std::vector<at::Tensor> pieces;
-        pieces.reserve(names.size());
-        size_t begin = 0;
-        for (size_t end : allocation_parts(numels, target)) {
-          std::vector<at::Tensor> tensors;
-          std::vector<std::vector<Placement>> lists;
-          for (size_t i = begin; i < end; ++i) {
-            lists.push_back(placement_of(i));
-            tensors.push_back(THPVariable_Unpack(values[i].ptr()));
-          }
-          begin = end;
-          py::gil_scoped_release no_gil;
-          for (auto& piece : materialize_shards(tensors, lists, target)) {
-            pieces.push_back(std::move(piece));
-          }
-        }
-        py::dict out;
-        for (size_t i = 0; i < names.size(); ++i) {
-          out[names[i]] = py::cast(pieces[i]);
-        }
-        return out;
-      });
-  m.def("_shard_stats", [] {
-    ShardStats s = shard_stats();
-    py::dict d;
-    d["shards"] = s.shards;
-    d["pushed_down"] = s.pushed_down;
-    d["fallbacks"] = s.fallbacks;
-    d["whole"] = s.whole;
-    d["rng_scratch_runs"] = s.rng_scratch_runs;
-    d["draws_skipped"] = s.draws_skipped;
-    d["fallback_reasons"] = s.fallback_reasons;
-    return d;
-  });
-  m.def("_reset_shard_stats", &reset_shard_stats);
-  m.def("_shard_fell_back", [](const at::Tensor& t) {
-    auto* impl = get_pending_impl(t);
-    return impl != nullptr && storage_fell_back(impl->lazy_storage()->id);
   });
   m.def("_mt19937_discard", [](at::Generator& gen, int64_t n, const std::string& how) {
     // Advances a CPU generator by n outputs (benchmarks and tests of the
@@ -604,4 +351,19 @@ PYBIND11_MODULE(_C, m) {
     }
     PyType_Modified(t);
   });
+}
+
+}  // namespace
+}  // namespace lazyinit
+
+PYBIND11_MODULE(_C, m) {
+  lazyinit::set_blocking_lock_hook(&lazyinit::wait_without_gil);
+  lazyinit::set_location_hook(&lazyinit::python_location);
+  m.doc() = "lazyinit's C++ core: the lazy device backend.";
+  lazyinit::bind_context(m);
+  lazyinit::bind_materialize(m);
+  lazyinit::bind_graph(m);
+  lazyinit::bind_sources(m);
+  lazyinit::bind_shard(m);
+  lazyinit::bind_rng(m);
 }

@@ -44,59 +44,55 @@ bool has_real_device_arg(const OpInfo& info, const std::vector<c10::IValue>& arg
   return false;
 }
 
-}  // namespace
-
-void run_early(const c10::OperatorHandle& op, torch::jit::Stack* stack, const std::string& reason) {
-  auto lock = lock_graph();
-  const auto& info = op_info(op);
-  const size_t num_args = op.schema().arguments().size();
-  std::vector<c10::IValue> args(stack->end() - num_args, stack->end());
-  const c10::Device device = default_device();
-
+// The values standing for each lazy storage among a call's arguments.
+// Written ones are copies (the cached value of the old version must stay
+// intact); `before` holds their values before the call.
+struct EarlyInputs {
   std::set<LazyStorage*> written;
+  std::map<LazyStorage*, at::Tensor> values;
+  std::map<LazyStorage*, at::Tensor> before;
+};
+
+EarlyInputs early_inputs(const OpInfo& info, const std::vector<c10::IValue>& args) {
+  EarlyInputs in;
   for (size_t i : written_args_of(info, args)) {
     std::vector<c10::IValue> one{args[i]};
     for_each_tensor(one, [&](size_t, int64_t, const at::Tensor& t) {
       if (auto* impl = get_pending_impl(t)) {
-        written.insert(impl->lazy_storage().get());
+        in.written.insert(impl->lazy_storage().get());
       }
     });
   }
-
-  // The value standing for each lazy storage in this call. Written ones
-  // are copies: the cached value of the old version must stay intact.
-  std::map<LazyStorage*, at::Tensor> values;
-  std::map<LazyStorage*, at::Tensor> before;  // written ones' values before the call
   for_each_tensor(args, [&](size_t, int64_t, const at::Tensor& t) {
     auto* impl = get_pending_impl(t);
-    if (impl == nullptr || values.count(impl->lazy_storage().get())) {
+    if (impl == nullptr || in.values.count(impl->lazy_storage().get())) {
       return;
     }
     auto* storage = impl->lazy_storage().get();
     at::Tensor value = early_value(*storage);
-    values[storage] = written.count(storage) ? value.clone() : value;
-    if (written.count(storage)) {
-      before[storage] = value;
+    const bool written = in.written.count(storage) > 0;
+    in.values[storage] = written ? value.clone() : value;
+    if (written) {
+      in.before[storage] = value;
     }
   });
-  // The written storages take the values the call left.
-  auto keep_writes = [&](const std::set<LazyStorage*>& storages) {
-    for (auto* storage : storages) {
-      auto node = std::make_shared<Node>();
-      node->constant = values[storage];
-      storage->append(node);
-      storage->cached = values[storage];
-      storage->cached_version = storage->version;
-      storage->early = true;
-    }
-  };
+  return in;
+}
 
+// The call's arguments with every lazy tensor replaced by a view of its
+// value and the lazy device by `device`.
+std::vector<c10::IValue> real_arguments(
+    const OpInfo& info,
+    const std::vector<c10::IValue>& args,
+    const EarlyInputs& in,
+    c10::Device device) {
   std::vector<c10::IValue> real = args;
   copy_tensor_lists(real);
   for_each_tensor(args, [&](size_t i, int64_t e, const at::Tensor& t) {
     if (auto* impl = get_pending_impl(t)) {
       set_tensor(
-          real, i, e, view_of(values[impl->lazy_storage().get()], impl->dtype(), impl->geometry()));
+          real, i, e,
+          view_of(in.values.at(impl->lazy_storage().get()), impl->dtype(), impl->geometry()));
     }
   });
   for (size_t i : info.device_args) {
@@ -104,57 +100,63 @@ void run_early(const c10::OperatorHandle& op, torch::jit::Stack* stack, const st
       real[i] = c10::IValue(device);
     }
   }
+  return real;
+}
 
-  if (info.random) {
-    // Running a random op for real: first put the generator where eager
-    // construction would have it.
-    c10::optional<at::Generator> gen;
-    if (info.generator_arg >= 0 && args[info.generator_arg].isGenerator()) {
-      gen = args[info.generator_arg].toGenerator();
-    }
-    Replayer replayer(device);
-    rng_catch_up(gen, replayer);
+// The written storages take the values the call left.
+void keep_writes(const EarlyInputs& in, const std::set<LazyStorage*>& storages) {
+  for (auto* storage : storages) {
+    auto node = std::make_shared<Node>();
+    node->constant = in.values.at(storage);
+    storage->append(node);
+    storage->cached = node->constant;
+    storage->cached_version = storage->version;
+    storage->early = true;
   }
-  // torch 1.13's boxed adapter returns a tuple of references to the `out`
-  // arguments (sort.values, max.dim_max, topk.values, ...) after dropping
-  // those arguments from the stack: with nothing else holding them, the out
-  // tensors (views made above) were freed before being read back. Holding
-  // the arguments keeps every referenced tensor alive across the call.
-  const std::vector<c10::IValue> keep_alive = real;
-  try {
-    op.callBoxed(&real);
-  } catch (c10::Error& e) {
-    // Eager's error, of eager's type (LinAlgError, IndexError, ...): the
-    // call ran on the real values of its inputs, as eager runs it. Eager
-    // keeps what a call wrote before raising (torch.normal's out= fills,
-    // then refuses an overlapping mean): so do the lazy tensors.
-    std::set<LazyStorage*> changed;
-    for (auto* storage : written) {
-      const at::Tensor& value = values[storage];
-      if (value.sizes() == before[storage].sizes() && !at::equal(value, before[storage])) {
-        changed.insert(storage);
-      }
+}
+
+// A call that raised: eager keeps what it wrote before raising
+// (torch.normal's out= fills, then refuses an overlapping mean), so the
+// lazy tensors it changed keep it; the error says where the call ran.
+void keep_partial_writes(
+    c10::Error& e,
+    const c10::OperatorHandle& op,
+    const EarlyInputs& in,
+    c10::Device device,
+    const std::string& reason) {
+  std::set<LazyStorage*> changed;
+  for (auto* storage : in.written) {
+    const at::Tensor& value = in.values.at(storage);
+    const at::Tensor& before = in.before.at(storage);
+    if (value.sizes() == before.sizes() && !at::equal(value, before)) {
+      changed.insert(storage);
     }
-    keep_writes(changed);
-    std::ostringstream context;
-    context << "lazyinit: " << op.schema().operator_name() << " ran on the values of its "
-            << "lazy inputs on " << device.str() << " (" << reason << ") and raised "
-            << "the error above, as eager raises it. If this mixes lazy tensors with real "
-            << "tensors on another device, materialize the lazy ones there first "
-            << "(lazyinit.materialize(t, device=...)) or create the context with that "
-            << "default_device.";
-    e.add_context(context.str());
-    throw;
   }
+  keep_writes(in, changed);
+  std::ostringstream context;
+  context << "lazyinit: " << op.schema().operator_name() << " ran on the values of its "
+          << "lazy inputs on " << device.str() << " (" << reason << ") and raised "
+          << "the error above, as eager raises it. If this mixes lazy tensors with real "
+          << "tensors on another device, materialize the lazy ones there first "
+          << "(lazyinit.materialize(t, device=...)) or create the context with that "
+          << "default_device.";
+  e.add_context(context.str());
+}
 
-  keep_writes(written);
-
+// The call's results as the lazy call returns them: in-place results are
+// the argument objects, views of a lazy input are lazy views, other tensors
+// are new lazy constants (real where a real device was asked for).
+std::vector<c10::IValue> lazy_outputs(
+    const OpInfo& info,
+    const std::vector<c10::IValue>& args,
+    const std::vector<c10::IValue>& real,
+    const EarlyInputs& in) {
   const bool real_result = has_real_device_arg(info, args);
   auto wrap = [&](const at::Tensor& t) -> at::Tensor {
     if (!t.defined()) {
       return t;
     }
-    for (auto& kv : values) {
+    for (const auto& kv : in.values) {
       if (t.storage().is_alias_of(kv.second.storage())) {
         at::Tensor view = make_lazy_tensor(
             c10::intrusive_ptr<LazyStorage>::unsafe_reclaim_from_nonowning(kv.first),
@@ -182,6 +184,47 @@ void run_early(const c10::OperatorHandle& op, torch::jit::Stack* stack, const st
       outputs.push_back(v);
     }
   }
+  return outputs;
+}
+
+}  // namespace
+
+void run_early(const c10::OperatorHandle& op, torch::jit::Stack* stack, const std::string& reason) {
+  auto lock = lock_graph();
+  const auto& info = op_info(op);
+  const size_t num_args = op.schema().arguments().size();
+  std::vector<c10::IValue> args(stack->end() - num_args, stack->end());
+  const c10::Device device = default_device();
+
+  EarlyInputs in = early_inputs(info, args);
+  std::vector<c10::IValue> real = real_arguments(info, args, in, device);
+  if (info.random) {
+    // Running a random op for real: first put the generator where eager
+    // construction would have it.
+    c10::optional<at::Generator> gen;
+    if (info.generator_arg >= 0 && args[info.generator_arg].isGenerator()) {
+      gen = args[info.generator_arg].toGenerator();
+    }
+    Replayer replayer(device);
+    rng_catch_up(gen, replayer);
+  }
+  // torch 1.13's boxed adapter returns a tuple of references to the `out`
+  // arguments (sort.values, max.dim_max, topk.values, ...) after dropping
+  // those arguments from the stack: with nothing else holding them, the out
+  // tensors (views made above) were freed before being read back. Holding
+  // the arguments keeps every referenced tensor alive across the call.
+  const std::vector<c10::IValue> keep_alive = real;
+  try {
+    op.callBoxed(&real);
+  } catch (c10::Error& e) {
+    // Eager's error, of eager's type (LinAlgError, IndexError, ...): the
+    // call ran on the real values of its inputs, as eager runs it.
+    keep_partial_writes(e, op, in, device, reason);
+    throw;
+  }
+  keep_writes(in, in.written);
+
+  std::vector<c10::IValue> outputs = lazy_outputs(info, args, real, in);
   torch::jit::drop(*stack, num_args);
   for (auto& out : outputs) {
     stack->push_back(std::move(out));

@@ -102,26 +102,10 @@ bool real_call(
 // a dtype aside). Its draws are thrown away: the default CPU generator is
 // put back.
 std::exception_ptr kernel_error(const c10::OperatorHandle& op, std::vector<c10::IValue>& stack) {
-  at::Generator default_gen = at::detail::getDefaultCPUGenerator();
-  const GenState saved = GenState::of(default_gen);
-  // Held across the call: torch 1.13's boxed adapter reads multi-out
-  // returns through references to arguments it has dropped (early.cpp).
-  const std::vector<c10::IValue> keep_alive = stack;
-  std::exception_ptr error;
-  {
-    CatchUpSuppressed no_catch_up;
-    try {
-      at::NoGradGuard no_grad;
-      op.callBoxed(&stack);
-    } catch (const c10::Error& e) {
-      if (!is_missing_kernel_error(e)) {  // eager on another device may have it
-        error = std::current_exception();
-      }
-    } catch (const std::exception&) {
-      error = std::current_exception();
-    }
+  const std::exception_ptr error = run_cpu_call(op, stack, /*may_draw=*/true);
+  if (is_c10_error(error, is_missing_kernel_error)) {
+    return nullptr;  // eager on another device may have it
   }
-  saved.apply(default_gen);
   return error;
 }
 

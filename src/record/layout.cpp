@@ -384,35 +384,17 @@ c10::optional<StandInCall> make_stand_in_call(
 // size map keeps apart), which torch 1.13's Meta kernels do not check.
 bool run_stand_in_call(
     const c10::OperatorHandle& op, const OpInfo& info, std::vector<c10::IValue>& stack) {
-  c10::optional<GenState> saved;
-  at::Generator default_gen = at::detail::getDefaultCPUGenerator();
-  if (info.random) {
-    saved = GenState::of(default_gen);  // put back whatever the op drew
+  const std::exception_ptr error = run_cpu_call(op, stack, /*may_draw=*/info.random);
+  if (error == nullptr) {
+    return true;
   }
-  // Held across the call: torch 1.13's boxed adapter reads multi-out
-  // returns through references to arguments it has dropped (early.cpp).
-  const std::vector<c10::IValue> keep_alive = stack;
-  CatchUpSuppressed no_catch_up;  // the draws are thrown away
-  bool ran = true;
-  try {
-    at::NoGradGuard no_grad;
-    op.callBoxed(&stack);
-  } catch (const c10::Error& e) {
-    if (saved) {
-      saved->apply(default_gen);
-    }
-    if (is_missing_kernel_error(e) || info.plain_fill != OpInfo::PlainFill::kNone ||
-        info.stand_in_errors_are_eagers) {
-      throw;
-    }
-    ran = false;
-  } catch (const std::exception&) {
-    ran = false;
+  if (is_c10_error(error, [&](const c10::Error& e) {
+        return is_missing_kernel_error(e) || info.plain_fill != OpInfo::PlainFill::kNone ||
+               info.stand_in_errors_are_eagers;
+      })) {
+    std::rethrow_exception(error);
   }
-  if (saved && ran) {
-    saved->apply(default_gen);
-  }
-  return ran;
+  return false;
 }
 
 // Replaces the strides (and dtype) of fresh and resized results in
@@ -480,6 +462,44 @@ void check_on_cpu(
   }
   if (run_stand_in_call(op, info, call->stack) && layout) {
     take_cpu_layouts(info, *call, meta_stack);
+  }
+}
+
+std::exception_ptr run_cpu_call(
+    const c10::OperatorHandle& op, std::vector<c10::IValue>& stack, bool may_draw) {
+  at::Generator default_gen = at::detail::getDefaultCPUGenerator();
+  c10::optional<GenState> saved;
+  if (may_draw) {
+    saved = GenState::of(default_gen);
+  }
+  const std::vector<c10::IValue> keep_alive = stack;
+  std::exception_ptr error;
+  {
+    CatchUpSuppressed no_catch_up;
+    try {
+      at::NoGradGuard no_grad;
+      op.callBoxed(&stack);
+    } catch (const std::exception&) {
+      error = std::current_exception();
+    }
+  }
+  if (saved) {
+    saved->apply(default_gen);
+  }
+  return error;
+}
+
+bool is_c10_error(
+    const std::exception_ptr& error, const std::function<bool(const c10::Error&)>& accept) {
+  if (error == nullptr) {
+    return false;
+  }
+  try {
+    std::rethrow_exception(error);
+  } catch (const c10::Error& e) {
+    return accept(e);
+  } catch (...) {
+    return false;
   }
 }
 

@@ -63,39 +63,171 @@ bool is_write(const c10::Argument& arg) {
   return info != nullptr && info->isWrite();
 }
 
-// Kernels that write arguments their schema leaves unannotated: the
-// argument positions, and the bool argument that must be true for it (-1:
-// always). Found by comparing values before and after each kernel (torch
-// 1.13 and 2.14; rrelu_with_noise's noise is annotated from some 2.x on).
-struct UnannotatedWrite {
-  const char* name;
-  std::vector<size_t> args;
-  int64_t if_arg;
+// Op facts by name: one row an op, one column a fact (OpInfo's fields say
+// what each means). An op absent from the table has none of them.
+enum OpFact : uint32_t {
+  kRandom = 1u << 0,              // random, though its schema has no Generator
+  kOverwritesSelf = 1u << 1,      // OpInfo::overwrites_self
+  kElementLocal = 1u << 2,        // OpInfo::element_local
+  kElementWise = 1u << 3,         // OpInfo::element_wise
+  kDistributionFill = 1u << 4,    // OpInfo::distribution_fill (overload "")
+  kCannotFail = 1u << 5,          // replay cannot fail on values
+  kChecksOnlyMetadata = 1u << 6,  // OpInfo::stand_in_errors_are_eagers
+  kInPlaceArithmetic = 1u << 7,   // OpInfo::in_place_arithmetic
+  kPlainCopy = 1u << 8,           // OpInfo::plain_copy
 };
 
-const std::vector<UnannotatedWrite>& unannotated_writes() {
-  static const std::vector<UnannotatedWrite> table = {
-      {"aten::native_batch_norm", {3, 4}, 5}, {"aten::cudnn_batch_norm", {3, 4}, 5},
-      {"aten::miopen_batch_norm", {3, 4}, 5}, {"aten::batch_norm_update_stats", {1, 2}, -1},
-      {"aten::rrelu_with_noise", {1}, 4},     {"aten::rrelu_with_noise_", {1}, 4},
+struct OpRow {
+  const char* name;
+  uint32_t facts = 0;
+  OpInfo::Creation creation = OpInfo::Creation::kNone;
+  // Arguments besides `index` / `indices` whose values the CPU kernel
+  // checks (probabilities, normal's std): OpInfo::value_checked_args.
+  std::vector<std::string> value_checked = {};
+  // Arguments the kernel writes though its schema leaves them unannotated,
+  // and the bool argument that must be true for it (-1: always). Found by
+  // comparing values before and after each kernel (torch 1.13 and 2.14;
+  // rrelu_with_noise's noise is annotated from some 2.x on).
+  std::vector<size_t> unannotated_writes = {};
+  int64_t unannotated_write_if = -1;
+};
+
+// Ops with a fact, sorted by name. Matrix products and masked fills check
+// only metadata the stand-ins' size map keeps (operand dtypes, dot's
+// lengths: torch 1.13's Meta kernels check neither; the mask's dtype:
+// torch 2.14's Meta kernel does not check it). erfinv_ is element-local:
+// it has only a scalar kernel on the CPU.
+const OpRow* op_row(const std::string& name) {
+  static const std::vector<OpRow> rows = {
+      {"aten::_addmm_activation", kChecksOnlyMetadata},
+      {"aten::_to_copy", kElementWise | kCannotFail | kPlainCopy},
+      {"aten::abs", kElementWise},
+      {"aten::abs_", kElementLocal},
+      {"aten::add", kElementWise | kCannotFail},
+      {"aten::add_", kElementLocal | kCannotFail | kInPlaceArithmetic},
+      {"aten::addbmm", kChecksOnlyMetadata},
+      {"aten::addmm", kChecksOnlyMetadata},
+      {"aten::addmv", kChecksOnlyMetadata},
+      {"aten::addr", kChecksOnlyMetadata},
+      {"aten::alpha_dropout", kRandom},
+      {"aten::arange", kCannotFail},
+      {"aten::baddbmm", kChecksOnlyMetadata},
+      {"aten::batch_norm_update_stats", 0, OpInfo::Creation::kNone, {}, {1, 2}, -1},
+      {"aten::bernoulli", kRandom, OpInfo::Creation::kNone, {"self", "p"}},
+      {"aten::bernoulli_", kOverwritesSelf, OpInfo::Creation::kNone, {"p"}},
+      {"aten::binomial", 0, OpInfo::Creation::kNone, {"count", "prob"}},
+      {"aten::bmm", kChecksOnlyMetadata},
+      {"aten::cauchy_", kOverwritesSelf | kDistributionFill},
+      {"aten::ceil", kElementWise},
+      {"aten::ceil_", kElementLocal},
+      {"aten::clamp", kElementWise},
+      {"aten::clamp_", kElementLocal},
+      {"aten::clamp_max", kElementWise},
+      {"aten::clamp_max_", kElementLocal},
+      {"aten::clamp_min", kElementWise},
+      {"aten::clamp_min_", kElementLocal},
+      {"aten::clone", kElementWise | kCannotFail | kPlainCopy},
+      {"aten::copy_", kOverwritesSelf | kElementLocal | kCannotFail},
+      {"aten::cudnn_batch_norm", 0, OpInfo::Creation::kNone, {}, {3, 4}, 5},
+      {"aten::div", kElementWise | kCannotFail},
+      {"aten::div_", kElementLocal | kCannotFail | kInPlaceArithmetic},
+      {"aten::dot", kChecksOnlyMetadata},
+      {"aten::dropout", kRandom},
+      {"aten::dropout_", kRandom},
+      {"aten::empty", kCannotFail, OpInfo::Creation::kEmpty},
+      {"aten::empty_like", kCannotFail, OpInfo::Creation::kEmpty},
+      {"aten::empty_strided", kCannotFail, OpInfo::Creation::kEmpty},
+      {"aten::erfinv", kElementWise},
+      {"aten::erfinv_", kElementLocal},
+      {"aten::exponential_", kOverwritesSelf | kDistributionFill},
+      {"aten::feature_dropout", kRandom},
+      {"aten::fill_", kOverwritesSelf | kElementLocal | kCannotFail},
+      {"aten::floor", kElementWise},
+      {"aten::floor_", kElementLocal},
+      {"aten::full", kCannotFail, OpInfo::Creation::kFull},
+      {"aten::full_like", kCannotFail, OpInfo::Creation::kFull},
+      {"aten::geometric_", kOverwritesSelf | kDistributionFill},
+      {"aten::linspace", kCannotFail},
+      {"aten::log_normal_", kOverwritesSelf | kDistributionFill},
+      {"aten::masked_fill", kElementWise | kChecksOnlyMetadata},
+      {"aten::masked_fill_", kElementLocal | kChecksOnlyMetadata},
+      {"aten::miopen_batch_norm", 0, OpInfo::Creation::kNone, {}, {3, 4}, 5},
+      {"aten::mm", kChecksOnlyMetadata},
+      {"aten::mul", kElementWise | kCannotFail},
+      {"aten::mul_", kElementLocal | kCannotFail | kInPlaceArithmetic},
+      {"aten::multinomial", kRandom, OpInfo::Creation::kNone, {"self"}},
+      {"aten::mv", kChecksOnlyMetadata},
+      {"aten::native_batch_norm", 0, OpInfo::Creation::kNone, {}, {3, 4}, 5},
+      {"aten::native_dropout", kRandom},
+      {"aten::neg", kElementWise},
+      {"aten::neg_", kElementLocal},
+      {"aten::new_empty", kCannotFail, OpInfo::Creation::kEmpty},
+      {"aten::new_empty_strided", kCannotFail, OpInfo::Creation::kEmpty},
+      {"aten::new_full", kCannotFail, OpInfo::Creation::kFull},
+      {"aten::new_ones", kCannotFail, OpInfo::Creation::kOnes},
+      {"aten::new_zeros", kCannotFail, OpInfo::Creation::kZeros},
+      {"aten::normal", 0, OpInfo::Creation::kNone, {"std"}},
+      {"aten::normal_", kOverwritesSelf | kDistributionFill | kCannotFail},
+      {"aten::ones", kCannotFail, OpInfo::Creation::kOnes},
+      {"aten::ones_like", kCannotFail, OpInfo::Creation::kOnes},
+      {"aten::poisson", 0, OpInfo::Creation::kNone, {"self"}},
+      {"aten::rand", kRandom | kCannotFail},
+      {"aten::rand_like", kRandom},
+      {"aten::randint", kRandom},
+      {"aten::randint_like", kRandom},
+      {"aten::randn", kRandom | kCannotFail},
+      {"aten::randn_like", kRandom},
+      {"aten::random_", kOverwritesSelf},
+      {"aten::randperm", kRandom},
+      {"aten::reciprocal", kElementWise},
+      {"aten::reciprocal_", kElementLocal},
+      {"aten::relu", kElementWise},
+      {"aten::relu_", kElementLocal},
+      {"aten::rrelu", kRandom},
+      {"aten::rrelu_", kRandom},
+      {"aten::rrelu_with_noise", 0, OpInfo::Creation::kNone, {}, {1}, 4},
+      {"aten::rrelu_with_noise_", 0, OpInfo::Creation::kNone, {}, {1}, 4},
+      {"aten::sign", kElementWise},
+      {"aten::sign_", kElementLocal},
+      {"aten::sqrt", kElementWise},
+      {"aten::sqrt_", kElementLocal},
+      {"aten::sub", kElementWise | kCannotFail},
+      {"aten::sub_", kElementLocal | kCannotFail | kInPlaceArithmetic},
+      {"aten::trunc", kElementWise},
+      {"aten::trunc_", kElementLocal},
+      {"aten::uniform_", kOverwritesSelf | kDistributionFill | kCannotFail},
+      {"aten::vdot", kChecksOnlyMetadata},
+      {"aten::zero_", kOverwritesSelf | kElementLocal | kCannotFail},
+      {"aten::zeros", kCannotFail, OpInfo::Creation::kZeros},
+      {"aten::zeros_like", kCannotFail, OpInfo::Creation::kZeros},
   };
-  return table;
+  static const std::unordered_map<std::string, const OpRow*> by_name = [] {
+    std::unordered_map<std::string, const OpRow*> map;
+    for (const OpRow& row : rows) {
+      map.emplace(row.name, &row);
+    }
+    return map;
+  }();
+  const auto it = by_name.find(name);
+  return it == by_name.end() ? nullptr : it->second;
+}
+
+bool has_fact(const std::string& name, OpFact fact) {
+  const OpRow* row = op_row(name);
+  return row != nullptr && (row->facts & fact) != 0;
 }
 
 // Arguments whose values the CPU kernel checks (OpInfo::value_checked_args).
 std::vector<size_t> value_checked_args(const c10::FunctionSchema& schema) {
-  static const std::unordered_map<std::string, std::set<std::string>> probabilities = {
-      {"aten::bernoulli", {"self", "p"}},    {"aten::bernoulli_", {"p"}},
-      {"aten::multinomial", {"self"}},       {"aten::poisson", {"self"}},
-      {"aten::binomial", {"count", "prob"}}, {"aten::normal", {"std"}},
-  };
-  const auto it = probabilities.find(schema.name());
+  const OpRow* row = op_row(schema.name());
   std::vector<size_t> out;
   const auto& args = schema.arguments();
   for (size_t i = 0; i < args.size(); ++i) {
     const std::string& name = args[i].name();
-    const bool checked = name == "index" || name == "indices" ||
-                         (it != probabilities.end() && it->second.count(name) > 0);
+    const bool checked =
+        name == "index" || name == "indices" ||
+        (row != nullptr && std::find(row->value_checked.begin(), row->value_checked.end(), name) !=
+                               row->value_checked.end());
     // bernoulli.p(self, float p): self's values are not read.
     const bool float_p_overload =
         schema.name() == "aten::bernoulli" && schema.overload_name() == "p" && name == "self";
@@ -106,69 +238,15 @@ std::vector<size_t> value_checked_args(const c10::FunctionSchema& schema) {
   return out;
 }
 
-// Random ops whose schema has no Generator argument.
-const std::set<std::string>& random_op_names() {
-  static const std::set<std::string> names = {
-      "aten::rand",      "aten::randn",      "aten::randint",         "aten::randperm",
-      "aten::rand_like", "aten::randn_like", "aten::randint_like",    "aten::native_dropout",
-      "aten::dropout",   "aten::dropout_",   "aten::feature_dropout", "aten::alpha_dropout",
-      "aten::rrelu",     "aten::rrelu_",     "aten::bernoulli",       "aten::multinomial",
-  };
-  return names;
-}
-
-OpInfo::Creation creation_of(const std::string& name) {
-  static const std::unordered_map<std::string, OpInfo::Creation> table = {
-      {"aten::empty", OpInfo::Creation::kEmpty},
-      {"aten::empty_strided", OpInfo::Creation::kEmpty},
-      {"aten::new_empty", OpInfo::Creation::kEmpty},
-      {"aten::new_empty_strided", OpInfo::Creation::kEmpty},
-      {"aten::empty_like", OpInfo::Creation::kEmpty},
-      {"aten::zeros", OpInfo::Creation::kZeros},
-      {"aten::new_zeros", OpInfo::Creation::kZeros},
-      {"aten::zeros_like", OpInfo::Creation::kZeros},
-      {"aten::ones", OpInfo::Creation::kOnes},
-      {"aten::new_ones", OpInfo::Creation::kOnes},
-      {"aten::ones_like", OpInfo::Creation::kOnes},
-      {"aten::full", OpInfo::Creation::kFull},
-      {"aten::new_full", OpInfo::Creation::kFull},
-      {"aten::full_like", OpInfo::Creation::kFull},
-  };
-  const auto it = table.find(name);
-  return it == table.end() ? OpInfo::Creation::kNone : it->second;
-}
-
 // The element-wise facts (OpInfo::overwrites_self, element_local,
 // element_wise, distribution_fill).
 void add_element_facts(const c10::FunctionSchema& schema, OpInfo& info) {
-  static const std::set<std::string> overwriting = {
-      "aten::normal_",     "aten::uniform_",   "aten::random_",      "aten::fill_",
-      "aten::zero_",       "aten::copy_",      "aten::exponential_", "aten::cauchy_",
-      "aten::log_normal_", "aten::geometric_", "aten::bernoulli_",
-  };
-  // erfinv_ has only a scalar kernel on the CPU.
-  static const std::set<std::string> local = {
-      "aten::fill_",        "aten::zero_", "aten::copy_",  "aten::mul_",       "aten::div_",
-      "aten::add_",         "aten::sub_",  "aten::clamp_", "aten::clamp_min_", "aten::clamp_max_",
-      "aten::erfinv_",      "aten::neg_",  "aten::abs_",   "aten::sqrt_",      "aten::reciprocal_",
-      "aten::relu_",        "aten::sign_", "aten::floor_", "aten::ceil_",      "aten::trunc_",
-      "aten::masked_fill_",
-  };
-  static const std::set<std::string> element_wise = {
-      "aten::_to_copy",  "aten::clone",  "aten::mul",  "aten::div",        "aten::add",
-      "aten::sub",       "aten::neg",    "aten::abs",  "aten::clamp",      "aten::clamp_min",
-      "aten::clamp_max", "aten::erfinv", "aten::sqrt", "aten::reciprocal", "aten::relu",
-      "aten::sign",      "aten::floor",  "aten::ceil", "aten::trunc",      "aten::masked_fill",
-  };
-  static const std::set<std::string> distribution = {
-      "aten::normal_",      "aten::uniform_", "aten::log_normal_",
-      "aten::exponential_", "aten::cauchy_",  "aten::geometric_",
-  };
   const std::string& name = schema.name();
-  info.overwrites_self = overwriting.count(name) > 0;
-  info.element_local = local.count(name) > 0;
-  info.element_wise = element_wise.count(name) > 0;
-  info.distribution_fill = (distribution.count(name) > 0 && schema.overload_name().empty()) ||
+  info.overwrites_self = has_fact(name, kOverwritesSelf);
+  info.element_local = has_fact(name, kElementLocal);
+  info.element_wise = has_fact(name, kElementWise);
+  info.plain_copy = has_fact(name, kPlainCopy);
+  info.distribution_fill = (has_fact(name, kDistributionFill) && schema.overload_name().empty()) ||
                            (name == "aten::bernoulli_" && schema.overload_name() == "float");
 }
 
@@ -210,81 +288,16 @@ void add_schema_facts(const c10::FunctionSchema& schema, OpInfo& info) {
     }
     info.returns.push_back(r);
   }
-  for (const auto& w : unannotated_writes()) {
-    if (schema.name() != w.name) {
-      continue;
-    }
-    for (size_t i : w.args) {
+  if (const OpRow* row = op_row(schema.name())) {
+    for (size_t i : row->unannotated_writes) {
       if (i < args.size() && !is_write(args[i])) {
         info.unannotated_writes.push_back(i);
       }
     }
-    info.unannotated_write_if = w.if_arg;
+    if (!row->unannotated_writes.empty()) {
+      info.unannotated_write_if = row->unannotated_write_if;
+    }
   }
-}
-
-// Ops whose replay cannot fail on values (OpInfo::may_fail_on_values).
-bool cannot_fail(const std::string& name) {
-  static const std::set<std::string> names = {
-      "aten::empty",
-      "aten::empty_strided",
-      "aten::empty_like",
-      "aten::zeros",
-      "aten::zeros_like",
-      "aten::ones",
-      "aten::ones_like",
-      "aten::full",
-      "aten::full_like",
-      "aten::new_empty",
-      "aten::new_empty_strided",
-      "aten::new_zeros",
-      "aten::new_ones",
-      "aten::new_full",
-      "aten::fill_",
-      "aten::zero_",
-      "aten::normal_",
-      "aten::uniform_",
-      "aten::rand",
-      "aten::randn",
-      "aten::copy_",
-      "aten::_to_copy",
-      "aten::clone",
-      "aten::mul",
-      "aten::mul_",
-      "aten::add",
-      "aten::add_",
-      "aten::sub",
-      "aten::sub_",
-      "aten::div",
-      "aten::div_",
-      "aten::arange",
-      "aten::linspace",
-  };
-  return names.count(name) > 0;
-}
-
-// Ops whose CPU kernel checks only metadata the size map keeps (dtypes,
-// broadcasting, equal lengths) and that take no size-valued scalars:
-// matrix products (operand dtypes, dot's lengths; torch 1.13's Meta
-// kernels check neither) and masked fills (the mask's dtype; torch 2.14's
-// Meta kernel does not check it).
-bool checks_only_metadata(const std::string& name) {
-  static const std::set<std::string> names = {
-      "aten::mm",
-      "aten::bmm",
-      "aten::addmm",
-      "aten::addbmm",
-      "aten::baddbmm",
-      "aten::mv",
-      "aten::addmv",
-      "aten::dot",
-      "aten::vdot",
-      "aten::addr",
-      "aten::_addmm_activation",
-      "aten::masked_fill",
-      "aten::masked_fill_",
-  };
-  return names.count(name) > 0;
 }
 
 // What the recorder checks itself, and where (OpInfo's check facts).
@@ -294,12 +307,11 @@ void add_check_facts(const c10::FunctionSchema& schema, OpInfo& info) {
   const bool is_view = std::any_of(
       info.returns.begin(), info.returns.end(),
       [](const OpInfo::Return& r) { return r.kind == OpInfo::ReturnKind::kView; });
-  info.may_fail_on_values = !is_view && !cannot_fail(name);
+  info.may_fail_on_values = !is_view && !has_fact(name, kCannotFail);
   info.value_checked_args = value_checked_args(schema);
-  info.stand_in_errors_are_eagers = checks_only_metadata(name);
+  info.stand_in_errors_are_eagers = has_fact(name, kChecksOnlyMetadata);
   info.is_copy = name == "aten::copy_" && overload.empty();
-  info.in_place_arithmetic =
-      name == "aten::add_" || name == "aten::sub_" || name == "aten::mul_" || name == "aten::div_";
+  info.in_place_arithmetic = has_fact(name, kInPlaceArithmetic);
   info.true_division = name == "aten::div_" && (overload == "Tensor" || overload == "Scalar");
   if (overload.empty() && name == "aten::normal_") {
     info.plain_fill = OpInfo::PlainFill::kNormal;
@@ -313,7 +325,8 @@ OpInfo analyze(const c10::OperatorHandle& op) {
   OpInfo info;
   add_schema_facts(schema, info);
   info.random = is_random_op(schema);
-  info.creation = creation_of(schema.name());
+  const OpRow* row = op_row(schema.name());
+  info.creation = row != nullptr ? row->creation : OpInfo::Creation::kNone;
   add_element_facts(schema, info);
   add_check_facts(schema, info);
   return info;
@@ -345,7 +358,7 @@ bool is_random_op(const c10::FunctionSchema& schema) {
       return true;
     }
   }
-  return random_op_names().count(schema.name()) > 0;
+  return has_fact(schema.name(), kRandom);
 }
 
 const OpInfo& op_info(const c10::OperatorHandle& op) {

@@ -3,6 +3,7 @@
 #include <lazyinit/core/lazy_tensor_impl.h>
 #include <lazyinit/core/tensor_args.h>
 #include <lazyinit/record/early.h>
+#include <lazyinit/record/layout.h>
 #include <lazyinit/rng/chain.h>
 
 #include <ATen/CPUGeneratorImpl.h>
@@ -117,22 +118,14 @@ bool real_call(
 // generator is put back: the draws are thrown away.
 c10::optional<std::string> overlap_error_of(
     const c10::OperatorHandle& op, std::vector<c10::IValue>& stack) {
-  at::Generator default_gen = at::detail::getDefaultCPUGenerator();
-  const GenState saved = GenState::of(default_gen);
-  const std::vector<c10::IValue> keep_alive = stack;  // see early.cpp
-  CatchUpSuppressed no_catch_up;
-  c10::optional<std::string> error;
-  try {
-    at::NoGradGuard no_grad;
-    op.callBoxed(&stack);
-  } catch (const c10::Error& e) {
+  c10::optional<std::string> message;
+  is_c10_error(run_cpu_call(op, stack, /*may_draw=*/true), [&](const c10::Error& e) {
     if (is_overlap_error(e)) {
-      error = e.what_without_backtrace();
+      message = e.what_without_backtrace();
     }
-  } catch (const std::exception&) {
-  }
-  saved.apply(default_gen);
-  return error;
+    return true;
+  });
+  return message;
 }
 
 }  // namespace

@@ -505,23 +505,19 @@ std::vector<LazyTensorImpl*> view_bases(const OpInfo& info, const std::vector<c1
   return bases;
 }
 
-}  // namespace
+// A view of a discarded tensor is metadata only, as any view: it shares
+// the discarded storage and raises like it at its first use (finding 47
+// met one made by autograd, before lazy views dropped its repeats).
+bool views_discarded(const std::vector<LazyTensorImpl*>& bases) {
+  return !bases.empty() && std::all_of(bases.begin(), bases.end(), [](const LazyTensorImpl* base) {
+    return base->lazy_storage()->state == StorageState::kDiscarded;
+  });
+}
 
-void record_op(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
-  auto lock = lock_graph();
-  forget_fresh_views_replay();
-  const auto& info = op_info(op);
-  const size_t num_args = op.schema().arguments().size();
-  std::vector<c10::IValue> args(stack->end() - num_args, stack->end());
-
-  const std::vector<LazyTensorImpl*> bases = view_bases(info, args);
-  // A view of a discarded tensor is metadata only, as any view: it shares
-  // the discarded storage and raises like it at its first use (finding 47
-  // met one made by autograd, before lazy views dropped its repeats).
-  const bool viewing_discarded =
-      !bases.empty() && std::all_of(bases.begin(), bases.end(), [](const LazyTensorImpl* base) {
-        return base->lazy_storage()->state == StorageState::kDiscarded;
-      });
+// Lazy inputs must have a value to replay (not discarded, unless only
+// viewed); a meta tensor among lazy ones has none.
+void check_inputs(
+    const c10::OperatorHandle& op, const std::vector<c10::IValue>& args, bool viewing_discarded) {
   for_each_tensor(args, [&](size_t, int64_t, const at::Tensor& t) {
     if (auto* impl = get_pending_impl(t)) {
       if (!viewing_discarded) {
@@ -535,45 +531,24 @@ void record_op(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
           "to replay. Create it on the lazy device (or a real one) instead.");
     }
   });
+}
 
-  resolve_scalar_factory_dtype(op, info, args);
-  Inputs in = classify(info, args);
-  if (!in.early_reason.empty()) {
-    run_early(op, stack, in.early_reason);
-    return;
-  }
-  // Keep args[] as the caller's values; the meta stack holds stand-ins and,
-  // after the call, the Meta kernel's outputs.
-  std::vector<c10::IValue> meta_stack;
-  if (!infer_outputs(op, info, args, meta_stack)) {
-    run_early(op, stack, "it has no Meta kernel or needs values");
-    return;
-  }
-  if (viewing_discarded) {
-    auto outputs = make_outputs(info, nullptr, args, meta_stack);
-    torch::jit::drop(*stack, num_args);
-    for (auto& out : outputs) {
-      stack->push_back(std::move(out));
-    }
-    return;
-  }
+// The call's node: checked as eager checks the call (overlaps, argument
+// values), positioned on its generator, appended to the tape of the
+// storage it writes.
+NodePtr record_node(
+    const c10::OperatorHandle& op,
+    const OpInfo& info,
+    const std::vector<c10::IValue>& args,
+    const Inputs& in,
+    const std::vector<c10::IValue>& meta_stack) {
   // Written arguments as the Meta kernel left them (returned as themselves).
-  std::vector<c10::IValue> meta_args(num_args);
+  std::vector<c10::IValue> meta_args(args.size());
   for (size_t r = 0; r < info.returns.size() && r < meta_stack.size(); ++r) {
     if (info.returns[r].kind == OpInfo::ReturnKind::kMutated) {
       meta_args[info.returns[r].arg] = meta_stack[r];
     }
   }
-  const bool fresh_tensor_out = std::any_of(
-      info.returns.begin(), info.returns.end(),
-      [](const OpInfo::Return& r) { return r.kind == OpInfo::ReturnKind::kFresh; });
-  if (in.written != nullptr && fresh_tensor_out) {
-    // A write plus new outputs (e.g. batch_norm's running stats): rare
-    // during construction; running it once for real keeps both exact.
-    run_early(op, stack, "it writes a lazy tensor and also returns new ones");
-    return;
-  }
-
   if (in.written != nullptr) {
     check_overlap(op, info, args);
   }
@@ -594,11 +569,56 @@ void record_op(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
     follow_written_geometry(info, args, meta_args);
     in.written->append(node);
   }
-  auto outputs = make_outputs(info, node, args, meta_stack);
+  return node;
+}
+
+// The call's arguments on the stack give way to its outputs.
+void return_outputs(torch::jit::Stack* stack, size_t num_args, std::vector<c10::IValue> outputs) {
   torch::jit::drop(*stack, num_args);
   for (auto& out : outputs) {
     stack->push_back(std::move(out));
   }
+}
+
+}  // namespace
+
+void record_op(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
+  auto lock = lock_graph();
+  forget_fresh_views_replay();
+  const auto& info = op_info(op);
+  const size_t num_args = op.schema().arguments().size();
+  std::vector<c10::IValue> args(stack->end() - num_args, stack->end());
+
+  const bool viewing_discarded = views_discarded(view_bases(info, args));
+  check_inputs(op, args, viewing_discarded);
+  resolve_scalar_factory_dtype(op, info, args);
+  Inputs in = classify(info, args);
+  if (!in.early_reason.empty()) {
+    run_early(op, stack, in.early_reason);
+    return;
+  }
+  // Keep args[] as the caller's values; the meta stack holds stand-ins and,
+  // after the call, the Meta kernel's outputs.
+  std::vector<c10::IValue> meta_stack;
+  if (!infer_outputs(op, info, args, meta_stack)) {
+    run_early(op, stack, "it has no Meta kernel or needs values");
+    return;
+  }
+  if (viewing_discarded) {
+    return_outputs(stack, num_args, make_outputs(info, nullptr, args, meta_stack));
+    return;
+  }
+  const bool fresh_tensor_out = std::any_of(
+      info.returns.begin(), info.returns.end(),
+      [](const OpInfo::Return& r) { return r.kind == OpInfo::ReturnKind::kFresh; });
+  if (in.written != nullptr && fresh_tensor_out) {
+    // A write plus new outputs (e.g. batch_norm's running stats): rare
+    // during construction; running it once for real keeps both exact.
+    run_early(op, stack, "it writes a lazy tensor and also returns new ones");
+    return;
+  }
+  NodePtr node = record_node(op, info, args, in, meta_stack);
+  return_outputs(stack, num_args, make_outputs(info, node, args, meta_stack));
 }
 
 }  // namespace lazyinit

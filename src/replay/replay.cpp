@@ -197,10 +197,9 @@ const at::Tensor* mapped_copy_source(const LazyStorage& storage, const Node& nod
   if (node.is_constant() || node.is_random()) {
     return nullptr;
   }
-  const std::string& name = node.op->schema().name();
-  const bool creates = node.self_slot < 0 && node.tensors.size() == 1 &&
-                       (name == "aten::_to_copy" || name == "aten::clone");
-  const bool copies = name == "aten::copy_" && node.self_slot == 0 && node.tensors.size() == 2;
+  const OpInfo& info = op_info(*node.op);
+  const bool creates = node.self_slot < 0 && node.tensors.size() == 1 && info.plain_copy;
+  const bool copies = info.is_copy && node.self_slot == 0 && node.tensors.size() == 2;
   if (!creates && !copies) {
     return nullptr;
   }
@@ -413,120 +412,22 @@ at::Tensor Replayer::value(
     LazyStorage& storage, int64_t version, const at::Tensor& dest, bool may_defer) {
   storage.check_usable();
   TORCH_INTERNAL_ASSERT(version >= 0 && version <= storage.version);
-  auto into_dest = [&](const at::Tensor& t) {
-    return dest.defined() ? copy_into_prefix(dest, t) : t;
-  };
-  if (storage.in_progress.defined() && storage.in_progress_version == version) {
-    return into_dest(storage.in_progress);
-  }
-  if (storage.cached.defined() && storage.cached_version == version) {
-    flush_deferred_fills();  // the cached value may await a queued fill
-    return into_dest(on_device(storage.cached, device_));
+  if (at::Tensor ready = ready_value(storage, version, dest); ready.defined()) {
+    return ready;
   }
   TORCH_INTERNAL_ASSERT(
       storage.state == StorageState::kLazy,
       "lazyinit: a materialized storage was asked for an older version");
-
-  // A tensor loaded from a checkpoint: replayed as one span of the whole
-  // storage, which reads the file a chunk at a time into the value (the
-  // peak holds the value and one chunk of the file, not the source pages
-  // of the whole tensor as well).
   if (!early_ && reads_mapping_only(storage, version)) {
-    if (!dest.defined() && device_.is_cpu() && version == 0) {
-      at::Tensor out = mapped_copy_value(storage, *storage.tape[0].node);
-      if (out.defined()) {
-        ++storage.replay_count;
-        storage.cached = out;
-        storage.cached_version = version;
-        return out;
-      }
-    }
-    at::Tensor out;
-    std::string why;
-    const at::Tensor into = dest.defined() ? dest : at::Tensor();
-    if (replay_spans(storage, version, {Span{0, storage.numel()}}, device_, &out, &why, into)) {
-      if (dest.defined() && !out.is_same(dest)) {
-        out = dest.copy_(out);
-      }
-      ++storage.replay_count;
-      if (version == storage.version) {
-        storage.cached = out;
-        storage.cached_version = version;
-      }
-      return out;
+    if (at::Tensor read = checkpoint_value(storage, version, dest); read.defined()) {
+      return read;
     }
   }
-
-  // Start from the newest constant or cached value at or before `version`.
-  int64_t start = 0;
-  at::Tensor base;
-  for (int64_t k = version; k >= 0; --k) {
-    if (storage.tape[k].node->is_constant()) {
-      start = k;
-      base = storage.tape[k].node->constant;
-      break;
-    }
-    if (storage.cached.defined() && storage.cached_version == k) {
-      flush_deferred_fills();
-      start = k;
-      base = storage.cached;
-      break;
-    }
-  }
-  // Skip everything before the last node that overwrites the whole storage.
-  bool fresh = false;
-  for (int64_t k = version; k > start; --k) {
-    if (!overwrites_storage(storage, *storage.tape[k].node)) {
-      continue;
-    }
-    bool dead_prefix = true;
-    for (int64_t j = base.defined() ? start + 1 : 0; j < k && dead_prefix; ++j) {
-      dead_prefix = storage.tape[j].node->is_constant() || can_skip(*storage.tape[j].node, *this);
-    }
-    if (dead_prefix) {
-      start = k - 1;
-      fresh = true;
-      // A constant or cached value found above is not written: replay
-      // starts over from this node, into a new buffer.
-      base = k == version && !dest.defined() && device_.is_cpu()
-                 ? mapped_copy_value(storage, *storage.tape[k].node)
-                 : at::Tensor();
-      if (base.defined()) {
-        start = k;  // the copy is done
-      } else {
-        base = dest.defined() ? dest
-                              : at::empty(
-                                    {storage.numel()},
-                                    at::TensorOptions().dtype(storage.dtype).device(device_));
-      }
-    }
-    break;
-  }
-  if (base.defined()) {
-    base = on_device(base, device_);
-    if (dest.defined() && !fresh) {
-      base = copy_into_prefix(dest, base);
-    } else if (start < version && !fresh) {
-      base = base.clone();  // constants and caches are read-only
-    }
-  } else if (dest.defined() && is_empty_factory(*storage.tape.front().node)) {
-    base = dest;
-  } else if (
-      const auto value =
-          dest.defined() ? constant_creation(storage) : c10::optional<c10::Scalar>()) {
-    // ones / zeros / full: one fill of dest (queued where nothing runs
-    // after it), not a new tensor copied into dest.
-    base = dest;
-    DeferralWindow window(may_defer && version == 0);
-    if (!queue_constant_fill(dest, *value)) {
-      dest.fill_(*value);
-    }
-  } else {
-    base = into_dest(run_creation(storage));
-  }
+  ReplayStart from = replay_start(storage, version, dest);
+  const at::Tensor base = first_value(storage, version, from, dest, may_defer);
   {
     InProgress guard(storage, base);
-    for (int64_t k = start + 1; k <= version; ++k) {
+    for (int64_t k = from.start + 1; k <= version; ++k) {
       storage.in_progress_version = k - 1;
       Node& node = *storage.tape[k].node;
       if (may_defer && k == version && node.is_random()) {
@@ -539,16 +440,141 @@ at::Tensor Replayer::value(
       run(node, base);
     }
   }
-  ++storage.replay_count;
   if (early_) {
     storage.early = true;
   }
-  base = whole_storage(base, storage.numel());
+  return keep(storage, version, whole_storage(base, storage.numel()));
+}
+
+at::Tensor Replayer::keep(LazyStorage& storage, int64_t version, const at::Tensor& value) {
+  ++storage.replay_count;
   if (version == storage.version) {
-    storage.cached = base;
+    storage.cached = value;
     storage.cached_version = version;
   }
-  return base;
+  return value;
+}
+
+at::Tensor Replayer::ready_value(LazyStorage& storage, int64_t version, const at::Tensor& dest) {
+  at::Tensor ready;
+  if (storage.in_progress.defined() && storage.in_progress_version == version) {
+    ready = storage.in_progress;
+  } else if (storage.cached.defined() && storage.cached_version == version) {
+    flush_deferred_fills();  // the cached value may await a queued fill
+    ready = on_device(storage.cached, device_);
+  } else {
+    return {};
+  }
+  return dest.defined() ? copy_into_prefix(dest, ready) : ready;
+}
+
+// A tensor loaded from a checkpoint: replayed as one span of the whole
+// storage, which reads the file a chunk at a time into the value (the peak
+// holds the value and one chunk of the file, not the source pages of the
+// whole tensor as well). Undefined where the span replay declines.
+at::Tensor Replayer::checkpoint_value(
+    LazyStorage& storage, int64_t version, const at::Tensor& dest) {
+  if (!dest.defined() && device_.is_cpu() && version == 0) {
+    at::Tensor out = mapped_copy_value(storage, *storage.tape[0].node);
+    if (out.defined()) {
+      // Version 0's value is cached even under later versions: a mapping
+      // is cheap to hold and later versions replay from it.
+      ++storage.replay_count;
+      storage.cached = out;
+      storage.cached_version = version;
+      return out;
+    }
+  }
+  at::Tensor out;
+  std::string why;
+  if (!replay_spans(storage, version, {Span{0, storage.numel()}}, device_, &out, &why, dest)) {
+    return {};
+  }
+  if (dest.defined() && !out.is_same(dest)) {
+    out = dest.copy_(out);
+  }
+  return keep(storage, version, out);
+}
+
+Replayer::ReplayStart Replayer::replay_start(
+    LazyStorage& storage, int64_t version, const at::Tensor& dest) {
+  // The newest constant or cached value at or before `version`.
+  ReplayStart from;
+  for (int64_t k = version; k >= 0; --k) {
+    if (storage.tape[k].node->is_constant()) {
+      from.start = k;
+      from.base = storage.tape[k].node->constant;
+      break;
+    }
+    if (storage.cached.defined() && storage.cached_version == k) {
+      flush_deferred_fills();
+      from.start = k;
+      from.base = storage.cached;
+      break;
+    }
+  }
+  // Skip everything before the last node that overwrites the whole storage.
+  for (int64_t k = version; k > from.start; --k) {
+    if (!overwrites_storage(storage, *storage.tape[k].node)) {
+      continue;
+    }
+    bool dead_prefix = true;
+    for (int64_t j = from.base.defined() ? from.start + 1 : 0; j < k && dead_prefix; ++j) {
+      dead_prefix = storage.tape[j].node->is_constant() || can_skip(*storage.tape[j].node, *this);
+    }
+    if (dead_prefix) {
+      from.start = k - 1;
+      from.fresh = true;
+      // A constant or cached value found above is not written: replay
+      // starts over from this node, into a new buffer.
+      from.base = k == version && !dest.defined() && device_.is_cpu()
+                      ? mapped_copy_value(storage, *storage.tape[k].node)
+                      : at::Tensor();
+      if (from.base.defined()) {
+        from.start = k;  // the copy is done
+      } else {
+        from.base = dest.defined() ? dest
+                                   : at::empty(
+                                         {storage.numel()},
+                                         at::TensorOptions().dtype(storage.dtype).device(device_));
+      }
+    }
+    break;
+  }
+  return from;
+}
+
+at::Tensor Replayer::first_value(
+    LazyStorage& storage,
+    int64_t version,
+    const ReplayStart& from,
+    const at::Tensor& dest,
+    bool may_defer) {
+  if (from.base.defined()) {
+    at::Tensor base = on_device(from.base, device_);
+    if (dest.defined() && !from.fresh) {
+      return copy_into_prefix(dest, base);
+    }
+    if (from.start < version && !from.fresh) {
+      return base.clone();  // constants and caches are read-only
+    }
+    return base;
+  }
+  if (dest.defined() && is_empty_factory(*storage.tape.front().node)) {
+    return dest;
+  }
+  if (const auto value =
+          dest.defined() ? constant_creation(storage) : c10::optional<c10::Scalar>()) {
+    // ones / zeros / full: one fill of dest (queued where nothing runs
+    // after it), not a new tensor copied into dest.
+    DeferralWindow window(may_defer && version == 0);
+    if (!queue_constant_fill(dest, *value)) {
+      dest.fill_(*value);
+    }
+    return dest;
+  }
+  const at::Tensor created = run_creation(storage);
+  return dest.defined() ? copy_into_prefix(dest, created) : created;
 }
 
 void materialize_storage(LazyStorage& storage, c10::Device device, const at::Tensor& dest) {

@@ -138,125 +138,160 @@ LocalPiece local_piece(c10::IntArrayRef sizes, const std::vector<Placement>& pla
   return piece;
 }
 
-std::vector<Span> storage_spans(const Geometry& g, const LocalPiece& piece, bool* in_order) {
-  std::vector<Span> spans;
-  *in_order = true;
-  const int64_t total = piece.numel();
-  if (total == 0) {
-    return spans;
-  }
-  const int64_t ndim = static_cast<int64_t>(g.sizes.size());
-  if (ndim == 0) {
-    spans.push_back({g.offset, g.offset + 1});
-    return spans;
-  }
-  // The box over fewer, longer dims: a dim the box spans whole merges into
-  // the one before it where their strides are contiguous, which leaves the
-  // box's row-major order (and so flat ranges) as it was. A Shard(0) of a
-  // contiguous matrix becomes one row instead of one a matrix row.
+namespace {
+
+// A piece's box over fewer, longer dims: a dim the box spans whole merges
+// into the one before it where their strides are contiguous, which leaves
+// the box's row-major order (and so flat ranges) as it was. A Shard(0) of
+// a contiguous matrix becomes one row instead of one a matrix row.
+struct MergedBox {
   c10::SmallVector<int64_t, 6> sizes;
   c10::SmallVector<int64_t, 6> strides;
   c10::SmallVector<int64_t, 6> start;
   c10::SmallVector<int64_t, 6> box;
-  for (int64_t d = 0; d < ndim; ++d) {
+};
+
+MergedBox merged_box(const Geometry& g, const LocalPiece& piece) {
+  MergedBox m;
+  for (size_t d = 0; d < g.sizes.size(); ++d) {
     if (g.sizes[d] == 1) {
       continue;  // its stride is arbitrary, and it holds one index
     }
     const bool whole = piece.box_start[d] == 0 && piece.box_sizes[d] == g.sizes[d];
-    if (whole && !sizes.empty() && strides.back() == g.strides[d] * g.sizes[d]) {
-      sizes.back() *= g.sizes[d];
-      strides.back() = g.strides[d];
-      start.back() *= g.sizes[d];
-      box.back() *= g.sizes[d];
+    if (whole && !m.sizes.empty() && m.strides.back() == g.strides[d] * g.sizes[d]) {
+      m.sizes.back() *= g.sizes[d];
+      m.strides.back() = g.strides[d];
+      m.start.back() *= g.sizes[d];
+      m.box.back() *= g.sizes[d];
     } else {
-      sizes.push_back(g.sizes[d]);
-      strides.push_back(g.strides[d]);
-      start.push_back(piece.box_start[d]);
-      box.push_back(piece.box_sizes[d]);
+      m.sizes.push_back(g.sizes[d]);
+      m.strides.push_back(g.strides[d]);
+      m.start.push_back(piece.box_start[d]);
+      m.box.push_back(piece.box_sizes[d]);
     }
   }
-  if (sizes.empty()) {
-    spans.push_back({g.offset, g.offset + 1});
-    return spans;
+  return m;
+}
+
+// Appends `s` (runs after the last span's), merging it into that span
+// where it continues it: adjacent single runs, or rows of the same length
+// and spacing. False where `s` overlaps or precedes the last span: not a
+// plain layout.
+bool append_span(std::vector<Span>& spans, const Span& s) {
+  if (spans.empty()) {
+    spans.push_back(s);
+    return true;
   }
-  const int64_t last = static_cast<int64_t>(sizes.size()) - 1;
-  const int64_t row = box[last];
-  const int64_t first_elem = piece.flat ? piece.flat_start : 0;
-  const int64_t end_elem = piece.flat ? piece.flat_end : total + first_elem;
+  Span& back = spans.back();
+  const int64_t back_last_begin = back.begin + (back.rows - 1) * back.row_step;
+  const int64_t step = s.begin - back_last_begin;
+  if (s.begin < back.last_end()) {
+    return false;
+  }
+  if (back.rows == 1 && s.rows == 1 && s.begin == back.end) {
+    back.end = s.end;
+  } else if (
+      s.size() == back.size() && (back.rows == 1 || step == back.row_step) &&
+      (s.rows == 1 || s.row_step == step)) {
+    back.row_step = step;
+    back.rows += s.rows;
+  } else {
+    spans.push_back(s);
+  }
+  return true;
+}
+
+// The piece's rows (elements `first_elem` to `end_elem` of the box in
+// row-major order) as spans in storage order; false where they are not in
+// order or need more than kMaxSpans spans.
+bool row_spans(
+    const Geometry& g,
+    const MergedBox& m,
+    int64_t first_elem,
+    int64_t end_elem,
+    std::vector<Span>* spans) {
+  const int64_t last = static_cast<int64_t>(m.sizes.size()) - 1;
+  const int64_t row = m.box[last];
   const int64_t first_row = first_elem / row;
   const int64_t last_row = (end_elem - 1) / row;
   // Rows along the dim before the last are equally spaced: a block of them
   // is one span of rows.
-  const int64_t block = last > 0 ? box[last - 1] : 1;
-  const int64_t block_step = last > 0 ? strides[last - 1] : 0;
-  bool rows_ok = strides[last] == 1 || row == 1;
-  for (int64_t d = 0; d <= last && rows_ok; ++d) {
-    rows_ok = strides[d] >= 0;
+  const int64_t block = last > 0 ? m.box[last - 1] : 1;
+  const int64_t block_step = last > 0 ? m.strides[last - 1] : 0;
+  if (m.strides[last] != 1 && row != 1) {
+    return false;
   }
-  // Appends `s` (runs after the last span's), merging it into that span
-  // where it continues it: adjacent single runs, or rows of the same length
-  // and spacing.
-  auto append = [&](const Span& s) {
-    if (spans.empty()) {
-      spans.push_back(s);
-      return;
+  for (int64_t d = 0; d <= last; ++d) {
+    if (m.strides[d] < 0) {
+      return false;
     }
-    Span& back = spans.back();
-    const int64_t back_last_begin = back.begin + (back.rows - 1) * back.row_step;
-    const int64_t step = s.begin - back_last_begin;
-    if (s.begin < back.last_end()) {
-      rows_ok = false;  // overlapping or decreasing: not a plain layout
-    } else if (back.rows == 1 && s.rows == 1 && s.begin == back.end) {
-      back.end = s.end;
-    } else if (
-        s.size() == back.size() && (back.rows == 1 || step == back.row_step) &&
-        (s.rows == 1 || s.row_step == step)) {
-      back.row_step = step;
-      back.rows += s.rows;
-    } else {
-      spans.push_back(s);
-    }
-  };
-  for (int64_t r = first_row; r <= last_row && rows_ok;) {
-    if (static_cast<int64_t>(spans.size()) >= kMaxSpans) {
-      rows_ok = false;
-      break;
+  }
+  for (int64_t r = first_row; r <= last_row;) {
+    if (static_cast<int64_t>(spans->size()) >= kMaxSpans) {
+      return false;
     }
     // Storage position of (outer index of row r, start[last]).
-    int64_t pos = g.offset + start[last] * strides[last];
+    int64_t pos = g.offset + m.start[last] * m.strides[last];
     int64_t rest = r;
     for (int64_t d = last - 1; d >= 0; --d) {
-      pos += (start[d] + rest % box[d]) * strides[d];
-      rest /= box[d];
+      pos += (m.start[d] + rest % m.box[d]) * m.strides[d];
+      rest /= m.box[d];
     }
     const int64_t lo = r == first_row ? first_elem - r * row : 0;
     const int64_t hi = r == last_row ? end_elem - r * row : row;
-    Span s{pos + lo * strides[last], pos + (hi - 1) * strides[last] + 1};
+    Span s{pos + lo * m.strides[last], pos + (hi - 1) * m.strides[last] + 1};
     if (lo == 0 && hi == row && block > 1 && block_step >= s.size()) {
       // Whole rows up to the end of this block (or before the last row,
       // which may be partial).
       s.rows = std::max<int64_t>(1, std::min(block - r % block, last_row - r));
       s.row_step = s.rows > 1 ? block_step : 0;
     }
-    append(s);
+    if (!append_span(*spans, s)) {
+      return false;
+    }
     r += s.rows;
   }
-  if (rows_ok) {
-    return spans;
-  }
-  spans.clear();
-  // One span bounding the box.
-  *in_order = false;
+  return true;
+}
+
+// One span bounding the piece's box.
+Span bounding_span(const Geometry& g, const LocalPiece& piece) {
   int64_t lo = g.offset;
   int64_t hi = g.offset;
-  for (int64_t d = 0; d < ndim; ++d) {
+  for (size_t d = 0; d < g.sizes.size(); ++d) {
     const int64_t from = piece.box_start[d] * g.strides[d];
     const int64_t to = (piece.box_start[d] + piece.box_sizes[d] - 1) * g.strides[d];
     lo += std::min(from, to);
     hi += std::max(from, to);
   }
-  spans.push_back({lo, hi + 1});
-  return spans;
+  return {lo, hi + 1};
+}
+
+}  // namespace
+
+std::vector<Span> storage_spans(const Geometry& g, const LocalPiece& piece, bool* in_order) {
+  *in_order = true;
+  const int64_t total = piece.numel();
+  if (total == 0) {
+    return {};
+  }
+  const MergedBox m = merged_box(g, piece);
+  if (m.sizes.empty()) {
+    return {Span{g.offset, g.offset + 1}};  // 0-dim, or every dim of size 1
+  }
+  const int64_t first_elem = piece.flat ? piece.flat_start : 0;
+  const int64_t end_elem = piece.flat ? piece.flat_end : total + first_elem;
+  std::vector<Span> spans;
+  if (row_spans(g, m, first_elem, end_elem, &spans)) {
+    return spans;
+  }
+  *in_order = false;
+  return {bounding_span(g, piece)};
+}
+
+SpanOut span_out(int64_t begin, at::Tensor out, int64_t rows, int64_t row_step) {
+  const int64_t len = rows > 0 ? out.numel() / rows : 0;
+  return SpanOut{{begin, begin + len, rows, row_step}, std::move(out)};
 }
 
 std::vector<Span> split_rows(const std::vector<Span>& spans) {

@@ -186,62 +186,56 @@ bool storage_fell_back(int64_t storage_id) {
 
 namespace {
 
-at::Tensor compute_shard(
-    const at::Tensor& t, const LocalPiece& piece, c10::Device device, const at::Tensor& dest) {
-  auto* impl = get_pending_impl(t);
-  if (impl == nullptr) {
-    return contiguous_copy(piece.slice(t), device);
-  }
-  LazyStoragePtr storage = impl->lazy_storage();
-  storage->check_usable();
-  ++counters().shards;
-  if (piece.numel() == 0) {
-    ++counters().pushed_down;  // an empty piece (a rank past the last chunk)
-    return at::empty(piece.shape(), at::TensorOptions().dtype(impl->dtype()).device(device));
-  }
-  // The caller holds a GeneratorStateGuard: replay leaves the generators
-  // as they were.
-  const Geometry geometry = impl->geometry();
-  std::string why;
-  if (impl->dtype() != storage->dtype) {
-    why = "the tensor reinterprets its storage (view(dtype))";
-  } else {
-    bool in_order = true;
-    std::vector<Span> spans = storage_spans(geometry, piece, &in_order);
-    const int64_t lo = spans.empty() ? 0 : spans.front().begin;
-    const bool whole = spans.size() == 1 && lo == 0 && spans.front().end == storage->numel();
-    at::Tensor buffer;
-    // In order, the buffer is the result: its last write may be queued (the
-    // caller flushes before reading it). Out of order it is copied below.
-    if (replay_spans(
-            *storage, storage->version, std::move(spans), device, &buffer, &why,
-            in_order ? dest : at::Tensor(), /*may_defer=*/in_order)) {
-      ++(whole ? counters().whole : counters().pushed_down);
-      if (in_order) {
-        return contiguous_alias(buffer, piece.shape());
-      }
-      // The buffer holds storage [lo, hi): view the piece's box in it.
-      int64_t box_offset = geometry.offset - lo;
-      for (size_t d = 0; d < piece.box_start.size(); ++d) {
-        box_offset += piece.box_start[d] * geometry.strides[d];
-      }
-      at::Tensor box = at::as_strided(buffer, piece.box_sizes, geometry.strides, box_offset);
-      if (piece.flat) {
-        box = box.reshape({-1}).narrow(0, piece.flat_start, piece.flat_end - piece.flat_start);
-      }
-      return contiguous_copy(box, device);
-    }
+// The piece from a replay of only the storage spans it covers; undefined
+// with `why` set where the span replay declines (whole: `why` cleared, the
+// piece needs every element anyway).
+at::Tensor pushed_down_shard(
+    LazyStorage& storage,
+    const Geometry& geometry,
+    const LocalPiece& piece,
+    c10::Device device,
+    const at::Tensor& dest,
+    std::string* why) {
+  bool in_order = true;
+  std::vector<Span> spans = storage_spans(geometry, piece, &in_order);
+  const int64_t lo = spans.empty() ? 0 : spans.front().begin;
+  const bool whole = spans.size() == 1 && lo == 0 && spans.front().end == storage.numel();
+  at::Tensor buffer;
+  // In order, the buffer is the result: its last write may be queued (the
+  // caller flushes before reading it). Out of order it is copied below.
+  if (!replay_spans(
+          storage, storage.version, std::move(spans), device, &buffer, why,
+          in_order ? dest : at::Tensor(), /*may_defer=*/in_order)) {
     if (whole) {
-      why.clear();  // the piece needs every element anyway: not a fallback
+      why->clear();  // the piece needs every element anyway: not a fallback
     }
+    return {};
   }
-  // Whole storage, then slice. Values are not kept: keeping them would hold
-  // full tensors in memory, which sharding exists to avoid.
-  if (why.empty()) {
-    ++counters().whole;
-  } else {
-    note_fallback(*storage, why);
+  ++(whole ? counters().whole : counters().pushed_down);
+  if (in_order) {
+    return contiguous_alias(buffer, piece.shape());
   }
+  // The buffer holds storage [lo, hi): view the piece's box in it.
+  int64_t box_offset = geometry.offset - lo;
+  for (size_t d = 0; d < piece.box_start.size(); ++d) {
+    box_offset += piece.box_start[d] * geometry.strides[d];
+  }
+  at::Tensor box = at::as_strided(buffer, piece.box_sizes, geometry.strides, box_offset);
+  if (piece.flat) {
+    box = box.reshape({-1}).narrow(0, piece.flat_start, piece.flat_end - piece.flat_start);
+  }
+  return contiguous_copy(box, device);
+}
+
+// The piece sliced from a replay of the whole storage. Values are not
+// kept: keeping them would hold full tensors in memory, which sharding
+// exists to avoid.
+at::Tensor sliced_from_whole(
+    const LazyStoragePtr& storage,
+    const LazyTensorImpl& impl,
+    const LocalPiece& piece,
+    c10::Device device) {
+  const Geometry geometry = impl.geometry();
   // Storages without a cached value now (this one and those its tape reads)
   // get none from this replay either.
   std::vector<LazyStoragePtr> uncached;
@@ -264,7 +258,7 @@ at::Tensor compute_shard(
   }
   Replayer replayer(device);
   at::Tensor base = replayer.value(*storage, storage->version);
-  at::Tensor full = view_of(base, impl->dtype(), geometry);
+  at::Tensor full = view_of(base, impl.dtype(), geometry);
   at::Tensor out = contiguous_copy(piece.slice(full), device);
   for (auto& s : uncached) {
     if (s->state == StorageState::kLazy) {
@@ -273,6 +267,38 @@ at::Tensor compute_shard(
     }
   }
   return out;
+}
+
+at::Tensor compute_shard(
+    const at::Tensor& t, const LocalPiece& piece, c10::Device device, const at::Tensor& dest) {
+  auto* impl = get_pending_impl(t);
+  if (impl == nullptr) {
+    return contiguous_copy(piece.slice(t), device);
+  }
+  LazyStoragePtr storage = impl->lazy_storage();
+  storage->check_usable();
+  ++counters().shards;
+  if (piece.numel() == 0) {
+    ++counters().pushed_down;  // an empty piece (a rank past the last chunk)
+    return at::empty(piece.shape(), at::TensorOptions().dtype(impl->dtype()).device(device));
+  }
+  // The caller holds a GeneratorStateGuard: replay leaves the generators
+  // as they were.
+  std::string why;
+  if (impl->dtype() != storage->dtype) {
+    why = "the tensor reinterprets its storage (view(dtype))";
+  } else {
+    at::Tensor out = pushed_down_shard(*storage, impl->geometry(), piece, device, dest, &why);
+    if (out.defined()) {
+      return out;
+    }
+  }
+  if (why.empty()) {
+    ++counters().whole;
+  } else {
+    note_fallback(*storage, why);
+  }
+  return sliced_from_whole(storage, *impl, piece, device);
 }
 
 // `piece` of `t` into `dest` (its size) if defined. The caller holds the

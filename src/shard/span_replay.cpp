@@ -193,7 +193,7 @@ class SpanReplay {
       std::vector<RegionRequest> requests;
       for (size_t i = 0; i < spans_.size(); ++i) {
         const Span& s = spans_[i];
-        requests.push_back({s.begin, s.end, parts_[i], s.rows, s.row_step});
+        requests.push_back(RegionRequest{s, parts_[i]});
       }
       // Nothing of this storage runs after it: the launch may be queued.
       DeferralWindow window(may_defer_ && start_ == version_);
@@ -472,8 +472,8 @@ class SpanReplay {
       if (span.begin >= begin && span.last_end() <= begin + numel) {
         // The node writes all of the span (the common case: all of the
         // storage): its rows stay one request.
-        requests.push_back(
-            {span.begin - begin, span.end - begin, parts_[i], span.rows, span.row_step});
+        requests.push_back(RegionRequest{
+            {span.begin - begin, span.end - begin, span.rows, span.row_step}, parts_[i]});
         continue;
       }
       for (int64_t r = 0; r < span.rows; ++r) {
@@ -481,9 +481,9 @@ class SpanReplay {
         const int64_t lo = std::max(run.begin, begin);
         const int64_t hi = std::min(run.end, begin + numel);
         if (lo < hi) {
-          requests.push_back(
-              {lo - begin, hi - begin,
-               parts_[i].narrow(0, r * run.size() + lo - run.begin, hi - lo)});
+          requests.push_back(RegionRequest{
+              {lo - begin, hi - begin},
+              parts_[i].narrow(0, r * run.size() + lo - run.begin, hi - lo)});
         }
       }
     }
@@ -559,7 +559,7 @@ class SpanReplay {
     for (auto& r : requests) {
       for (int64_t b = r.begin; b < r.end; b += mapped.chunk()) {
         const int64_t e = std::min(r.end, b + mapped.chunk());
-        chunks.push_back({b, e, r.out.narrow(0, b - r.begin, e - b)});
+        chunks.push_back(RegionRequest{{b, e}, r.out.narrow(0, b - r.begin, e - b)});
       }
     }
     std::vector<std::pair<int64_t, int64_t>> ranges;
@@ -603,9 +603,7 @@ void split_rows(std::vector<RegionRequest>& requests) {
   for (auto& r : requests) {
     const int64_t len = r.end - r.begin;
     for (int64_t k = 0; k < r.rows; ++k) {
-      runs.push_back(
-          {r.begin + k * r.row_step, r.end + k * r.row_step,
-           r.rows == 1 ? r.out : r.out.narrow(0, k * len, len)});
+      runs.push_back(RegionRequest{r.row(k), r.rows == 1 ? r.out : r.out.narrow(0, k * len, len)});
     }
   }
   requests = std::move(runs);

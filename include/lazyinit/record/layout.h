@@ -15,6 +15,8 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/core/ivalue.h>
 
+#include <exception>
+#include <functional>
 #include <vector>
 
 namespace lazyinit {
@@ -39,15 +41,30 @@ namespace lazyinit {
 //
 // Where the stand-ins cannot be built or a layout cannot be mapped back,
 // the Meta answer stays.
-// Whether a CPU kernel's error says it has no code for a dtype
-// (AT_DISPATCH): eager raises it whatever the values, though eager on
-// another device may not.
-bool is_missing_kernel_error(const c10::Error& e);
-
 void check_on_cpu(
     const c10::OperatorHandle& op,
     const OpInfo& info,
     const std::vector<c10::IValue>& args,
     std::vector<c10::IValue>& meta_stack);
+
+// Runs `op` on `stack` (real CPU tensors) to see what the CPU kernel does:
+// without autograd and without catching up lazy draws; with `may_draw`,
+// the default CPU generator is put back afterwards (the call's draws are
+// thrown away). The arguments are held across the call: torch 1.13's
+// boxed adapter reads multi-out returns through references to arguments it
+// has dropped (early.cpp). Returns what the call threw, or null. The one
+// runner of the recorder's CPU checks (layouts here, argument values in
+// kernel_check.cpp, overlaps in overlap.cpp).
+std::exception_ptr run_cpu_call(
+    const c10::OperatorHandle& op, std::vector<c10::IValue>& stack, bool may_draw);
+
+// Whether `error` is a c10::Error that `accept` accepts.
+bool is_c10_error(
+    const std::exception_ptr& error, const std::function<bool(const c10::Error&)>& accept);
+
+// Whether a CPU kernel's error says it has no code for a dtype
+// (AT_DISPATCH): eager raises it whatever the values, though eager on
+// another device may not.
+bool is_missing_kernel_error(const c10::Error& e);
 
 }  // namespace lazyinit

@@ -75,6 +75,9 @@ struct OpInfo {
   // - the out-of-place counterparts (and _to_copy, clone): a storage they
   //   create replays span by span from its inputs;
   bool element_wise = false;
+  // - a new tensor copying its one input (_to_copy, clone): a copy of a
+  //   checkpoint's mapping may be a private mapping of the file;
+  bool plain_copy = false;
   // - fills its first argument through PyTorch's
   //   distribution_nullary_kernel, one value per element (normal_,
   //   uniform_, log_normal_, exponential_, cauchy_, geometric_,

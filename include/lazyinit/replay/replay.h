@@ -76,8 +76,31 @@ class Replayer {
   void run_scratch(Node& node);
 
  private:
+  // Where a replay up to some version starts: the value before node
+  // `start + 1` is `base` (undefined: from the creation node on); `fresh`:
+  // `base` is a new buffer that node `start + 1` overwrites whole.
+  struct ReplayStart {
+    int64_t start = 0;
+    at::Tensor base;
+    bool fresh = false;
+  };
+
   static c10::Device normalize(c10::Device device);
   at::Tensor run_creation(LazyStorage& storage);
+  // value()'s phases, in order: a value held already (in progress or
+  // cached); a checkpoint's bytes read as one span; where the tape's
+  // replay starts; the value before its first node.
+  at::Tensor ready_value(LazyStorage& storage, int64_t version, const at::Tensor& dest);
+  at::Tensor checkpoint_value(LazyStorage& storage, int64_t version, const at::Tensor& dest);
+  ReplayStart replay_start(LazyStorage& storage, int64_t version, const at::Tensor& dest);
+  at::Tensor first_value(
+      LazyStorage& storage,
+      int64_t version,
+      const ReplayStart& from,
+      const at::Tensor& dest,
+      bool may_defer);
+  // Counts a replay of `storage` and caches `value` if it is the latest.
+  static at::Tensor keep(LazyStorage& storage, int64_t version, const at::Tensor& value);
   c10::Device device_;
   bool early_;
 };

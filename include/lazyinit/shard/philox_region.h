@@ -4,6 +4,7 @@
 #pragma once
 
 #include <lazyinit/rng/philox.h>
+#include <lazyinit/shard/placement.h>
 
 #include <ATen/core/Tensor.h>
 #include <c10/core/Scalar.h>
@@ -15,16 +16,9 @@ namespace lazyinit {
 
 enum class PhiloxFill { kNormal, kUniform };
 
-// Elements [begin, begin + out.numel()) of the whole tensor, written into
-// `out` (contiguous, 1-D, on a CUDA device); with rows > 1, `rows` runs of
-// out.numel() / rows elements, run r starting at begin + r * row_step
-// (row_step >= the run's length), written one after another.
-struct PhiloxPiece {
-  int64_t begin = 0;
-  at::Tensor out;
-  int64_t rows = 1;
-  int64_t row_step = 0;
-};
+// A span of the whole tensor's elements written into `out` (contiguous,
+// 1-D, on a CUDA device), run after run (span_out() makes one).
+using PhiloxPiece = SpanOut;
 
 // Writes into each piece what `normal_(a, b)` (kNormal: mean, std) or
 // `uniform_(a, b)` (kUniform: from, to) writes at those positions of a
@@ -42,20 +36,15 @@ void philox_region_fill(
     double a,
     double b);
 
-// One region fill of a batch: elements [begin, begin + out.numel()) of the
-// node's tensor, or with rows > 1, `rows` runs of out.numel() / rows
-// elements each, run r starting at element begin + r * row_step (a
-// Shard(1)'s rows), written one after another into `out`.
-struct PhiloxJob {
-  int64_t begin = 0;
-  at::Tensor out;  // contiguous 1-D CUDA tensor; kept alive until launched
+// One region fill of a batch: a span of the node's tensor of `total`
+// elements (a Shard(1)'s rows: a span of rows), written into `out` (a
+// contiguous 1-D CUDA tensor, kept alive until launched).
+struct PhiloxJob : SpanOut {
   PhiloxState start;
-  int64_t numel = 0;
+  int64_t total = 0;
   int64_t grid_limit = 0;
   double a = 0.0;
   double b = 1.0;
-  int64_t rows = 1;
-  int64_t row_step = 0;
 };
 
 // The jobs that write `pieces` (sorted by begin, disjoint; arguments as

@@ -62,7 +62,8 @@ struct LocalPiece {
 
 LocalPiece local_piece(c10::IntArrayRef sizes, const std::vector<Placement>& placements);
 
-// A run of consecutive storage elements [begin, end), or with rows > 1,
+// A run of consecutive elements [begin, end) (of a storage, or of the view a
+// node writes), or with rows > 1,
 // `rows` such runs, run r at [begin + r * row_step, end + r * row_step)
 // (row_step >= end - begin): the rows of a Shard(1) piece as one span, so
 // that a piece costs per span, not per row, from here to the kernels.
@@ -81,6 +82,17 @@ struct Span {
   // Run r alone.
   Span row(int64_t r) const { return Span{begin + r * row_step, end + r * row_step}; }
 };
+
+// A span and the contiguous 1-D tensor that receives its elements, run
+// after run (out.numel() == numel()): a region fill's request, a Philox
+// piece, a Philox job's target.
+struct SpanOut : Span {
+  at::Tensor out;
+};
+
+// The SpanOut of `rows` runs of out.numel() / rows elements, run r from
+// `begin + r * row_step` on.
+SpanOut span_out(int64_t begin, at::Tensor out, int64_t rows = 1, int64_t row_step = 0);
 
 // `spans` with every multi-row span cut into its runs (for code that takes
 // one run at a time: a cost per row).

@@ -23,17 +23,9 @@
 
 namespace lazyinit {
 
-// A range [begin, end) of a random node's elements (row-major in the view
-// it writes) and the contiguous 1-D tensor that receives them; with
-// rows > 1, `rows` such ranges, range r shifted by r * row_step, received
-// one after another (a Span's rows).
-struct RegionRequest {
-  int64_t begin = 0;
-  int64_t end = 0;
-  at::Tensor out;
-  int64_t rows = 1;
-  int64_t row_step = 0;
-};
+// A span of a random node's elements (row-major in the view it writes) and
+// the contiguous 1-D tensor that receives them, run after run.
+using RegionRequest = SpanOut;
 
 // `requests` with every multi-row request cut into one request a row, each
 // writing a narrow() of its output: for generators that take one range at

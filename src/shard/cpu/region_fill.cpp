@@ -436,54 +436,55 @@ bool fill_uniform_with(
   return true;
 }
 
-bool fill_normal_with(
-    Kernel kernel, const GenState& start, int64_t n, std::vector<RegionRequest>& requests) {
-  split_rows(requests);
-  const int64_t per = draws_per_uniform(requests.front().out.dtype());
-  if (per < 0) {
-    return false;
+// A normal fill under 16 elements runs the serial kernel: run it whole (at
+// most 15 elements) and cut.
+void fill_normal_serial(StreamCursor& cursor, int64_t n, std::vector<RegionRequest>& requests) {
+  at::Tensor whole = at::empty({n}, requests.front().out.options());
+  cursor.run(whole, 0);
+  for (auto& r : requests) {
+    r.out.copy_(whole.narrow(0, r.begin, r.end - r.begin));
   }
-  const auto options = requests.front().out.options();
-  StreamCursor cursor(start, kernel);
-  // Partial blocks at requests' ends have a cursor of their own: they are
-  // generated before the whole blocks between them (run_segments), and a
-  // cursor only moves forwards.
-  StreamCursor block_cursor(start, kernel);
-  if (n < kBlock) {
-    // Serial kernel: run it whole (at most 15 elements) and cut.
-    at::Tensor whole = at::empty({n}, options);
-    cursor.run(whole, 0);
-    for (auto& r : requests) {
-      r.out.copy_(whole.narrow(0, r.begin, r.end - r.begin));
+}
+
+// The 16-element blocks of the normal kernel that requests cover in part,
+// through one buffer kept for a next request that starts in the same
+// block. Partial blocks are generated before the whole blocks between them
+// (run_segments), and a cursor only moves forwards: they have a cursor of
+// their own.
+class PartialBlocks {
+ public:
+  PartialBlocks(Kernel kernel, const GenState& start, int64_t per, const at::TensorOptions& options)
+      : cursor_(start, kernel), per_(per), block_(at::empty({kBlock}, options)) {}
+
+  const at::Tensor& at(int64_t begin) {
+    if (begin != begin_) {
+      cursor_.seek(begin * per_);
+      cursor_.run(block_, kBlock * per_);
+      begin_ = begin;
     }
-    return true;
+    return block_;
   }
-  const int64_t tail_start = n % kBlock != 0 ? n - kBlock : n;
-  const int64_t tail_draws_from =
-      n % kBlock != 0 ? normal_tail_start(requests.front().out.dtype(), n) : n;
-  if (tail_draws_from < 0) {
-    return false;  // this torch's tail layout is not one we know
-  }
-  // Whole blocks inside a request are generated straight into the output
-  // (no scratch: a scratch buffer per chunk fragmented the heap by ~30%);
-  // partial blocks at a request's ends go through one 16-element buffer,
-  // kept for a next request that starts in the same block.
-  at::Tensor block = at::empty({kBlock}, options);
-  int64_t block_begin = -1;
-  auto get_block = [&](int64_t begin) -> const at::Tensor& {
-    if (begin != block_begin) {
-      block_cursor.seek(begin * per);
-      block_cursor.run(block, kBlock * per);
-      block_begin = begin;
-    }
-    return block;
-  };
-  // Partial blocks first, then the whole blocks between them (run_segments).
+
+ private:
+  StreamCursor cursor_;
+  int64_t per_;
+  at::Tensor block_;
+  int64_t begin_ = -1;
+};
+
+// The requests' elements before `tail_start`: partial blocks at a
+// request's ends are copied from `blocks` now; whole blocks inside it are
+// cut into `segments`, generated straight into the output (no scratch: a
+// scratch buffer per chunk fragmented the heap by ~30%).
+void cut_normal_blocks(
+    std::vector<RegionRequest>& requests,
+    int64_t tail_start,
+    PartialBlocks& blocks,
+    std::vector<Segment>* segments) {
   int64_t total = 0;
   for (const auto& r : requests) {
     total += r.end - r.begin;
   }
-  std::vector<Segment> segments;
   for (auto& r : requests) {
     const int64_t main_end = std::min(r.end, tail_start);
     if (r.begin >= main_end) {
@@ -497,32 +498,66 @@ bool fill_normal_with(
     if (r.begin < head_end) {
       const int64_t first = r.begin / kBlock * kBlock;
       r.out.narrow(0, 0, head_end - r.begin)
-          .copy_(get_block(first).narrow(0, r.begin - first, head_end - r.begin));
+          .copy_(blocks.at(first).narrow(0, r.begin - first, head_end - r.begin));
     }
     if (first_whole < last_whole) {
-      cut_segments(first_whole, last_whole, r.out, r.begin, total, &segments);
+      cut_segments(first_whole, last_whole, r.out, r.begin, total, segments);
     }
     if (last_whole < main_end && head_end < main_end) {
       const int64_t from = std::max(last_whole, head_end);
       r.out.narrow(0, from - r.begin, main_end - from)
-          .copy_(get_block(last_whole).narrow(0, from - last_whole, main_end - from));
+          .copy_(blocks.at(last_whole).narrow(0, from - last_whole, main_end - from));
     }
   }
+}
+
+// The last 16 elements of a fill whose size is not a multiple of 16: the
+// kernel generates them from draw `tail_draws_from` on.
+void fill_normal_tail(
+    StreamCursor& cursor,
+    int64_t per,
+    int64_t tail_start,
+    int64_t tail_draws_from,
+    std::vector<RegionRequest>& requests) {
+  at::Tensor tail;
+  for (auto& r : requests) {
+    const int64_t b = std::max(r.begin, tail_start);
+    if (b >= r.end) {
+      continue;
+    }
+    if (!tail.defined()) {
+      tail = at::empty({kBlock}, r.out.options());
+      cursor.seek(tail_draws_from * per);
+      cursor.run(tail, kBlock * per);
+    }
+    r.out.narrow(0, b - r.begin, r.end - b).copy_(tail.narrow(0, b - tail_start, r.end - b));
+  }
+}
+
+bool fill_normal_with(
+    Kernel kernel, const GenState& start, int64_t n, std::vector<RegionRequest>& requests) {
+  split_rows(requests);
+  const int64_t per = draws_per_uniform(requests.front().out.dtype());
+  if (per < 0) {
+    return false;
+  }
+  StreamCursor cursor(start, kernel);
+  if (n < kBlock) {
+    fill_normal_serial(cursor, n, requests);
+    return true;
+  }
+  const int64_t tail_start = n % kBlock != 0 ? n - kBlock : n;
+  const int64_t tail_draws_from =
+      n % kBlock != 0 ? normal_tail_start(requests.front().out.dtype(), n) : n;
+  if (tail_draws_from < 0) {
+    return false;  // this torch's tail layout is not one we know
+  }
+  PartialBlocks blocks(kernel, start, per, requests.front().out.options());
+  std::vector<Segment> segments;
+  cut_normal_blocks(requests, tail_start, blocks, &segments);
   run_segments(kernel, cursor, start, per, segments);
   if (tail_start < n) {
-    at::Tensor tail;
-    for (auto& r : requests) {
-      const int64_t b = std::max(r.begin, tail_start);
-      if (b >= r.end) {
-        continue;
-      }
-      if (!tail.defined()) {
-        tail = at::empty({kBlock}, options);
-        cursor.seek(tail_draws_from * per);
-        cursor.run(tail, kBlock * per);
-      }
-      r.out.narrow(0, b - r.begin, r.end - b).copy_(tail.narrow(0, b - tail_start, r.end - b));
-    }
+    fill_normal_tail(cursor, per, tail_start, tail_draws_from, requests);
   }
   return true;
 }

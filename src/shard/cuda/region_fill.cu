@@ -322,7 +322,7 @@ void launch_batch(
       [&](const PhiloxJob& job, BatchJob& d) {
         // philox_batch_fill checked that positions fit 31 bits
         const auto n = static_cast<uint32_t>(job.out.numel());
-        const auto s = static_cast<uint32_t>(philox_launch_threads(job.numel, job.grid_limit));
+        const auto s = static_cast<uint32_t>(philox_launch_threads(job.total, job.grid_limit));
         d.out = static_cast<char*>(job.out.data_ptr());
         d.seed = job.start.seed;
         d.block0 = job.start.offset / 4;
@@ -436,10 +436,10 @@ void philox_batch_fill(const std::vector<PhiloxJob>& jobs, PhiloxFill kind) {
     const int64_t row_len = out.numel() / job.rows;
     TORCH_CHECK(job.rows == 1 || job.row_step >= row_len, "lazyinit: rows overlap");
     TORCH_CHECK(
-        job.begin >= 0 && job.begin + (job.rows - 1) * job.row_step + row_len <= job.numel,
+        job.begin >= 0 && job.begin + (job.rows - 1) * job.row_step + row_len <= job.total,
         "lazyinit: region out of range");
     TORCH_CHECK(
-        job.numel <= std::numeric_limits<int32_t>::max(),
+        job.total <= std::numeric_limits<int32_t>::max(),
         "lazyinit: philox_batch_fill covers tensors below 2^31 elements (PyTorch "
         "splits larger ones)");
     TORCH_CHECK(job.grid_limit > 0, "lazyinit: philox_batch_fill needs the device's grid limit");

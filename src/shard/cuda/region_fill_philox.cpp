@@ -155,7 +155,7 @@ bool fill_with_philox(
   std::vector<PhiloxPiece> pieces;
   pieces.reserve(requests.size());
   for (auto& r : requests) {
-    pieces.push_back(PhiloxPiece{r.begin, r.out, r.rows, r.row_step});
+    pieces.push_back(r);
   }
   std::vector<PhiloxJob> jobs = philox_jobs(pieces, *start, numel, grid, a, b);
   if (fills_may_defer() && jobs.size() <= kMaxQueuedJobs) {
@@ -204,8 +204,13 @@ bool queue_whole(Node& node, const at::Tensor& out) {
     return false;
   }
   enqueue(
-      kind,
-      PhiloxJob{0, out, *start, numel, grid, node.args[1].toDouble(), node.args[2].toDouble()});
+      kind, PhiloxJob{
+                {span_out(0, out)},
+                *start,
+                numel,
+                grid,
+                node.args[1].toDouble(),
+                node.args[2].toDouble()});
   return true;
 }
 
@@ -261,9 +266,9 @@ std::vector<PhiloxPiece> merge_rows(
     if (rows == 1) {
       out.push_back(head);
     } else {
-      out.push_back(PhiloxPiece{
+      out.push_back(span_out(
           head.begin, head.out.as_strided({rows * len}, {1}), rows,
-          pieces[i + 1].begin - head.begin});
+          pieces[i + 1].begin - head.begin));
     }
     i = end;
   }
@@ -291,17 +296,18 @@ std::vector<PhiloxJob> philox_jobs(
   for (const PhiloxPiece& piece : merge_rows(pieces, unroll, threads)) {
     const int64_t len = piece.out.numel() / piece.rows;
     if (piece.rows == 1 || philox_short_piece(len, unroll, threads)) {
-      PhiloxJob job{piece.begin, piece.out, start, numel, grid_limit, a, b};
-      job.rows = piece.rows;
-      job.row_step = piece.row_step;
-      jobs.push_back(std::move(job));
+      jobs.push_back(PhiloxJob{{piece}, start, numel, grid_limit, a, b});
       continue;
     }
     // Long rows: PyTorch's four elements a Philox call, a job a row.
     for (int64_t r = 0; r < piece.rows; ++r) {
       jobs.push_back(PhiloxJob{
-          piece.begin + r * piece.row_step, piece.out.narrow(0, r * len, len), start, numel,
-          grid_limit, a, b});
+          {span_out(piece.begin + r * piece.row_step, piece.out.narrow(0, r * len, len))},
+          start,
+          numel,
+          grid_limit,
+          a,
+          b});
     }
   }
   return jobs;
