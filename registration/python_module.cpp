@@ -293,6 +293,22 @@ void bind_sources(py::module& m) {
 void bind_rng(py::module& m) {
   m.def("_initial_seed", &rng_initial_seed);
   m.def("_rng_chain_count", &rng_chain_count);
+  // How many CPU generator states the chain of the first random node of a
+  // lazy tensor's tape knows (-1: none): for tests of what replays leave.
+  m.def("_rng_known_states", [](const at::Tensor& t) {
+    auto lock = lock_graph();
+    auto* impl = get_pending_impl(t);
+    if (impl != nullptr) {
+      for (const auto& entry : impl->lazy_storage()->tape) {
+        if (entry.node->is_random()) {
+          const auto& states = entry.node->chain->states;
+          return static_cast<int64_t>(std::count_if(
+              states.begin(), states.end(), [](const auto& s) { return s != nullptr; }));
+        }
+      }
+    }
+    return int64_t{-1};
+  });
   m.def(
       "_philox_region_fill",
       [](const std::vector<std::pair<int64_t, at::Tensor>>& pieces, const std::string& kind,

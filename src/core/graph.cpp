@@ -203,4 +203,20 @@ void LazyStorage::check_usable() const {
       "(or materialize it before discarding).");
 }
 
+namespace {
+thread_local bool g_probing = false;
+}  // namespace
+
+ProbeScope::ProbeScope() : was_(g_probing) {
+  g_probing = true;
+}
+
+ProbeScope::~ProbeScope() {
+  g_probing = was_;
+}
+
+bool probing() {
+  return g_probing;
+}
+
 }  // namespace lazyinit

@@ -1,5 +1,6 @@
 #include <lazyinit/record/kernel_check.h>
 
+#include <lazyinit/core/device.h>
 #include <lazyinit/core/lazy_tensor_impl.h>
 #include <lazyinit/core/tensor_args.h>
 #include <lazyinit/record/early.h>
@@ -40,12 +41,20 @@ at::Tensor checked_value(const at::Tensor& t) {
     return t;
   }
   LazyStorage& storage = *impl->lazy_storage();
-  if (storage.nbytes > kMaxCheckedStorageBytes) {
+  if (storage.nbytes > kMaxCheckedStorageBytes || !default_device().is_cpu()) {
+    return at::Tensor();  // too large, or its random draws would be CUDA's
+  }
+  // Computed where early values are (the default device), leaving no trace
+  // (ProbeScope: materialization still decides the device of the random
+  // nodes it reads); checked on the CPU with the other arguments. A value
+  // that cannot be computed now (random nodes already built on another
+  // device) is checked with a stand-in, and at replay.
+  at::Tensor base;
+  try {
+    base = probe_value(storage);
+  } catch (const c10::Error&) {
     return at::Tensor();
   }
-  // Computed where early values are (the default device); checked on the
-  // CPU with the other arguments.
-  const at::Tensor base = early_value(storage);
   const at::Tensor value = at::as_strided(
       typed_view(base, impl->dtype()), impl->sizes(), impl->strides(), impl->storage_offset());
   return value.device().is_cpu() ? value : value.to(at::kCPU);

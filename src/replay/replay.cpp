@@ -440,13 +440,16 @@ at::Tensor Replayer::value(
       run(node, base);
     }
   }
-  if (early_) {
+  if (early_ && !probing()) {
     storage.early = true;
   }
   return keep(storage, version, whole_storage(base, storage.numel()));
 }
 
 at::Tensor Replayer::keep(LazyStorage& storage, int64_t version, const at::Tensor& value) {
+  if (probing()) {
+    return value;
+  }
   ++storage.replay_count;
   if (version == storage.version) {
     storage.cached = value;
@@ -477,6 +480,9 @@ at::Tensor Replayer::checkpoint_value(
   if (!dest.defined() && device_.is_cpu() && version == 0) {
     at::Tensor out = mapped_copy_value(storage, *storage.tape[0].node);
     if (out.defined()) {
+      if (probing()) {
+        return out;
+      }
       // Version 0's value is cached even under later versions: a mapping
       // is cheap to hold and later versions replay from it.
       ++storage.replay_count;
@@ -643,6 +649,13 @@ void materialize_storage_empty(LazyStorage& storage, c10::Device device) {
   storage.state = StorageState::kMaterialized;
   storage.cached = base;
   storage.cached_version = storage.version;
+}
+
+at::Tensor probe_value(LazyStorage& storage) {
+  GeneratorStateGuard guard;
+  ProbeScope probe;
+  Replayer replayer(default_device(), /*early=*/true);
+  return replayer.value(storage, storage.version);
 }
 
 at::Tensor early_value(LazyStorage& storage) {

@@ -337,6 +337,47 @@ uint64_t rng_initial_seed() {
   return gen.current_seed();
 }
 
+namespace {
+
+// What a replay learns of a chain, put back when a probe's replay of one
+// of its nodes ends (ProbeScope, core/graph.h): a known CPU state after a
+// node means it was counted as drawn on the CPU, which a later CUDA
+// materialization of the node refuses (philox.cpp).
+class ChainSnapshot {
+ public:
+  explicit ChainSnapshot(RngChain& chain)
+      : chain_(chain),
+        unknown_(chain.unknown),
+        dead_unknown_(chain.dead_unknown),
+        dead_(chain.dead) {
+    known_.reserve(chain.states.size());
+    for (const auto& state : chain.states) {
+      known_.push_back(state != nullptr);
+    }
+  }
+  ChainSnapshot(const ChainSnapshot&) = delete;
+  ChainSnapshot& operator=(const ChainSnapshot&) = delete;
+  ~ChainSnapshot() {
+    for (size_t k = 0; k < known_.size() && k < chain_.states.size(); ++k) {
+      if (!known_[k]) {
+        chain_.states[k].reset();
+      }
+    }
+    chain_.unknown = unknown_;
+    chain_.dead_unknown = dead_unknown_;
+    chain_.dead = std::move(dead_);
+  }
+
+ private:
+  RngChain& chain_;
+  std::vector<bool> known_;
+  int64_t unknown_;
+  int64_t dead_unknown_;
+  std::unordered_map<int64_t, NodePtr> dead_;
+};
+
+}  // namespace
+
 void rng_run(Node& node, Replayer& replayer, const std::function<void()>& call) {
   ReplayDepth depth;
   if (replayer.device().is_cuda()) {
@@ -345,10 +386,17 @@ void rng_run(Node& node, Replayer& replayer, const std::function<void()>& call) 
   }
   RngChain& chain = *node.chain;
   check_cpu(chain, replayer);
+  c10::optional<ChainSnapshot> snapshot;
+  if (probing()) {
+    snapshot.emplace(chain);  // a check's value: the device is not decided
+  }
   ensure_state(chain, node.rng_index, replayer);
   set_state(chain.generator, *chain.states[node.rng_index]);
   call();
   record_state_after(chain, node, get_state(chain.generator));
+  if (snapshot) {
+    return;
+  }
   if (chain.cpu_built.size() < chain.nodes.size()) {
     chain.cpu_built.resize(chain.nodes.size(), false);
   }

@@ -240,6 +240,39 @@ def test_index_out_of_range_raises_eagers_error_at_the_call():
     assert _raises(lambda: torch.index_select(torch.randn(3, device="lazy"), 0, idx)) is eager
 
 
+def test_checking_index_values_at_the_call_leaves_no_trace():
+    """``nn.init.sparse_`` indexes with ``randperm``: the check of the
+    indices at the call computed them on the default device as an early
+    value, which decided that the random nodes were built on the CPU; the
+    model then could not be materialized on CUDA (found on the H100,
+    tests/python/test_cuda.py's init zoo). The check now computes in a
+    ProbeScope: nothing cached, counted or marked early."""
+    def build(**kw):
+        w = torch.empty(40, 30, **kw).normal_(0, 0.01)
+        idx = torch.randperm(40, **kw)
+        w[idx[:12], 0] = 0.0
+        return w, idx, torch.randn(3, **kw)
+
+    torch.manual_seed(0)
+    eager = build()
+    after_eager = _states()
+    torch.manual_seed(0)
+    w = torch.empty(40, 30, device="lazy").normal_(0, 0.01)
+    known = lazyinit._C._rng_known_states(w)
+    del w
+    torch.manual_seed(0)
+    lazy = build(device="lazy")
+    for t in lazy:
+        assert lazyinit.replay_count(t) == 0, "a storage was computed at the call"
+        assert not lazyinit._C._was_early(t), "a storage was marked early by the check"
+    # A known CPU state after w's normal_ would count it as drawn on the CPU.
+    assert lazyinit._C._rng_known_states(lazy[0]) == known, "the check left generator states"
+    for e, t in zip(eager, lazy):
+        lazyinit.materialize(t, "cpu")
+        assert torch.equal(e, t)
+    _assert_states_equal(_states(), after_eager)
+
+
 def test_value_errors_at_replay_name_the_recorded_call():
     """An index tensor over 16 MiB is not computed at the call to check it
     (docs/architecture.md, "Checks on values"): the error comes at replay."""

@@ -181,4 +181,22 @@ void prepare_fork();
 void after_fork_in_parent();
 void after_fork_in_child();
 
+// While one is alive on a thread, replays on it leave no trace in the
+// graph: values are not cached or counted, storages not marked early,
+// random nodes not marked as built on the CPU. The recorder checks argument
+// values at the call this way (record/kernel_check.cpp): the device the
+// construction will be materialized on is not known yet, so computing them
+// on the default device must not decide it.
+class ProbeScope {
+ public:
+  ProbeScope();
+  ~ProbeScope();
+  ProbeScope(const ProbeScope&) = delete;
+  ProbeScope& operator=(const ProbeScope&) = delete;
+
+ private:
+  bool was_;
+};
+bool probing();
+
 }  // namespace lazyinit

@@ -124,6 +124,10 @@ void materialize_storage_empty(LazyStorage& storage, c10::Device device);
 // Computes the current value of `storage` on the default device and caches
 // it (early materialization); the storage stays lazy.
 at::Tensor early_value(LazyStorage& storage);
+// The current value of `storage` on the default device, computed in a
+// ProbeScope (core/graph.h): nothing is cached, counted or marked. May be
+// shared with a cache: callers must not modify it.
+at::Tensor probe_value(LazyStorage& storage);
 
 // Materializes the tensor in place (all views of its storage). No-op for
 // tensors that are not pending. `settle`: settle the generators afterwards
