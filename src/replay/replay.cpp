@@ -652,6 +652,9 @@ void materialize_storage_empty(LazyStorage& storage, c10::Device device) {
 }
 
 at::Tensor probe_value(LazyStorage& storage) {
+  // Released nodes are taken in first: inside the probe they stay queued,
+  // so a chain snapshot covers every change the probe makes.
+  rng_drain_released();
   GeneratorStateGuard guard;
   ProbeScope probe;
   Replayer replayer(default_device(), /*early=*/true);

@@ -517,6 +517,9 @@ void rng_after_fork(bool child) {
 }
 
 void rng_drain_released() {
+  if (probing()) {
+    return;  // kept queued: a probe's chain snapshots put back only its own traces
+  }
   std::vector<NodePtr> nodes;
   {
     auto& r = released();

@@ -273,6 +273,31 @@ def test_checking_index_values_at_the_call_leaves_no_trace():
     _assert_states_equal(_states(), after_eager)
 
 
+def test_a_value_check_after_a_dropped_random_tensor_keeps_its_draws():
+    """Guard campaign seed 2400001103 (torch 1.13, shrunk), on the first
+    version of the ProbeScope: the dropped ``randperm``'s node was taken in
+    from the release queue inside the probe, after its chain was
+    snapshotted, and the snapshot's restore lost it; its draws were then
+    unknown ("the CPU generator's position ... is unknown") for every later
+    materialization. Released nodes are taken in before a probe now."""
+    def build(**kw):
+        v0 = torch.randperm(28, **kw)
+        del v0
+        v6 = torch.normal(10.0, 3.5, (2, 6), **kw)
+        v8 = torch.bernoulli(v6.clamp(0, 1))
+        return v6, v8
+
+    torch.manual_seed(1)
+    eager = build()
+    after_eager = _states()
+    torch.manual_seed(1)
+    lazy = build(device="lazy")
+    for e, t in zip(eager, lazy):
+        lazyinit.materialize(t, "cpu")
+        assert torch.equal(e, t)
+    _assert_states_equal(_states(), after_eager)
+
+
 def test_value_errors_at_replay_name_the_recorded_call():
     """An index tensor over 16 MiB is not computed at the call to check it
     (docs/architecture.md, "Checks on values"): the error comes at replay."""
