@@ -288,6 +288,14 @@ py::dict module_shards(
 }  // namespace
 
 void bind_shard(py::module& m) {
+  m.def("_chunk_bounds", &chunk_bounds, py::arg("size"), py::arg("rank"), py::arg("world_size"));
+  // The shape of the piece `placements` leave of a tensor of `sizes`.
+  m.def(
+      "_piece_shape",
+      [](const std::vector<int64_t>& sizes, const std::vector<std::array<int64_t, 4>>& placements) {
+        return local_piece(sizes, placements_from(placements)).shape();
+      },
+      py::arg("sizes"), py::arg("placements"));
   m.def("_module_tensors", &module_tensors, py::arg("module"), py::arg("only_lazy") = false);
   m.def(
       "_materialize_shard",

@@ -127,7 +127,7 @@ def materialize_shard(tensor: torch.Tensor, placement: PlacementLike,
     encoded = _encode(placement)
     if out is None:
         return _C._materialize_shard(tensor, encoded, target)
-    shape = _piece_shape(tuple(tensor.shape), placement)
+    shape = _piece_shape(tuple(tensor.shape), encoded)
     numel = 1
     for n in shape:
         numel *= n
@@ -151,42 +151,11 @@ def materialize_shard(tensor: torch.Tensor, placement: PlacementLike,
     return out
 
 
-def _piece_shape(shape: Tuple[int, ...], placement: PlacementLike) -> Tuple[int, ...]:
-    """The shape of the piece ``placement`` leaves of a tensor of ``shape``
-    (as the C++ ``local_piece`` computes it; no tensor is touched)."""
-    items = list(placement) if isinstance(placement, (list, tuple)) else [placement]
-    box = list(shape)
-    flat: Optional[int] = None  # the piece's length once a FlatRange made it 1-D
-    for p in items:
-        if isinstance(p, Replicate):
-            continue
-        if isinstance(p, Shard):
-            ndim = 1 if flat is not None else len(box)
-            if ndim == 0 or not -ndim <= p.dim < ndim:
-                raise ValueError(f"lazyinit: {p} is out of range for a piece of {ndim} dim(s)")
-            if flat is not None:
-                lo, hi = chunk_bounds(flat, p.rank, p.world_size)
-                flat = hi - lo
-            else:
-                d = p.dim % ndim
-                lo, hi = chunk_bounds(box[d], p.rank, p.world_size)
-                box[d] = hi - lo
-        elif isinstance(p, FlatRange):
-            n = flat if flat is not None else _prod(box)
-            if p.end > n:
-                raise ValueError(f"lazyinit: {p} does not fit a piece of {n} elements")
-            flat = p.end - p.start
-        else:
-            raise TypeError(
-                f"lazyinit: expected Replicate, Shard, FlatRange or a list of them, got {p!r}")
-    return (flat,) if flat is not None else tuple(box)
-
-
-def _prod(sizes: Sequence[int]) -> int:
-    n = 1
-    for s in sizes:
-        n *= s
-    return n
+def _piece_shape(shape: Tuple[int, ...], encoded: List[Tuple[int, int, int, int]]
+                 ) -> Tuple[int, ...]:
+    """The shape of the piece the encoded placement leaves of a tensor of
+    ``shape`` (the C++ ``local_piece``'s; no tensor is touched)."""
+    return tuple(_C._piece_shape(list(shape), encoded))
 
 
 def materialize_module_shards(
@@ -238,6 +207,5 @@ def reset_shard_stats() -> None:
 def chunk_bounds(size: int, rank: int, world_size: int) -> Tuple[int, int]:
     """``[start, end)`` of ``rank``'s chunk of ``size`` indices under
     :class:`Shard`'s ``torch.chunk`` split."""
-    chunk = -(-size // world_size)
-    start = min(rank * chunk, size)
-    return start, min(start + chunk, size)
+    start, end = _C._chunk_bounds(size, rank, world_size)
+    return start, end
