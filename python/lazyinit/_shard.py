@@ -127,7 +127,7 @@ def materialize_shard(tensor: torch.Tensor, placement: PlacementLike,
     encoded = _encode(placement)
     if out is None:
         return _C._materialize_shard(tensor, encoded, target)
-    shape = _piece_shape(tuple(tensor.shape), encoded)
+    shape = _piece_shape(tuple(tensor.shape), placement)
     numel = 1
     for n in shape:
         numel *= n
@@ -151,11 +151,10 @@ def materialize_shard(tensor: torch.Tensor, placement: PlacementLike,
     return out
 
 
-def _piece_shape(shape: Tuple[int, ...], encoded: List[Tuple[int, int, int, int]]
-                 ) -> Tuple[int, ...]:
-    """The shape of the piece the encoded placement leaves of a tensor of
-    ``shape`` (the C++ ``local_piece``'s; no tensor is touched)."""
-    return tuple(_C._piece_shape(list(shape), encoded))
+def _piece_shape(shape: Tuple[int, ...], placement: PlacementLike) -> Tuple[int, ...]:
+    """The shape of the piece ``placement`` leaves of a tensor of ``shape``
+    (the C++ ``local_piece``'s; no tensor is touched)."""
+    return tuple(_C._piece_shape(list(shape), _encode(placement)))
 
 
 def materialize_module_shards(

@@ -113,9 +113,11 @@ def test_a_tensor_torn_by_a_failed_out_resize_is_seen() -> None:
 def test_to_empty_is_not_compared_where_reset_parameters_leaves_a_tensor() -> None:
     """Finding 52 (seed 2200024941, torch 1.13, shrunk): ``w.data`` set to
     an empty slice, then ``to_empty`` and ``reset_parameters`` of a Conv1d:
-    eager's bias is never written (``fan_in == 0``), so its values are the
+    torch 1.13 never writes the bias (``fan_in == 0``), so its values are the
     new memory's, eagerly and lazily; the generator compared them. It now
-    emits ``to_empty`` only where ``reset_parameters`` writes every tensor."""
+    emits ``to_empty`` only where ``reset_parameters`` writes every tensor
+    (torch 2.x writes the bias with a zero bound: the guard is then only
+    conservative)."""
     from fuzz.gen_lifecycle import resets_every_parameter
     conv = torch.nn.Conv1d(3, 4, 1, dtype=torch.float64)
     assert resets_every_parameter(conv)
@@ -124,7 +126,8 @@ def test_to_empty_is_not_compared_where_reset_parameters_leaves_a_tensor() -> No
     conv.to_empty(device="cpu")
     conv.bias.data.fill_(7.0)
     conv.reset_parameters()
-    assert torch.equal(conv.bias, torch.full_like(conv.bias, 7.0)), "bias was written"
+    left = torch.equal(conv.bias, torch.full_like(conv.bias, 7.0))
+    assert not left or not resets_every_parameter(conv), "an unwritten tensor would be compared"
 
 
 def test_seed_49918_generates_and_matches_without_a_crash() -> None:
