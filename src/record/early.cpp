@@ -224,11 +224,7 @@ void run_early(const c10::OperatorHandle& op, torch::jit::Stack* stack, const st
   }
   keep_writes(in, in.written);
 
-  std::vector<c10::IValue> outputs = lazy_outputs(info, args, real, in);
-  torch::jit::drop(*stack, num_args);
-  for (auto& out : outputs) {
-    stack->push_back(std::move(out));
-  }
+  return_outputs(stack, num_args, lazy_outputs(info, args, real, in));
 }
 
 }  // namespace lazyinit

@@ -572,14 +572,6 @@ NodePtr record_node(
   return node;
 }
 
-// The call's arguments on the stack give way to its outputs.
-void return_outputs(torch::jit::Stack* stack, size_t num_args, std::vector<c10::IValue> outputs) {
-  torch::jit::drop(*stack, num_args);
-  for (auto& out : outputs) {
-    stack->push_back(std::move(out));
-  }
-}
-
 }  // namespace
 
 void record_op(const c10::OperatorHandle& op, torch::jit::Stack* stack) {

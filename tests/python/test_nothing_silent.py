@@ -287,15 +287,7 @@ def test_a_value_check_after_a_dropped_random_tensor_keeps_its_draws():
         v8 = torch.bernoulli(v6.clamp(0, 1))
         return v6, v8
 
-    torch.manual_seed(1)
-    eager = build()
-    after_eager = _states()
-    torch.manual_seed(1)
-    lazy = build(device="lazy")
-    for e, t in zip(eager, lazy):
-        lazyinit.materialize(t, "cpu")
-        assert torch.equal(e, t)
-    _assert_states_equal(_states(), after_eager)
+    _assert_built_equal(build, seed=1, generators=True)
 
 
 def test_value_errors_at_replay_name_the_recorded_call():
@@ -419,16 +411,20 @@ def test_cpu_work_touches_the_cuda_driver_only_as_eager_does():
     assert runs[1] == runs[0]
 
 
-def _assert_built_equal(build) -> None:
+def _assert_built_equal(build, seed: int = 0, generators: bool = False) -> None:
     """``build()`` and ``build(device="lazy")`` from the same seed give equal
-    tensors once materialized."""
-    torch.manual_seed(0)
+    tensors once materialized; with ``generators``, the generators are then
+    where eager's build left them."""
+    torch.manual_seed(seed)
     eager = build()
-    torch.manual_seed(0)
+    after_eager = _states()
+    torch.manual_seed(seed)
     lazy = build(device="lazy")
     for e, l in zip(eager, lazy):
         lazyinit.materialize(l, "cpu")
         assert torch.equal(e, l)
+    if generators:
+        _assert_states_equal(_states(), after_eager)
 
 
 def test_out_variants_with_several_outputs_are_exact():

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <ATen/core/ivalue.h>
+#include <ATen/core/stack.h>
 
 #include <vector>
 
@@ -43,6 +44,15 @@ inline void copy_tensor_lists(std::vector<c10::IValue>& args) {
         v = c10::IValue(list.copy());
       }
     }
+  }
+}
+
+// A boxed call's `num_args` arguments on `stack` give way to its outputs.
+inline void return_outputs(
+    torch::jit::Stack* stack, size_t num_args, std::vector<c10::IValue> outputs) {
+  torch::jit::drop(*stack, num_args);
+  for (auto& out : outputs) {
+    stack->push_back(std::move(out));
   }
 }
 
